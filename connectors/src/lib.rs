@@ -1,0 +1,12 @@
+//! fedsql's data sources.
+//!
+//! One module per source kind. The embedded demo catalog is here now; the
+//! Postgres, ODBC and Kafka connectors and the shared SQL-pushdown code join
+//! as they land.
+#![warn(rust_2018_idioms)]
+
+pub mod demo;
+pub mod error;
+pub mod fsutil;
+
+pub use error::ConnectorError;

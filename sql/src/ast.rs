@@ -1,0 +1,197 @@
+//! Typed syntax trees for fedsql's own statements (SPEC sections 4, 5 and 6).
+//!
+//! Everything that is not one of these statements is standard SQL and goes to
+//! DataFusion unchanged; see [`crate::Statement`].
+
+use std::fmt;
+
+/// A statement that only fedsql understands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FedsqlStatement {
+    /// `CREATE SOURCE [IF NOT EXISTS] name TYPE kind OPTIONS (key 'value', …)`
+    CreateSource(CreateSource),
+    /// `DROP SOURCE [IF EXISTS] name`
+    DropSource { name: String, if_exists: bool },
+    /// `SHOW SOURCES`
+    ShowSources,
+    /// `TRAIN MODEL …` or its synonym `CREATE [OR REPLACE] MODEL …`
+    TrainModel(TrainModel),
+    /// `EVALUATE MODEL name [VERSION n] ON ( query ) [FEDERATED BY column]`
+    EvaluateModel(EvaluateModel),
+    /// `SHOW MODELS`
+    ShowModels,
+    /// `DESCRIBE MODEL name`
+    DescribeModel { name: String },
+    /// `SHOW VERSIONS IN MODEL name`
+    ShowVersions { model: String },
+    /// `ALTER MODEL name SET ACTIVE VERSION n`
+    AlterModelSetActiveVersion { name: String, version: u64 },
+    /// `DROP MODEL [IF EXISTS] name [VERSION n]`
+    DropModel {
+        name: String,
+        if_exists: bool,
+        version: Option<u64>,
+    },
+}
+
+impl FedsqlStatement {
+    /// The statement's name as users write it, for messages such as
+    /// "TRAIN MODEL is not available yet".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FedsqlStatement::CreateSource(_) => "CREATE SOURCE",
+            FedsqlStatement::DropSource { .. } => "DROP SOURCE",
+            FedsqlStatement::ShowSources => "SHOW SOURCES",
+            FedsqlStatement::TrainModel(_) => "TRAIN MODEL",
+            FedsqlStatement::EvaluateModel(_) => "EVALUATE MODEL",
+            FedsqlStatement::ShowModels => "SHOW MODELS",
+            FedsqlStatement::DescribeModel { .. } => "DESCRIBE MODEL",
+            FedsqlStatement::ShowVersions { .. } => "SHOW VERSIONS",
+            FedsqlStatement::AlterModelSetActiveVersion { .. } => "ALTER MODEL",
+            FedsqlStatement::DropModel { .. } => "DROP MODEL",
+        }
+    }
+}
+
+/// `CREATE SOURCE`: a new catalog backed by an external system.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSource {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub kind: SourceKind,
+    /// Options in the order written; keys are lower-cased.
+    pub options: Vec<(String, OptionValue)>,
+}
+
+/// The kinds of source fedsql can federate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    Postgres,
+    Odbc,
+    Kafka,
+    FlightSql,
+}
+
+impl SourceKind {
+    /// Parses the word after `TYPE`, case-insensitively.
+    pub fn from_word(word: &str) -> Option<SourceKind> {
+        match word.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => Some(SourceKind::Postgres),
+            "odbc" => Some(SourceKind::Odbc),
+            "kafka" => Some(SourceKind::Kafka),
+            "flightsql" | "flight_sql" => Some(SourceKind::FlightSql),
+            _ => None,
+        }
+    }
+
+    /// The canonical lower-case name, as shown by `SHOW SOURCES`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SourceKind::Postgres => "postgres",
+            SourceKind::Odbc => "odbc",
+            SourceKind::Kafka => "kafka",
+            SourceKind::FlightSql => "flightsql",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A literal option value in `OPTIONS (…)` or `WITH (…)`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    String(String),
+    /// Numbers keep their text so `0.1` is not rounded through f64 here.
+    Number(String),
+    Boolean(bool),
+    /// A bare word such as `fedavg` or `relu`.
+    Word(String),
+}
+
+impl OptionValue {
+    /// The value as text, whatever its literal kind.
+    pub fn as_text(&self) -> String {
+        match self {
+            OptionValue::String(s) | OptionValue::Number(s) | OptionValue::Word(s) => s.clone(),
+            OptionValue::Boolean(b) => b.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionValue::String(s) => write!(f, "'{}'", s.replace('\'', "''")),
+            OptionValue::Number(s) | OptionValue::Word(s) => f.write_str(s),
+            OptionValue::Boolean(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// How an existing model of the same name is treated by `TRAIN MODEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingModel {
+    /// Plain `TRAIN MODEL`: add a new version.
+    NewVersion,
+    /// `IF NOT EXISTS`: do nothing if the model exists.
+    IfNotExists,
+    /// `OR REPLACE`: drop all versions first.
+    Replace,
+}
+
+/// `TRAIN MODEL` / `CREATE MODEL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainModel {
+    pub name: String,
+    pub existing: ExistingModel,
+    /// `linear_regression`, `logistic_regression` or `mlp`, lower-cased.
+    pub algorithm: String,
+    /// `mlp(hidden_units = '64,32', activation = 'relu')` parameters.
+    pub algorithm_params: Vec<(String, OptionValue)>,
+    pub target: String,
+    pub input: TrainingInput,
+    pub federation: Federation,
+    /// `WITH (…)` options, keys lower-cased, in the order written.
+    pub options: Vec<(String, OptionValue)>,
+}
+
+/// The rows a model is trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainingInput {
+    /// `FROM ( query )`: the query's exact text.
+    Query(String),
+    /// `FROM source.schema.table`
+    Table(String),
+}
+
+impl TrainingInput {
+    /// A query that returns the training rows.
+    pub fn to_sql(&self) -> String {
+        match self {
+            TrainingInput::Query(q) => q.clone(),
+            TrainingInput::Table(t) => format!("SELECT * FROM {t}"),
+        }
+    }
+}
+
+/// Who the federated clients are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Federation {
+    /// `FEDERATED BY column`: each distinct value is one client.
+    ByColumn(String),
+    /// `FEDERATED ON SITES ('eu', 'us')`: each site is one client.
+    OnSites(Vec<String>),
+}
+
+/// `EVALUATE MODEL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaluateModel {
+    pub name: String,
+    pub version: Option<u64>,
+    pub query: String,
+    pub federated_by: Option<String>,
+}
