@@ -1,1 +1,232 @@
-fn main() {}
+//! The `fedsql` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use fedsql_server::engine::StatementResult;
+use fedsql_server::output::{render, OutputFormat};
+use fedsql_server::{Engine, ServerError, SettingsArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "fedsql", version, about = "SQL-first federated analytics and federated learning")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (Postgres wire on 127.0.0.1:5433, demo catalog loaded).
+    Serve {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Run SQL once, embedded (or against a running server with --server).
+    Query {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// A running fedsql (or any Postgres) to send the SQL to, e.g.
+        /// postgres://fedsql@127.0.0.1:5433/demo.
+        #[arg(long)]
+        server: Option<String>,
+        /// Read the SQL from this file.
+        #[arg(short = 'f', long = "file", conflicts_with = "sql")]
+        file: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Database (catalog) for unqualified names [default: demo].
+        #[arg(short = 'd', long)]
+        database: Option<String>,
+        /// The SQL to run.
+        sql: Option<String>,
+    },
+    /// Run a dbt-style project folder.
+    Run {
+        dir: PathBuf,
+        #[arg(long)]
+        select: Vec<String>,
+        #[arg(long)]
+        full_refresh: bool,
+    },
+    /// Run a federated site next to its own data.
+    Site {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        coordinator: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fedsql=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ERROR {}: {e}", e.sqlstate());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ServerError> {
+    match cli.command {
+        Command::Serve { settings } => fedsql_server::serve::serve(settings.resolve()?).await,
+        Command::Query {
+            settings,
+            server,
+            file,
+            format,
+            database,
+            sql,
+        } => {
+            let sql = match (file, sql) {
+                (Some(path), _) => {
+                    std::fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?
+                }
+                (None, Some(sql)) => sql,
+                (None, None) => {
+                    return Err(ServerError::Config(
+                        "give the SQL as an argument or with -f FILE".into(),
+                    ))
+                }
+            };
+            match server {
+                Some(url) => query_remote(&url, &sql, format).await,
+                None => query_embedded(settings, database, &sql, format).await,
+            }
+        }
+        Command::Run { .. } => Err(ServerError::NotSupported {
+            statement: "fedsql run".into(),
+            reason: "dbt-style projects have not landed yet".into(),
+        }),
+        Command::Site { .. } => Err(ServerError::NotSupported {
+            statement: "fedsql site".into(),
+            reason: "remote federated sites have not landed yet".into(),
+        }),
+    }
+}
+
+async fn query_embedded(
+    settings: SettingsArgs,
+    database: Option<String>,
+    sql: &str,
+    format: OutputFormat,
+) -> Result<(), ServerError> {
+    let engine: Arc<Engine> = Engine::open(settings.resolve()?).await?;
+    let database = engine.resolve_database(database.as_deref())?;
+    for result in engine.run(&database, sql).await? {
+        match result {
+            StatementResult::Rows { schema, batches } => {
+                println!("{}", render(format, &schema, &batches)?)
+            }
+            StatementResult::Command(tag) => println!("{tag}"),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `sql` over the Postgres wire (simple protocol) and prints the text
+/// rows the server returns.
+async fn query_remote(url: &str, sql: &str, format: OutputFormat) -> Result<(), ServerError> {
+    let unreachable = |e: tokio_postgres::Error| ServerError::Query {
+        sqlstate: "08001",
+        message: format!("cannot connect to {url}: {e}"),
+        position: None,
+    };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(unreachable)?;
+    tokio::spawn(connection);
+    let messages = client.simple_query(sql).await.map_err(|e| {
+        let (sqlstate, position) = e
+            .as_db_error()
+            .map(|db| {
+                let pos = match db.position() {
+                    Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p as usize),
+                    _ => None,
+                };
+                (db.code().code().to_string(), pos)
+            })
+            .unwrap_or(("08006".into(), None));
+        ServerError::Query {
+            sqlstate: Box::leak(sqlstate.into_boxed_str()),
+            message: e
+                .as_db_error()
+                .map(|db| db.message().to_string())
+                .unwrap_or_else(|| e.to_string()),
+            position,
+        }
+    })?;
+    let mut columns: Option<Vec<String>> = None;
+    let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+    let flush = |columns: &mut Option<Vec<String>>, rows: &mut Vec<Vec<Option<String>>>| {
+        if let Some(names) = columns.take() {
+            let schema = Arc::new(Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(n, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            ));
+            let arrays: Vec<ArrayRef> = (0..names.len())
+                .map(|i| {
+                    Arc::new(StringArray::from(
+                        rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>(),
+                    )) as ArrayRef
+                })
+                .collect();
+            rows.clear();
+            let batch = RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(|e| {
+                ServerError::Query {
+                    sqlstate: "XX000",
+                    message: e.to_string(),
+                    position: None,
+                }
+            })?;
+            println!("{}", render(format, &schema, &[batch])?);
+        }
+        Ok::<(), ServerError>(())
+    };
+    for message in messages {
+        match message {
+            tokio_postgres::SimpleQueryMessage::RowDescription(desc) => {
+                columns = Some(desc.iter().map(|c| c.name().to_string()).collect());
+            }
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                if columns.is_none() {
+                    columns = Some(row.columns().iter().map(|c| c.name().to_string()).collect());
+                }
+                rows.push((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect());
+            }
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => {
+                if columns.is_some() {
+                    flush(&mut columns, &mut rows)?;
+                } else {
+                    println!("OK {n}");
+                }
+            }
+            _ => {}
+        }
+    }
+    flush(&mut columns, &mut rows)
+}

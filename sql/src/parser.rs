@@ -399,7 +399,8 @@ fn parse_options(p: &mut Parser<'_>) -> Result<Vec<(String, OptionValue)>, Parse
             Token::SingleQuotedString(s) => s.to_ascii_lowercase(),
             _ => return p.expected("an option name", key_token),
         };
-        p.consume_token(&Token::Eq);
+        // `key = value` and `key value` are both accepted.
+        let _ = p.consume_token(&Token::Eq);
         Ok((key, parse_option_value(p)?))
     })?;
     p.expect_token(&Token::RParen)?;

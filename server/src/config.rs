@@ -1,0 +1,176 @@
+//! Settings: one struct, filled from defaults, then `fedsql.toml`, then
+//! `FEDSQL_*` environment variables, then command-line flags (later wins).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ServerError};
+
+/// Everything `fedsql serve` and `fedsql query` need to know.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where catalog state, models and the demo data live.
+    pub data_dir: PathBuf,
+    /// Postgres-wire listen address.
+    pub pg_listen: SocketAddr,
+    /// Arrow Flight SQL listen address.
+    pub flight_listen: SocketAddr,
+    /// Whether to load the embedded demo catalog `demo`.
+    pub demo: bool,
+    /// Size of the demo catalog: 1.0 is 20,000 customers and 200,000 transactions.
+    pub demo_scale: f64,
+    /// Sources declared in the config file (the same options as `CREATE SOURCE`).
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("./fedsql-data"),
+            pg_listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            flight_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            demo: true,
+            demo_scale: 1.0,
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// A `[[sources]]` entry: `name`, `type` and the source's options.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+/// Values given on the command line or in `FEDSQL_*` variables; `None` means
+/// "not given", so the file's value (or the default) stays.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SettingsArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "FEDSQL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./fedsql-data].
+    #[arg(long, env = "FEDSQL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Postgres-wire listen address [default: 127.0.0.1:5433].
+    #[arg(long, env = "FEDSQL_PG_LISTEN")]
+    pub pg_listen: Option<SocketAddr>,
+    /// Arrow Flight SQL listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "FEDSQL_FLIGHT_LISTEN")]
+    pub flight_listen: Option<SocketAddr>,
+    /// Do not load the embedded demo catalog.
+    #[arg(long, env = "FEDSQL_NO_DEMO")]
+    pub no_demo: bool,
+    /// Demo catalog size (1.0 = 20k customers, 200k transactions).
+    #[arg(long, env = "FEDSQL_DEMO_SCALE")]
+    pub demo_scale: Option<f64>,
+}
+
+impl SettingsArgs {
+    /// Resolves the settings: defaults, then the file, then these values.
+    pub fn resolve(&self) -> Result<Settings> {
+        let mut settings = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        if let Some(v) = &self.data_dir {
+            settings.data_dir = v.clone();
+        }
+        if let Some(v) = self.pg_listen {
+            settings.pg_listen = v;
+        }
+        if let Some(v) = self.flight_listen {
+            settings.flight_listen = v;
+        }
+        if self.no_demo {
+            settings.demo = false;
+        }
+        if let Some(v) = self.demo_scale {
+            settings.demo_scale = v;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.demo_scale > 0.0 && self.demo_scale <= 100.0) {
+            return Err(ServerError::Config(format!(
+                "demo_scale must be in (0, 100], got {}",
+                self.demo_scale
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fedsql.toml");
+        std::fs::write(
+            &path,
+            r#"
+data_dir = "/var/lib/fedsql"
+pg_listen = "127.0.0.1:6000"
+demo_scale = 0.5
+
+[[sources]]
+name = "pg"
+type = "postgres"
+url = "postgres://u@127.0.0.1:5432/db"
+password_env = "PGPASSWORD"
+"#,
+        )
+        .unwrap();
+        let args = SettingsArgs {
+            config: Some(path),
+            pg_listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/fedsql"));
+        assert_eq!(s.pg_listen.port(), 7000);
+        assert_eq!(s.demo_scale, 0.5);
+        assert!(s.demo);
+        assert_eq!(s.sources[0].kind, "postgres");
+        assert_eq!(
+            s.sources[0].options["password_env"].as_str(),
+            Some("PGPASSWORD")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fedsql.toml");
+        std::fs::write(&path, "pg_lsten = \"x\"").unwrap();
+        let err = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("pg_lsten"), "{err}");
+        let args = SettingsArgs {
+            demo_scale: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_err());
+    }
+}

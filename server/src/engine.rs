@@ -1,0 +1,469 @@
+//! The engine: the catalogs every session shares, the persisted catalog state,
+//! the query log, and the execution of fedsql's own statements.
+//!
+//! A Postgres database is a fedsql catalog: a session opened on database
+//! `demo` resolves unqualified names in catalog `demo`, schema `public`, and
+//! reaches every other catalog by three-part names.
+
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{ObjectName, ObjectNamePart, ObjectType, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use fedsql_connectors::demo::{open_demo_catalog, DemoManifest, DEMO_CATALOG};
+use fedsql_sql::{FedsqlStatement, SourceKind};
+
+use crate::catalog_store::{CatalogState, CatalogStore, ViewEntry};
+use crate::config::Settings;
+use crate::error::{Result, ServerError};
+use crate::query_log::QueryLog;
+use crate::system_tables::{self, SystemTable};
+
+/// The built-in catalog holding `fedsql.system.*`.
+pub const SYSTEM_CATALOG: &str = "fedsql";
+
+/// What running a fedsql statement produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FedsqlOutcome {
+    /// The statement is answered by this SQL over the system tables, so both
+    /// wires describe and stream it like any query.
+    Query(String),
+    /// The statement changed state; the text is the command tag.
+    Command(String),
+}
+
+/// The result of one statement run by [`Engine::run`].
+#[derive(Debug)]
+pub enum StatementResult {
+    /// Rows, fully collected.
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    /// A command tag such as `CREATE VIEW`.
+    Command(String),
+}
+
+/// Shared state of a running fedsql.
+pub struct Engine {
+    settings: Settings,
+    catalogs: Arc<MemoryCatalogProviderList>,
+    runtime: Arc<RuntimeEnv>,
+    store: CatalogStore,
+    /// Guards the persisted state; held across the save so writes never
+    /// interleave.
+    state: Arc<Mutex<CatalogState>>,
+    queries: Arc<QueryLog>,
+    demo: Option<DemoManifest>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.settings.data_dir)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the data dir, loads the demo catalog (generating it on first
+    /// start) and replays persisted views.
+    pub async fn open(settings: Settings) -> Result<Arc<Engine>> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| ServerError::io(&settings.data_dir, e))?;
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+
+        let demo = if settings.demo {
+            let data_dir = settings.data_dir.clone();
+            let scale = settings.demo_scale;
+            // Generation is CPU-bound: keep it off the async workers.
+            let (catalog, manifest) =
+                tokio::task::spawn_blocking(move || open_demo_catalog(&data_dir, scale))
+                    .await
+                    .map_err(|e| ServerError::Config(format!("demo generation failed: {e}")))??;
+            catalogs.register_catalog(DEMO_CATALOG.to_string(), catalog);
+            Some(manifest)
+        } else {
+            None
+        };
+
+        let store = CatalogStore::new(&settings.data_dir);
+        let state = Arc::new(Mutex::new(store.load()?));
+        let queries = Arc::new(QueryLog::default());
+        catalogs.register_catalog(
+            SYSTEM_CATALOG.to_string(),
+            system_catalog(Arc::clone(&state), Arc::clone(&queries))?,
+        );
+
+        let engine = Arc::new(Engine {
+            settings,
+            catalogs,
+            runtime: Arc::new(RuntimeEnv::default()),
+            store,
+            state,
+            queries,
+            demo,
+        });
+        if let Some(source) = engine.settings.sources.first() {
+            let kind = SourceKind::from_word(&source.kind).ok_or_else(|| {
+                ServerError::Config(format!(
+                    "source {}: unknown type '{}' (expected postgres, odbc, kafka or flightsql)",
+                    source.name, source.kind
+                ))
+            })?;
+            return Err(source_not_supported(kind));
+        }
+        engine.replay_views().await?;
+        Ok(engine)
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The demo catalog's manifest, when the demo is loaded.
+    pub fn demo_manifest(&self) -> Option<&DemoManifest> {
+        self.demo.as_ref()
+    }
+
+    /// The recent-query log behind `fedsql.system.queries`.
+    pub fn queries(&self) -> &QueryLog {
+        &self.queries
+    }
+
+    /// The database a client lands in when it names none it knows:
+    /// `demo` when loaded, else `fedsql`.
+    pub fn default_database(&self) -> &'static str {
+        if self.demo.is_some() {
+            DEMO_CATALOG
+        } else {
+            SYSTEM_CATALOG
+        }
+    }
+
+    /// All databases (catalogs), sorted.
+    pub fn databases(&self) -> Vec<String> {
+        let mut names = self.catalogs.catalog_names();
+        names.sort();
+        names
+    }
+
+    /// Maps the database a client asked for to a catalog. `postgres` (what
+    /// many tools assume exists) means the default database.
+    pub fn resolve_database(&self, requested: Option<&str>) -> Result<String> {
+        match requested {
+            None | Some("") | Some("postgres") => Ok(self.default_database().to_string()),
+            Some(name) if self.catalogs.catalog(name).is_some() => Ok(name.to_string()),
+            Some(name) => Err(ServerError::UnknownDatabase {
+                name: name.to_string(),
+                available: self.databases().join(", "),
+            }),
+        }
+    }
+
+    /// A new session whose default catalog is `database`.
+    ///
+    /// Sessions share catalogs and the runtime (memory pool, object stores)
+    /// but not settings, so one client's `SET` does not leak into another's.
+    pub fn session_context(&self, database: &str) -> Result<SessionContext> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(database, "public");
+        let catalogs: Arc<dyn CatalogProviderList> = Arc::clone(&self.catalogs) as _;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&self.runtime))
+            .with_catalog_list(catalogs)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        setup_pg_catalog(&ctx, database, EmptyContextProvider)
+            .map_err(|e| ServerError::from_datafusion(&e, ""))?;
+        Ok(ctx)
+    }
+
+    /// Runs one fedsql statement.
+    pub async fn execute_fedsql(&self, statement: &FedsqlStatement) -> Result<FedsqlOutcome> {
+        match statement {
+            FedsqlStatement::ShowSources => Ok(FedsqlOutcome::Query(
+                "SELECT name, type, options, created_at FROM fedsql.system.sources ORDER BY name"
+                    .to_string(),
+            )),
+            FedsqlStatement::CreateSource(create) => {
+                let exists = self.lock_state().sources.iter().any(|s| s.name == create.name)
+                    || self.catalogs.catalog(&create.name).is_some();
+                if exists {
+                    if create.if_not_exists {
+                        return Ok(FedsqlOutcome::Command("CREATE SOURCE".into()));
+                    }
+                    return Err(ServerError::DuplicateObject {
+                        kind: "source or catalog",
+                        name: create.name.clone(),
+                    });
+                }
+                Err(source_not_supported(create.kind))
+            }
+            FedsqlStatement::DropSource { name, if_exists } => {
+                if [DEMO_CATALOG, SYSTEM_CATALOG].contains(&name.as_str()) {
+                    return Err(ServerError::NotSupported {
+                        statement: "DROP SOURCE".into(),
+                        reason: format!("\"{name}\" is a built-in catalog, not a source"),
+                    });
+                }
+                let mut state = self.lock_state();
+                let Some(pos) = state.sources.iter().position(|s| &s.name == name) else {
+                    if *if_exists {
+                        return Ok(FedsqlOutcome::Command("DROP SOURCE".into()));
+                    }
+                    return Err(ServerError::UndefinedObject {
+                        kind: "source",
+                        name: name.clone(),
+                    });
+                };
+                let mut next = state.clone();
+                next.sources.remove(pos);
+                self.store.save(&next)?;
+                *state = next;
+                self.catalogs.catalogs.remove(name);
+                Ok(FedsqlOutcome::Command("DROP SOURCE".into()))
+            }
+            other => Err(ServerError::NotSupported {
+                statement: other.kind().to_string(),
+                reason: "federated training and the model registry have not landed yet \
+                         (tracked as the training issue); this statement parsed correctly"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Persists the effect of a standard statement that succeeded in
+    /// `database`: `CREATE VIEW` and `DROP VIEW` survive restarts.
+    pub fn after_statement(&self, database: &str, sql: &str) -> Result<()> {
+        let Some(change) = view_change(database, sql) else {
+            return Ok(());
+        };
+        let mut state = self.lock_state();
+        let mut next = state.clone();
+        match change {
+            ViewChange::Created(name) => {
+                next.views.retain(|v| v.name != name);
+                next.views.push(ViewEntry {
+                    name,
+                    database: database.to_string(),
+                    sql: sql.to_string(),
+                });
+            }
+            ViewChange::Dropped(names) => next.views.retain(|v| !names.contains(&v.name)),
+        }
+        if next != *state {
+            self.store.save(&next)?;
+            *state = next;
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` through the fedsql front and collects every result; used
+    /// by `fedsql query` and by start-up replay.
+    pub async fn run(&self, database: &str, sql: &str) -> Result<Vec<StatementResult>> {
+        let ctx = self.session_context(database)?;
+        let mut results = Vec::new();
+        for statement in fedsql_sql::parse(sql)? {
+            let offset = statement.offset();
+            let result = match &statement {
+                fedsql_sql::Statement::Fedsql { statement, .. } => {
+                    match self.execute_fedsql(statement).await? {
+                        FedsqlOutcome::Query(q) => run_standard(&ctx, &q).await,
+                        FedsqlOutcome::Command(tag) => Ok(StatementResult::Command(tag)),
+                    }
+                }
+                fedsql_sql::Statement::Sql { text, .. } => {
+                    let result = run_standard(&ctx, text).await;
+                    if result.is_ok() {
+                        self.after_statement(database, text)?;
+                    }
+                    result
+                }
+            };
+            results.push(result.map_err(|e| e.offset_by(offset))?);
+        }
+        Ok(results)
+    }
+
+    async fn replay_views(&self) -> Result<()> {
+        let views = self.lock_state().views.clone();
+        for view in views {
+            let outcome = match self.session_context(&view.database) {
+                Ok(ctx) => run_standard(&ctx, &view.sql).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            // A view whose inputs are gone stays persisted (its source may
+            // come back), but the server still starts.
+            if let Err(e) = outcome {
+                tracing::warn!(view = %view.name, error = %e, "could not restore view");
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, CatalogState> {
+        // State is replaced only after a successful save, so it is consistent
+        // even if a holder panicked.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs one standard statement the way the Postgres wire does (through the
+/// Postgres-compatibility rewriter) and collects its rows.
+async fn run_standard(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
+    let parser = PostgresCompatibilityParser::new();
+    let statements = parser
+        .parse(sql)
+        .map_err(|e| crate::error::syntax_error(&e.to_string(), sql))?;
+    let Some(statement) = statements.into_iter().next() else {
+        return Ok(StatementResult::Command("EMPTY".into()));
+    };
+    let is_ddl = matches!(
+        statement,
+        Statement::CreateView(_) | Statement::Drop { .. } | Statement::CreateTable(_)
+    );
+    let plan = ctx
+        .state()
+        .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+        .await
+        .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+    let schema: SchemaRef = Arc::clone(df.schema().inner());
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+    if is_ddl {
+        return Ok(StatementResult::Command("OK".into()));
+    }
+    Ok(StatementResult::Rows { schema, batches })
+}
+
+fn system_catalog(
+    state: Arc<Mutex<CatalogState>>,
+    queries: Arc<QueryLog>,
+) -> Result<Arc<dyn CatalogProvider>> {
+    let system = Arc::new(MemorySchemaProvider::new());
+    let sources = SystemTable::new(
+        system_tables::sources_schema(),
+        Arc::new(move || {
+            let state = state.lock().unwrap_or_else(|p| p.into_inner());
+            system_tables::sources_batch(&state.sources)
+        }),
+    );
+    let log = SystemTable::new(
+        system_tables::queries_schema(),
+        Arc::new(move || system_tables::queries_batch(&queries.snapshot())),
+    );
+    let to_err = |e| ServerError::from_datafusion(&e, "");
+    system
+        .register_table("sources".into(), Arc::new(sources))
+        .map_err(to_err)?;
+    system
+        .register_table("queries".into(), Arc::new(log))
+        .map_err(to_err)?;
+    let catalog = Arc::new(MemoryCatalogProvider::new());
+    catalog.register_schema("system", system).map_err(to_err)?;
+    catalog
+        .register_schema("public", Arc::new(MemorySchemaProvider::new()))
+        .map_err(to_err)?;
+    Ok(catalog)
+}
+
+fn source_not_supported(kind: SourceKind) -> ServerError {
+    ServerError::NotSupported {
+        statement: format!("CREATE SOURCE … TYPE {kind}"),
+        reason: format!("the {kind} connector has not landed yet"),
+    }
+}
+
+enum ViewChange {
+    Created(String),
+    Dropped(Vec<String>),
+}
+
+/// Whether `sql` creates or drops views, with their fully-qualified names.
+fn view_change(database: &str, sql: &str) -> Option<ViewChange> {
+    let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .ok()?
+        .into_iter()
+        .next()?;
+    match statement {
+        Statement::CreateView(view) if !view.materialized => {
+            Some(ViewChange::Created(qualify(database, &view.name)?))
+        }
+        Statement::Drop {
+            object_type: ObjectType::View,
+            names,
+            ..
+        } => Some(ViewChange::Dropped(
+            names.iter().filter_map(|n| qualify(database, n)).collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// `catalog.schema.name` for an object name written in `database`, folding
+/// unquoted identifiers to lower case as DataFusion does.
+fn qualify(database: &str, name: &ObjectName) -> Option<String> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) if ident.quote_style.is_some() => {
+                Some(ident.value.clone())
+            }
+            ObjectNamePart::Identifier(ident) => Some(ident.value.to_lowercase()),
+            ObjectNamePart::Function(_) => None,
+        })
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [t] => Some(format!("{database}.public.{t}")),
+        [s, t] => Some(format!("{database}.{s}.{t}")),
+        [c, s, t] => Some(format!("{c}.{s}.{t}")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_changes_are_qualified() {
+        let Some(ViewChange::Created(n)) = view_change("demo", "CREATE VIEW Big AS SELECT 1")
+        else {
+            panic!()
+        };
+        assert_eq!(n, "demo.public.big");
+        let Some(ViewChange::Dropped(n)) =
+            view_change("demo", "DROP VIEW IF EXISTS bank.\"V\", fedsql.public.w")
+        else {
+            panic!()
+        };
+        assert_eq!(n, ["demo.bank.V", "fedsql.public.w"]);
+        assert!(view_change("demo", "SELECT 1").is_none());
+    }
+}

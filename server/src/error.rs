@@ -1,0 +1,304 @@
+//! The server's errors and their one mapping to SQLSTATE codes.
+//!
+//! Every error a client can see passes through [`ServerError::sqlstate`] once,
+//! at the wire. Messages say what was wrong; hints say what to do.
+
+use datafusion::error::DataFusionError;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// A `Result` whose error is a [`ServerError`].
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// Errors of the fedsql server, each with a SQLSTATE.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The SQL does not parse (42601).
+    #[error("syntax error: {message}")]
+    Syntax {
+        message: String,
+        /// 1-based character position in the query string.
+        position: Option<usize>,
+    },
+    /// A statement whose capability has not landed yet (0A000).
+    #[error("{statement} is not supported yet: {reason}")]
+    NotSupported { statement: String, reason: String },
+    /// The client asked for a database (catalog) that does not exist (3D000).
+    #[error("database \"{name}\" does not exist (available: {available})")]
+    UnknownDatabase { name: String, available: String },
+    /// A named object (source, view) does not exist (42704).
+    #[error("{kind} \"{name}\" does not exist")]
+    UndefinedObject { kind: &'static str, name: String },
+    /// A named object already exists (42710).
+    #[error("{kind} \"{name}\" already exists")]
+    DuplicateObject { kind: &'static str, name: String },
+    /// Settings or options are invalid (22023 / F0000 at startup).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Reading or writing the data dir failed (58030).
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A connector failed.
+    #[error(transparent)]
+    Connector(#[from] fedsql_connectors::ConnectorError),
+    /// Planning or executing a query failed; the code was classified from
+    /// DataFusion's error.
+    #[error("{message}")]
+    Query {
+        sqlstate: &'static str,
+        message: String,
+        position: Option<usize>,
+    },
+}
+
+impl ServerError {
+    /// The SQLSTATE sent to Postgres-wire clients.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            ServerError::Syntax { .. } => "42601",
+            ServerError::NotSupported { .. } => "0A000",
+            ServerError::UnknownDatabase { .. } => "3D000",
+            ServerError::UndefinedObject { .. } => "42704",
+            ServerError::DuplicateObject { .. } => "42710",
+            ServerError::Config(_) => "22023",
+            ServerError::Io { .. } => "58030",
+            ServerError::Connector(_) => "XX000",
+            ServerError::Query { sqlstate, .. } => sqlstate,
+        }
+    }
+
+    /// 1-based character position of the error in the query, if known.
+    pub fn position(&self) -> Option<usize> {
+        match self {
+            ServerError::Syntax { position, .. } | ServerError::Query { position, .. } => {
+                *position
+            }
+            _ => None,
+        }
+    }
+
+    /// Shifts the position of an error found in one statement of a longer
+    /// query string by that statement's offset (in characters).
+    pub fn offset_by(mut self, offset: usize) -> Self {
+        if let ServerError::Syntax { position, .. } | ServerError::Query { position, .. } =
+            &mut self
+        {
+            *position = position.map(|p| p + offset);
+        }
+        self
+    }
+
+    /// A wrapper for I/O errors that names the file.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        ServerError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    /// Classifies a DataFusion error raised while running `sql`.
+    ///
+    /// Positions are relative to `sql`. DataFusion reports syntax errors
+    /// without a usable location when the text went through the
+    /// Postgres-compatibility rewriter, so the statement is parsed once more
+    /// with sqlparser to find where it breaks.
+    pub fn from_datafusion(err: &DataFusionError, sql: &str) -> Self {
+        let root = err.find_root();
+        let message = root.message().to_string();
+        match root {
+            DataFusionError::SQL(parser_error, _) => syntax_error(&parser_error.to_string(), sql),
+            DataFusionError::SchemaError(schema_error, _) => {
+                let sqlstate = match schema_error.as_ref() {
+                    datafusion::common::SchemaError::FieldNotFound { .. } => "42703",
+                    datafusion::common::SchemaError::AmbiguousReference { .. } => "42702",
+                    _ => "42P16",
+                };
+                ServerError::Query {
+                    sqlstate,
+                    position: field_position(schema_error.as_ref(), sql),
+                    message,
+                }
+            }
+            DataFusionError::Plan(msg) => {
+                let sqlstate = if msg.contains("not found") && msg.starts_with("table ") {
+                    "42P01"
+                } else if msg.contains("Invalid function") || msg.contains("No function matches")
+                {
+                    "42883"
+                } else if msg.contains("coerce") || msg.contains("Cannot infer") {
+                    "42804"
+                } else {
+                    "42000"
+                };
+                let position = if sqlstate == "42P01" {
+                    table_position(msg, sql)
+                } else {
+                    None
+                };
+                ServerError::Query {
+                    sqlstate,
+                    message,
+                    position,
+                }
+            }
+            DataFusionError::NotImplemented(_) => ServerError::Query {
+                sqlstate: "0A000",
+                message,
+                position: None,
+            },
+            DataFusionError::ResourcesExhausted(_) => ServerError::Query {
+                sqlstate: "53200",
+                message,
+                position: None,
+            },
+            DataFusionError::ArrowError(arrow, _)
+                if matches!(
+                    arrow.as_ref(),
+                    datafusion::arrow::error::ArrowError::CastError(_)
+                        | datafusion::arrow::error::ArrowError::ParseError(_)
+                ) =>
+            {
+                ServerError::Query {
+                    sqlstate: "22P02",
+                    message,
+                    position: None,
+                }
+            }
+            DataFusionError::ArrowError(arrow, _)
+                if matches!(
+                    arrow.as_ref(),
+                    datafusion::arrow::error::ArrowError::DivideByZero
+                ) =>
+            {
+                ServerError::Query {
+                    sqlstate: "22012",
+                    message,
+                    position: None,
+                }
+            }
+            DataFusionError::Execution(msg) if msg.contains("Cannot cast") => ServerError::Query {
+                sqlstate: "22P02",
+                message,
+                position: None,
+            },
+            DataFusionError::Internal(_) => ServerError::Query {
+                sqlstate: "XX000",
+                message: format!("internal error (this is a bug in fedsql or DataFusion): {message}"),
+                position: None,
+            },
+            _ => ServerError::Query {
+                sqlstate: "XX000",
+                message,
+                position: None,
+            },
+        }
+    }
+}
+
+/// A syntax error located by re-parsing `sql` with sqlparser.
+pub fn syntax_error(message: &str, sql: &str) -> ServerError {
+    let located = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .err()
+        .map(|e| fedsql_sql::ParseError::from_parser_error(&e, sql));
+    let (clean, position) = fedsql_sql::locate(message, sql);
+    match located {
+        Some(parsed) if parsed.position.is_some() => ServerError::Syntax {
+            message: parsed.message,
+            position: parsed.position,
+        },
+        _ => ServerError::Syntax {
+            message: clean
+                .trim_start_matches("sql parser error: ")
+                .to_string(),
+            position,
+        },
+    }
+}
+
+impl From<fedsql_sql::ParseError> for ServerError {
+    fn from(e: fedsql_sql::ParseError) -> Self {
+        ServerError::Syntax {
+            message: e.message,
+            position: e.position,
+        }
+    }
+}
+
+/// 1-based character position of the first case-insensitive match of `word`
+/// in `sql` that is not part of a longer identifier.
+fn word_position(sql: &str, word: &str) -> Option<usize> {
+    if word.is_empty() {
+        return None;
+    }
+    let lower = sql.to_lowercase();
+    let needle = word.to_lowercase();
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(&needle) {
+        let start = from + found;
+        let end = start + needle.len();
+        let before = lower[..start].chars().next_back();
+        let after = lower[end..].chars().next();
+        if !before.is_some_and(is_ident) && !after.is_some_and(is_ident) {
+            return Some(sql[..start.min(sql.len())].chars().count() + 1);
+        }
+        from = end;
+    }
+    None
+}
+
+/// Where the missing table of "table 'a.b.c' not found" is named in `sql`.
+fn table_position(message: &str, sql: &str) -> Option<usize> {
+    let name = message.split('\'').nth(1)?;
+    word_position(sql, name.rsplit('.').next()?)
+}
+
+fn field_position(err: &datafusion::common::SchemaError, sql: &str) -> Option<usize> {
+    match err {
+        datafusion::common::SchemaError::FieldNotFound { field, .. } => {
+            word_position(sql, &field.name)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_are_located_by_reparsing() {
+        let e = syntax_error("sql parser error: whatever", "SELECT 1 FORM t");
+        assert_eq!(e.sqlstate(), "42601");
+        assert_eq!(e.position(), Some(15));
+    }
+
+    #[test]
+    fn unknown_table_is_42p01_with_position() {
+        let sql = "select * from demo.bank.nope";
+        let err = DataFusionError::Plan("table 'demo.bank.nope' not found".into());
+        let e = ServerError::from_datafusion(&err, sql);
+        assert_eq!(e.sqlstate(), "42P01");
+        assert_eq!(e.position(), Some(25));
+    }
+
+    #[test]
+    fn word_position_skips_longer_identifiers() {
+        assert_eq!(word_position("select nopes, nope from t", "nope"), Some(15));
+        assert_eq!(word_position("select x", "nope"), None);
+    }
+
+    #[test]
+    fn offsets_shift_positions() {
+        let e = ServerError::Syntax {
+            message: "x".into(),
+            position: Some(3),
+        }
+        .offset_by(10);
+        assert_eq!(e.position(), Some(13));
+    }
+}

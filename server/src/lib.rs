@@ -1,0 +1,17 @@
+//! The fedsql server: configuration, the engine and its catalogs, the
+//! Postgres wire, and the `fedsql` command line.
+#![warn(rust_2018_idioms)]
+
+pub mod catalog_store;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod output;
+pub mod query_log;
+pub mod serve;
+pub mod system_tables;
+pub mod wire;
+
+pub use config::{Settings, SettingsArgs};
+pub use engine::Engine;
+pub use error::{Result, ServerError};

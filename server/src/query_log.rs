@@ -1,0 +1,109 @@
+//! Recent queries, served as `fedsql.system.queries`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How many queries the log keeps.
+const CAPACITY: usize = 1000;
+
+/// One finished statement.
+#[derive(Debug, Clone)]
+pub struct QueryRecord {
+    pub query_id: i64,
+    /// Microseconds since the Unix epoch.
+    pub started_at_us: i64,
+    pub database: String,
+    pub user: String,
+    /// `pg`, `embedded`, …
+    pub protocol: &'static str,
+    pub query: String,
+    /// `ok` or `error`.
+    pub status: &'static str,
+    pub sqlstate: Option<String>,
+    pub error: Option<String>,
+    /// Time to plan and start the statement (streaming rows is not counted).
+    pub duration_ms: f64,
+}
+
+/// A bounded, thread-safe log of recent statements.
+#[derive(Debug, Default)]
+pub struct QueryLog {
+    next_id: AtomicI64,
+    records: Mutex<VecDeque<QueryRecord>>,
+}
+
+/// What [`QueryLog::record`] needs to know about a statement.
+#[derive(Debug)]
+pub struct Finished<'a> {
+    pub started: SystemTime,
+    pub elapsed: Duration,
+    pub database: &'a str,
+    pub user: &'a str,
+    pub protocol: &'static str,
+    pub query: &'a str,
+    /// `None` when it succeeded, else (SQLSTATE, message).
+    pub error: Option<(&'a str, String)>,
+}
+
+impl QueryLog {
+    /// Appends a finished statement, dropping the oldest beyond capacity.
+    pub fn record(&self, f: Finished<'_>) {
+        let started_at_us = f
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let record = QueryRecord {
+            query_id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            started_at_us,
+            database: f.database.to_string(),
+            user: f.user.to_string(),
+            protocol: f.protocol,
+            query: f.query.to_string(),
+            status: if f.error.is_some() { "error" } else { "ok" },
+            sqlstate: f.error.as_ref().map(|(s, _)| s.to_string()),
+            error: f.error.map(|(_, m)| m),
+            duration_ms: f.elapsed.as_secs_f64() * 1000.0,
+        };
+        // A poisoned lock only means another thread panicked mid-push; the
+        // deque is still valid, so keep logging.
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if records.len() == CAPACITY {
+            records.pop_front();
+        }
+        records.push_back(record);
+    }
+
+    /// A copy of the current records, oldest first.
+    pub fn snapshot(&self) -> Vec<QueryRecord> {
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_records() {
+        let log = QueryLog::default();
+        for i in 0..CAPACITY + 5 {
+            log.record(Finished {
+                started: SystemTime::now(),
+                elapsed: Duration::from_millis(1),
+                database: "demo",
+                user: "u",
+                protocol: "pg",
+                query: &format!("SELECT {i}"),
+                error: None,
+            });
+        }
+        let snap = log.snapshot();
+        assert_eq!(snap.len(), CAPACITY);
+        assert_eq!(snap[0].query, "SELECT 5");
+        assert_eq!(snap.last().unwrap().query_id, (CAPACITY + 5) as i64);
+    }
+}

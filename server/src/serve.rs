@@ -1,0 +1,105 @@
+//! `fedsql serve`: the long-running service.
+
+use std::sync::Arc;
+
+use datafusion_postgres::pgwire::tokio::process_socket;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::error::{Result, ServerError};
+use crate::wire::FedsqlHandlers;
+
+/// Runs the service until Ctrl-C or SIGTERM.
+pub async fn serve(settings: Settings) -> Result<()> {
+    let pg_listen = settings.pg_listen;
+    let engine = Engine::open(settings).await?;
+    let handlers = Arc::new(FedsqlHandlers::new(Arc::clone(&engine))?);
+    let listener = TcpListener::bind(pg_listen)
+        .await
+        .map_err(|e| ServerError::Config(format!("cannot listen on {pg_listen}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServerError::Config(format!("cannot read listen address: {e}")))?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(
+            %bound,
+            "listening on a non-loopback address without authentication: anyone who can reach it can query"
+        );
+    }
+    print_banner(&engine, bound);
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let handlers = Arc::clone(&handlers);
+                    tokio::spawn(async move {
+                        if let Err(e) = process_socket(socket, None, handlers).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = &mut shutdown => {
+                println!("fedsql: shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn print_banner(engine: &Engine, bound: std::net::SocketAddr) {
+    let settings = engine.settings();
+    println!("fedsql {} is running", env!("CARGO_PKG_VERSION"));
+    println!("  data dir       {}", settings.data_dir.display());
+    if let Some(m) = engine.demo_manifest() {
+        println!(
+            "  demo catalog   demo.bank: {} customers, {} transactions, {} support messages",
+            m.customers, m.transactions, m.support_messages
+        );
+        println!(
+            "                 is_fraud: {:.1}% positive; best possible accuracy {:.1}% (majority class {:.1}%)",
+            m.fraud_rate * 100.0,
+            m.bayes_accuracy * 100.0,
+            m.majority_accuracy * 100.0
+        );
+    }
+    println!("  postgres wire  {bound}");
+    println!(
+        "  flight sql     {} reserved; the Flight SQL endpoint has not landed yet",
+        settings.flight_listen
+    );
+    println!("connect with:");
+    println!(
+        "  psql -h {} -p {} -U fedsql -d {}",
+        bound.ip(),
+        bound.port(),
+        engine.default_database()
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,482 @@
+//! The Postgres wire: pgwire handlers that put fedsql's SQL front in front of
+//! datafusion-postgres.
+//!
+//! datafusion-postgres parses every query with its Postgres-compatibility
+//! parser before its hooks run, so text it cannot parse (`TRAIN MODEL …`)
+//! would never reach a hook. These handlers see the raw SQL first: fedsql
+//! statements run on the [`Engine`], every other statement goes, as written,
+//! to a per-connection [`DfSessionService`] (which brings `pg_catalog`,
+//! `SET`/`SHOW`, transactions and cursors).
+//!
+//! ```text
+//!  client ──► FedsqlService ──► fedsql_sql::parse ──┬─ fedsql statement ──► Engine
+//!                                                   └─ standard SQL ──────► DfSessionService
+//! ```
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, Parser as DfParser};
+use futures::{stream, Sink, StreamExt};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type,
+    METADATA_DATABASE, METADATA_USER,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use crate::engine::{Engine, FedsqlOutcome};
+use crate::error::ServerError;
+use crate::query_log::Finished;
+
+/// The statement type datafusion-postgres stores in a client's portal store.
+/// fedsql uses the same type, with no plan, for its own statements, because
+/// datafusion-postgres's cursor hook expects exactly this type in the store.
+type PreparedStatement = (String, Option<(sqlparser::ast::Statement, LogicalPlan)>);
+
+/// The pgwire handler set for `fedsql serve`.
+pub struct FedsqlHandlers {
+    service: Arc<FedsqlService>,
+    startup: Arc<FedsqlStartup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl FedsqlHandlers {
+    /// Handlers serving `engine`.
+    pub fn new(engine: Arc<Engine>) -> Result<Self, ServerError> {
+        let connections = Arc::new(ConnectionManager::new());
+        let template = Arc::new(DfSessionService::new(Arc::new(
+            engine.session_context(engine.default_database())?,
+        )));
+        Ok(FedsqlHandlers {
+            service: Arc::new(FedsqlService {
+                parser: Arc::new(FedsqlParser {
+                    engine: Arc::clone(&engine),
+                    template,
+                }),
+                engine: Arc::clone(&engine),
+            }),
+            startup: Arc::new(FedsqlStartup {
+                engine,
+                connections: Arc::clone(&connections),
+            }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        })
+    }
+}
+
+impl PgWireServerHandlers for FedsqlHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.service)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.service)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::clone(&self.startup)
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(LogErrors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::clone(&self.cancel)
+    }
+}
+
+/// Accepts every user (auth lands with TLS/SCRAM) but refuses unknown databases.
+struct FedsqlStartup {
+    engine: Arc<Engine>,
+    connections: Arc<ConnectionManager>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for FedsqlStartup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(Arc::clone(&self.connections))
+    }
+
+    async fn post_startup<C>(&self, client: &mut C, _message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let requested = client.metadata().get(METADATA_DATABASE).cloned();
+        self.engine
+            .resolve_database(requested.as_deref())
+            .map(|_| ())
+            .map_err(|e| {
+                let mut info = error_info(&e);
+                info.severity = "FATAL".into();
+                PgWireError::UserError(Box::new(info))
+            })
+    }
+}
+
+struct LogErrors;
+
+impl ErrorHandler for LogErrors {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        tracing::debug!(%error, "sending error to client");
+    }
+}
+
+/// One connection's DataFusion session, created on its first statement.
+struct ConnectionSession {
+    database: String,
+    user: String,
+    service: DfSessionService,
+}
+
+/// Runs queries from both the simple and the extended protocol.
+pub struct FedsqlService {
+    engine: Arc<Engine>,
+    parser: Arc<FedsqlParser>,
+}
+
+/// The connection's session, created on first use.
+fn connection_session<C>(engine: &Engine, client: &C) -> Result<Arc<ConnectionSession>, ServerError>
+where
+    C: ClientInfo + ?Sized,
+{
+    if let Some(session) = client.session_extensions().get::<ConnectionSession>() {
+        return Ok(session);
+    }
+    let database = engine.resolve_database(client.metadata().get(METADATA_DATABASE).map(String::as_str))?;
+    let ctx = engine.session_context(&database)?;
+    let session = ConnectionSession {
+        user: client
+            .metadata()
+            .get(METADATA_USER)
+            .cloned()
+            .unwrap_or_default(),
+        database,
+        service: DfSessionService::new(Arc::new(ctx)),
+    };
+    Ok(client.session_extensions().get_or_insert_with(|| session))
+}
+
+/// The Postgres `ErrorResponse` fields for a server error.
+fn error_info(e: &ServerError) -> ErrorInfo {
+    let mut info = ErrorInfo::new("ERROR".into(), e.sqlstate().into(), e.to_string());
+    info.position = e.position().map(|p| p.to_string());
+    if matches!(e, ServerError::NotSupported { .. }) {
+        info.hint = Some("see the README's SQL reference for what is available now".into());
+    }
+    info
+}
+
+/// Turns whatever datafusion-postgres returned into a fedsql error with the
+/// right SQLSTATE and position; errors that already carry a code pass through.
+fn classify(err: PgWireError, sql: &str) -> Result<PgWireError, ServerError> {
+    match err {
+        PgWireError::ApiError(inner) => {
+            if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+                Err(ServerError::from_datafusion(df, sql))
+            } else if let Some(pe) = inner.downcast_ref::<sqlparser::parser::ParserError>() {
+                Err(crate::error::syntax_error(&pe.to_string(), sql))
+            } else {
+                Err(ServerError::Query {
+                    sqlstate: "XX000",
+                    message: inner.to_string(),
+                    position: None,
+                })
+            }
+        }
+        other => Ok(other),
+    }
+}
+
+/// A `PgWireError` for the client, and the (SQLSTATE, message) for the log.
+fn to_wire(err: Result<PgWireError, ServerError>, offset: usize) -> (PgWireError, (String, String)) {
+    match err {
+        Ok(wire) => {
+            let logged = match &wire {
+                PgWireError::UserError(info) => (info.code.clone(), info.message.clone()),
+                PgWireError::QueryCanceled => ("57014".into(), "canceled".into()),
+                other => ("XX000".into(), other.to_string()),
+            };
+            (wire, logged)
+        }
+        Err(e) => {
+            let e = e.offset_by(offset);
+            let logged = (e.sqlstate().to_string(), e.to_string());
+            (PgWireError::UserError(Box::new(error_info(&e))), logged)
+        }
+    }
+}
+
+/// Waits for a query's first row inside `do_query`, which pgwire races
+/// against cancel requests; without this, blocking work (aggregates, sorts)
+/// would run later while rows stream out, where a cancel cannot reach it.
+async fn start_rows(response: Response) -> PgWireResult<Response> {
+    let Response::Query(mut query) = response else {
+        return Ok(response);
+    };
+    let first = query.data_rows().next().await;
+    if let Some(Err(e)) = first {
+        return Err(e);
+    }
+    let rest = std::mem::replace(query.data_rows(), Box::pin(stream::empty()));
+    let tag = query.command_tag().to_string();
+    let mut started = QueryResponse::new(query.row_schema(), stream::iter(first).chain(rest));
+    started.set_command_tag(&tag);
+    Ok(Response::Query(started))
+}
+
+impl FedsqlService {
+    fn record(
+        &self,
+        session: &ConnectionSession,
+        started: (SystemTime, Instant),
+        query: &str,
+        error: Option<(&str, String)>,
+    ) {
+        self.engine.queries().record(Finished {
+            started: started.0,
+            elapsed: started.1.elapsed(),
+            database: &session.database,
+            user: &session.user,
+            protocol: "pg",
+            query,
+            error,
+        });
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for FedsqlService {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = connection_session(&self.engine, client).map_err(|e| to_wire(Err(e), 0).0)?;
+        let statements = fedsql_sql::parse(query).map_err(|e| to_wire(Err(e.into()), 0).0)?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let started = (SystemTime::now(), Instant::now());
+            let text = statement.text().to_string();
+            let result = match &statement {
+                fedsql_sql::Statement::Fedsql { statement, .. } => {
+                    match self.engine.execute_fedsql(statement).await {
+                        Ok(FedsqlOutcome::Command(tag)) => Ok(vec![Response::Execution(Tag::new(&tag))]),
+                        Ok(FedsqlOutcome::Query(sql)) => {
+                            match SimpleQueryHandler::do_query(&session.service, client, &sql).await {
+                                Ok(r) => Ok(r),
+                                Err(e) => Err(classify(e, &sql)),
+                            }
+                        }
+                        Err(e) => Err(Err(e)),
+                    }
+                }
+                fedsql_sql::Statement::Sql { text, .. } => {
+                    match SimpleQueryHandler::do_query(&session.service, client, text).await {
+                        Ok(r) => match self.engine.after_statement(&session.database, text) {
+                            Ok(()) => Ok(r),
+                            Err(e) => Err(Err(e)),
+                        },
+                        Err(e) => Err(classify(e, text)),
+                    }
+                }
+            };
+            let result = match result {
+                Ok(rs) => {
+                    let mut started_rows = Vec::with_capacity(rs.len());
+                    let mut failure = None;
+                    for r in rs {
+                        match start_rows(r).await {
+                            Ok(r) => started_rows.push(r),
+                            Err(e) => {
+                                failure = Some(classify(e, &text));
+                                break;
+                            }
+                        }
+                    }
+                    match failure {
+                        None => Ok(started_rows),
+                        Some(f) => Err(f),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(rs) => {
+                    self.record(&session, started, &text, None);
+                    responses.extend(rs);
+                }
+                Err(e) => {
+                    let (wire, logged) = to_wire(e, statement.offset());
+                    self.record(&session, started, &text, Some((&logged.0, logged.1)));
+                    // Postgres stops at the first failing statement of a
+                    // simple query; earlier results are still delivered.
+                    if responses.is_empty() {
+                        return Err(wire);
+                    }
+                    match wire {
+                        PgWireError::UserError(info) => responses.push(Response::Error(info)),
+                        other => return Err(other),
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for FedsqlService {
+    type Statement = PreparedStatement;
+    type QueryParser = FedsqlParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = connection_session(&self.engine, client).map_err(|e| to_wire(Err(e), 0).0)?;
+        let started = (SystemTime::now(), Instant::now());
+        let text = portal.statement.statement.0.clone();
+        let result = match &portal.statement.statement {
+            (sql, None) if !sql.trim().is_empty() => self.execute_fedsql_text(sql).await,
+            _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows).await {
+                Ok(r) => match self.engine.after_statement(&session.database, &text) {
+                    Ok(()) => start_rows(r).await.map_err(|e| classify(e, &text)),
+                    Err(e) => Err(Err(e)),
+                },
+                Err(e) => Err(classify(e, &text)),
+            },
+        };
+        match result {
+            Ok(r) => {
+                self.record(&session, started, &text, None);
+                Ok(r)
+            }
+            Err(e) => {
+                let (wire, logged) = to_wire(e, 0);
+                self.record(&session, started, &text, Some((&logged.0, logged.1)));
+                Err(wire)
+            }
+        }
+    }
+}
+
+impl FedsqlService {
+    /// Runs a fedsql statement stored by [`FedsqlParser`] (which already
+    /// turned the query-shaped ones into plans).
+    async fn execute_fedsql_text(&self, sql: &str) -> Result<Response, Result<PgWireError, ServerError>> {
+        let statement = match fedsql_sql::parse(sql).map_err(|e| Err(e.into()))?.into_iter().next() {
+            Some(fedsql_sql::Statement::Fedsql { statement, .. }) => statement,
+            _ => return Ok(Response::EmptyQuery),
+        };
+        match self.engine.execute_fedsql(&statement).await.map_err(Err)? {
+            FedsqlOutcome::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
+            FedsqlOutcome::Query(_) => Err(Err(ServerError::Query {
+                sqlstate: "XX000",
+                message: format!("{} reached execution unplanned (this is a bug)", statement.kind()),
+                position: None,
+            })),
+        }
+    }
+}
+
+/// The extended-protocol parser: fedsql's front first, then DataFusion's.
+pub struct FedsqlParser {
+    engine: Arc<Engine>,
+    /// Describes statements; any session's parser can, since it only reads
+    /// the plan.
+    template: Arc<DfSessionService>,
+}
+
+#[async_trait]
+impl QueryParser for FedsqlParser {
+    type Statement = PreparedStatement;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let session = connection_session(&self.engine, client).map_err(|e| to_wire(Err(e), 0).0)?;
+        let mut statements = fedsql_sql::parse(sql).map_err(|e| to_wire(Err(e.into()), 0).0)?;
+        if statements.len() > 1 {
+            let e = ServerError::Syntax {
+                message: "cannot insert multiple commands into a prepared statement".into(),
+                position: Some(statements[1].offset() + 1),
+            };
+            return Err(to_wire(Err(e), 0).0);
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let inner = session.service.query_parser();
+        match statement {
+            fedsql_sql::Statement::Fedsql { statement, text, .. } => {
+                // Query-shaped statements (SHOW SOURCES) become plans now so
+                // Describe can report their columns; the rest run at Execute.
+                match statement {
+                    fedsql_sql::FedsqlStatement::ShowSources => {
+                        match self.engine.execute_fedsql(&statement).await {
+                            Ok(FedsqlOutcome::Query(q)) => inner
+                                .parse_sql(client, &q, types)
+                                .await
+                                .map_err(|e| to_wire(classify(e, &q), 0).0),
+                            Ok(FedsqlOutcome::Command(_)) => Ok(Some((text, None))),
+                            Err(e) => Err(to_wire(Err(e), 0).0),
+                        }
+                    }
+                    _ => Ok(Some((text, None))),
+                }
+            }
+            fedsql_sql::Statement::Sql { text, offset } => inner
+                .parse_sql(client, &text, types)
+                .await
+                .map_err(|e| to_wire(classify(e, &text), offset).0),
+        }
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        DfParser::get_parameter_types(&self.template.query_parser(), stmt)
+    }
+
+    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        DfParser::get_result_schema(&self.template.query_parser(), stmt, column_format)
+    }
+}
