@@ -122,13 +122,10 @@ fn read_manifest(dir: &Path) -> Option<DemoManifest> {
     serde_json::from_str(&text).ok()
 }
 
-fn parquet_table(
-    path: &Path,
-    schema: SchemaRef,
-) -> Result<Arc<dyn TableProvider>, ConnectorError> {
+fn parquet_table(path: &Path, schema: SchemaRef) -> Result<Arc<dyn TableProvider>, ConnectorError> {
     let url = ListingTableUrl::parse(path.to_string_lossy())?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet");
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
@@ -281,7 +278,9 @@ fn generate_customers(n: usize) -> Result<(RecordBatch, Vec<Customer>), Connecto
             1 => (40.0, 13.0, 11.0, 0.55, 660.0),
             _ => (33.0, 9.0, 10.3, 0.50, 640.0),
         };
-        let a = (age_mu + age_sd * normal(&mut rng)).clamp(18.0, 90.0).round() as i32;
+        let a = (age_mu + age_sd * normal(&mut rng))
+            .clamp(18.0, 90.0)
+            .round() as i32;
         let inc = ((inc_mu + inc_sd * normal(&mut rng)).exp() * 100.0).round() / 100.0;
         let t = rng.random_range(1..=((a - 17) * 12).min(360));
         let score = (score_mu + 70.0 * normal(&mut rng) + 25.0 * (inc / 50_000.0).ln())
@@ -315,7 +314,10 @@ fn generate_customers(n: usize) -> Result<(RecordBatch, Vec<Customer>), Connecto
         Arc::new(credit.finish()),
         Arc::new(segment.finish()),
     ];
-    Ok((RecordBatch::try_new(customers_schema(), columns)?, customers))
+    Ok((
+        RecordBatch::try_new(customers_schema(), columns)?,
+        customers,
+    ))
 }
 
 struct FraudStats {
@@ -327,8 +329,16 @@ struct FraudStats {
 fn fraud_probability(amount: f64, channel: usize, category: usize, hour: u32, score: i32) -> f64 {
     let z = -6.6
         + 0.85 * amount.ln()
-        + if CHANNELS[channel] == "online" { 1.7 } else { 0.0 }
-        + if CHANNELS[channel] == "mobile" { 0.9 } else { 0.0 }
+        + if CHANNELS[channel] == "online" {
+            1.7
+        } else {
+            0.0
+        }
+        + if CHANNELS[channel] == "mobile" {
+            0.9
+        } else {
+            0.0
+        }
         + if matches!(CATEGORIES[category], "electronics" | "travel") {
             1.5
         } else {
@@ -532,7 +542,11 @@ mod tests {
         assert_eq!(s1.fraud_rate, s2.fraud_rate);
         // The rule must be learnable: better than always guessing "no fraud".
         assert!(s1.bayes_accuracy > s1.fraud_rate.max(1.0 - s1.fraud_rate));
-        assert!(s1.fraud_rate > 0.05 && s1.fraud_rate < 0.5, "{}", s1.fraud_rate);
+        assert!(
+            s1.fraud_rate > 0.05 && s1.fraud_rate < 0.5,
+            "{}",
+            s1.fraud_rate
+        );
     }
 
     #[test]

@@ -96,6 +96,10 @@ mod tests {
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
         std::fs::write(dir.path().join("catalog.json"), b"{").unwrap();
-        assert!(store.load().unwrap_err().to_string().contains("catalog.json"));
+        assert!(store
+            .load()
+            .unwrap_err()
+            .to_string()
+            .contains("catalog.json"));
     }
 }

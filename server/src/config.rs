@@ -105,8 +105,7 @@ impl Settings {
     /// Reads a TOML settings file.
     pub fn from_file(path: &Path) -> Result<Settings> {
         let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-        toml::from_str(&text)
-            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
     }
 
     fn validate(&self) -> Result<()> {

@@ -194,6 +194,7 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         setup_pg_catalog(&ctx, database, EmptyContextProvider)
             .map_err(|e| ServerError::from_datafusion(&e, ""))?;
+        crate::pg_compat::register_functions(&ctx);
         Ok(ctx)
     }
 
@@ -205,7 +206,11 @@ impl Engine {
                     .to_string(),
             )),
             FedsqlStatement::CreateSource(create) => {
-                let exists = self.lock_state().sources.iter().any(|s| s.name == create.name)
+                let exists = self
+                    .lock_state()
+                    .sources
+                    .iter()
+                    .any(|s| s.name == create.name)
                     || self.catalogs.catalog(&create.name).is_some();
                 if exists {
                     if create.if_not_exists {
@@ -331,8 +336,9 @@ impl Engine {
 /// Postgres-compatibility rewriter) and collects its rows.
 async fn run_standard(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
     let parser = PostgresCompatibilityParser::new();
+    let rewritten = crate::pg_compat::rewrite_catalog_query(sql);
     let statements = parser
-        .parse(sql)
+        .parse(rewritten.as_deref().unwrap_or(sql))
         .map_err(|e| crate::error::syntax_error(&e.to_string(), sql))?;
     let Some(statement) = statements.into_iter().next() else {
         return Ok(StatementResult::Command("EMPTY".into()));

@@ -74,9 +74,7 @@ impl ServerError {
     /// 1-based character position of the error in the query, if known.
     pub fn position(&self) -> Option<usize> {
         match self {
-            ServerError::Syntax { position, .. } | ServerError::Query { position, .. } => {
-                *position
-            }
+            ServerError::Syntax { position, .. } | ServerError::Query { position, .. } => *position,
             _ => None,
         }
     }
@@ -126,8 +124,7 @@ impl ServerError {
             DataFusionError::Plan(msg) => {
                 let sqlstate = if msg.contains("not found") && msg.starts_with("table ") {
                     "42P01"
-                } else if msg.contains("Invalid function") || msg.contains("No function matches")
-                {
+                } else if msg.contains("Invalid function") || msg.contains("No function matches") {
                     "42883"
                 } else if msg.contains("coerce") || msg.contains("Cannot infer") {
                     "42804"
@@ -187,7 +184,9 @@ impl ServerError {
             },
             DataFusionError::Internal(_) => ServerError::Query {
                 sqlstate: "XX000",
-                message: format!("internal error (this is a bug in fedsql or DataFusion): {message}"),
+                message: format!(
+                    "internal error (this is a bug in fedsql or DataFusion): {message}"
+                ),
                 position: None,
             },
             _ => ServerError::Query {
@@ -211,9 +210,7 @@ pub fn syntax_error(message: &str, sql: &str) -> ServerError {
             position: parsed.position,
         },
         _ => ServerError::Syntax {
-            message: clean
-                .trim_start_matches("sql parser error: ")
-                .to_string(),
+            message: clean.trim_start_matches("sql parser error: ").to_string(),
             position,
         },
     }

@@ -12,7 +12,11 @@ use fedsql_server::output::{render, OutputFormat};
 use fedsql_server::{Engine, ServerError, SettingsArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "fedsql", version, about = "SQL-first federated analytics and federated learning")]
+#[command(
+    name = "fedsql",
+    version,
+    about = "SQL-first federated analytics and federated learning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -216,7 +223,11 @@ async fn query_remote(url: &str, sql: &str, format: OutputFormat) -> Result<(), 
                 if columns.is_none() {
                     columns = Some(row.columns().iter().map(|c| c.name().to_string()).collect());
                 }
-                rows.push((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect());
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                );
             }
             tokio_postgres::SimpleQueryMessage::CommandComplete(n) => {
                 if columns.is_some() {

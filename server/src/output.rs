@@ -39,7 +39,9 @@ pub fn render(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch])
                     .with_header(true)
                     .build(&mut out);
                 if batches.is_empty() {
-                    writer.write(&RecordBatch::new_empty(schema.clone())).map_err(err)?;
+                    writer
+                        .write(&RecordBatch::new_empty(schema.clone()))
+                        .map_err(err)?;
                 }
                 for batch in batches {
                     writer.write(batch).map_err(err)?;

@@ -41,6 +41,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::engine::{Engine, FedsqlOutcome};
 use crate::error::ServerError;
+use crate::pg_compat::rewrite_catalog_query;
 use crate::query_log::Finished;
 
 /// The statement type datafusion-postgres stores in a client's portal store.
@@ -113,7 +114,11 @@ impl NoopStartupHandler for FedsqlStartup {
         Some(Arc::clone(&self.connections))
     }
 
-    async fn post_startup<C>(&self, client: &mut C, _message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
@@ -163,7 +168,8 @@ where
     if let Some(session) = client.session_extensions().get::<ConnectionSession>() {
         return Ok(session);
     }
-    let database = engine.resolve_database(client.metadata().get(METADATA_DATABASE).map(String::as_str))?;
+    let database =
+        engine.resolve_database(client.metadata().get(METADATA_DATABASE).map(String::as_str))?;
     let ctx = engine.session_context(&database)?;
     let session = ConnectionSession {
         user: client
@@ -209,7 +215,10 @@ fn classify(err: PgWireError, sql: &str) -> Result<PgWireError, ServerError> {
 }
 
 /// A `PgWireError` for the client, and the (SQLSTATE, message) for the log.
-fn to_wire(err: Result<PgWireError, ServerError>, offset: usize) -> (PgWireError, (String, String)) {
+fn to_wire(
+    err: Result<PgWireError, ServerError>,
+    offset: usize,
+) -> (PgWireError, (String, String)) {
     match err {
         Ok(wire) => {
             let logged = match &wire {
@@ -286,9 +295,12 @@ impl SimpleQueryHandler for FedsqlService {
             let result = match &statement {
                 fedsql_sql::Statement::Fedsql { statement, .. } => {
                     match self.engine.execute_fedsql(statement).await {
-                        Ok(FedsqlOutcome::Command(tag)) => Ok(vec![Response::Execution(Tag::new(&tag))]),
+                        Ok(FedsqlOutcome::Command(tag)) => {
+                            Ok(vec![Response::Execution(Tag::new(&tag))])
+                        }
                         Ok(FedsqlOutcome::Query(sql)) => {
-                            match SimpleQueryHandler::do_query(&session.service, client, &sql).await {
+                            match SimpleQueryHandler::do_query(&session.service, client, &sql).await
+                            {
                                 Ok(r) => Ok(r),
                                 Err(e) => Err(classify(e, &sql)),
                             }
@@ -297,7 +309,9 @@ impl SimpleQueryHandler for FedsqlService {
                     }
                 }
                 fedsql_sql::Statement::Sql { text, .. } => {
-                    match SimpleQueryHandler::do_query(&session.service, client, text).await {
+                    let rewritten = rewrite_catalog_query(text);
+                    let sql = rewritten.as_deref().unwrap_or(text);
+                    match SimpleQueryHandler::do_query(&session.service, client, sql).await {
                         Ok(r) => match self.engine.after_statement(&session.database, text) {
                             Ok(()) => Ok(r),
                             Err(e) => Err(Err(e)),
@@ -377,7 +391,9 @@ impl ExtendedQueryHandler for FedsqlService {
         let text = portal.statement.statement.0.clone();
         let result = match &portal.statement.statement {
             (sql, None) if !sql.trim().is_empty() => self.execute_fedsql_text(sql).await,
-            _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows).await {
+            _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows)
+                .await
+            {
                 Ok(r) => match self.engine.after_statement(&session.database, &text) {
                     Ok(()) => start_rows(r).await.map_err(|e| classify(e, &text)),
                     Err(e) => Err(Err(e)),
@@ -402,8 +418,15 @@ impl ExtendedQueryHandler for FedsqlService {
 impl FedsqlService {
     /// Runs a fedsql statement stored by [`FedsqlParser`] (which already
     /// turned the query-shaped ones into plans).
-    async fn execute_fedsql_text(&self, sql: &str) -> Result<Response, Result<PgWireError, ServerError>> {
-        let statement = match fedsql_sql::parse(sql).map_err(|e| Err(e.into()))?.into_iter().next() {
+    async fn execute_fedsql_text(
+        &self,
+        sql: &str,
+    ) -> Result<Response, Result<PgWireError, ServerError>> {
+        let statement = match fedsql_sql::parse(sql)
+            .map_err(|e| Err(e.into()))?
+            .into_iter()
+            .next()
+        {
             Some(fedsql_sql::Statement::Fedsql { statement, .. }) => statement,
             _ => return Ok(Response::EmptyQuery),
         };
@@ -411,7 +434,10 @@ impl FedsqlService {
             FedsqlOutcome::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
             FedsqlOutcome::Query(_) => Err(Err(ServerError::Query {
                 sqlstate: "XX000",
-                message: format!("{} reached execution unplanned (this is a bug)", statement.kind()),
+                message: format!(
+                    "{} reached execution unplanned (this is a bug)",
+                    statement.kind()
+                ),
                 position: None,
             })),
         }
@@ -430,7 +456,12 @@ pub struct FedsqlParser {
 impl QueryParser for FedsqlParser {
     type Statement = PreparedStatement;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -448,7 +479,9 @@ impl QueryParser for FedsqlParser {
         };
         let inner = session.service.query_parser();
         match statement {
-            fedsql_sql::Statement::Fedsql { statement, text, .. } => {
+            fedsql_sql::Statement::Fedsql {
+                statement, text, ..
+            } => {
                 // Query-shaped statements (SHOW SOURCES) become plans now so
                 // Describe can report their columns; the rest run at Execute.
                 match statement {
@@ -466,7 +499,11 @@ impl QueryParser for FedsqlParser {
                 }
             }
             fedsql_sql::Statement::Sql { text, offset } => inner
-                .parse_sql(client, &text, types)
+                .parse_sql(
+                    client,
+                    rewrite_catalog_query(&text).as_deref().unwrap_or(&text),
+                    types,
+                )
                 .await
                 .map_err(|e| to_wire(classify(e, &text), offset).0),
         }
@@ -476,7 +513,11 @@ impl QueryParser for FedsqlParser {
         DfParser::get_parameter_types(&self.template.query_parser(), stmt)
     }
 
-    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         DfParser::get_result_schema(&self.template.query_parser(), stmt, column_format)
     }
 }

@@ -71,8 +71,10 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, ParseError> {
 
     let mut statements = Vec::new();
     for group in split_statements(tokens) {
-        let meaningful: Vec<&TokenWithSpan> =
-            group.iter().filter(|t| !is_whitespace(&t.token) && t.token != Token::EOF).collect();
+        let meaningful: Vec<&TokenWithSpan> = group
+            .iter()
+            .filter(|t| !is_whitespace(&t.token) && t.token != Token::EOF)
+            .collect();
         let (Some(first), Some(last)) = (meaningful.first(), meaningful.last()) else {
             continue;
         };
@@ -309,7 +311,10 @@ fn parse_create_source(p: &mut Parser<'_>) -> Result<FedsqlStatement, ParserErro
         _ => None,
     };
     let Some(kind) = kind else {
-        return p.expected("a source type (postgres, odbc, kafka, flightsql)", kind_token);
+        return p.expected(
+            "a source type (postgres, odbc, kafka, flightsql)",
+            kind_token,
+        );
     };
     let options = if p.parse_keyword(Keyword::OPTIONS) {
         parse_options(p)?
@@ -502,7 +507,10 @@ mod tests {
                 if_not_exists: true,
                 kind: SourceKind::Postgres,
                 options: vec![
-                    ("url".into(), OptionValue::String("postgres://u@h:1/db".into())),
+                    (
+                        "url".into(),
+                        OptionValue::String("postgres://u@h:1/db".into())
+                    ),
                     ("password_env".into(), OptionValue::String("PGPW".into())),
                     ("partitions".into(), OptionValue::Number("4".into())),
                 ],
