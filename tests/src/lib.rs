@@ -1,1 +1,172 @@
+//! Test harness: starts the real `fedsql` binary on a free loopback port and
+//! connects real clients to it.
+//!
+//! The binary is found next to the test executable's `deps/` folder (what
+//! `cargo build` produces), or at `$FEDSQL_BIN`.
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Demo size used by the tests: 2,000 customers, 20,000 transactions.
+pub const TEST_DEMO_SCALE: &str = "0.1";
+
+/// Path of the `fedsql` binary under test.
+pub fn fedsql_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("FEDSQL_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/fedsql
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("fedsql");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build --bin fedsql` (scripts/test does), \
+         or set FEDSQL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running `fedsql serve`, stopped (SIGTERM, then kill) when dropped.
+pub struct FedsqlServer {
+    child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl FedsqlServer {
+    /// Starts a server on `data_dir` with the small test demo catalog.
+    pub fn start(data_dir: &Path) -> FedsqlServer {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts a server with extra command-line arguments.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> FedsqlServer {
+        let port = free_port();
+        let mut child = Command::new(fedsql_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--pg-listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--demo-scale")
+            .arg(TEST_DEMO_SCALE)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fedsql serve");
+        // The banner's psql line is printed once the listener is bound.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready_sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !ready_sent && line.trim_start().starts_with("psql ") {
+                    let _ = tx.send(());
+                    ready_sent = true;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("fedsql serve exited during start-up: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fedsql serve did not start within 60 s"
+            );
+        }
+        FedsqlServer {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// A libpq connection string for `database`.
+    pub fn conn_str(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=fedsql dbname={database}",
+            self.port
+        )
+    }
+
+    /// Connects with tokio-postgres, driving the connection in the background.
+    pub async fn connect(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.conn_str(database), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to fedsql on port {}: {e}", self.port));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit cleanly.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait for fedsql");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for FedsqlServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Runs the real `psql` against `server`, returning (success, stdout, stderr).
+pub fn psql(server: &FedsqlServer, database: &str, command: &str) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .args(["-X", "-v", "VERBOSITY=verbose", "-h", "127.0.0.1", "-p"])
+        .arg(server.port.to_string())
+        .args(["-U", "fedsql", "-d", database, "-c", command])
+        .output()
+        .expect(
+            "psql not found: install postgresql-client (scripts/test installs it: \
+             apt-get install -y postgresql-client)",
+        );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
