@@ -354,7 +354,9 @@ fn parse_train_body(
     let federation = if p.parse_keyword(Keyword::BY) {
         Federation::ByColumn(parse_name(p)?)
     } else {
-        p.expect_keyword(Keyword::ON)?;
+        if !p.parse_keyword(Keyword::ON) {
+            return p.expected("BY column or ON SITES ('site', …)", p.peek_token());
+        }
         expect_word(p, "SITES")?;
         p.expect_token(&Token::LParen)?;
         let sites = p.parse_comma_separated(|p| p.parse_literal_string())?;
