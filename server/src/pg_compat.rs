@@ -15,7 +15,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    visit_expressions_mut, visit_relations, Expr, FunctionArguments, Statement,
+    visit_expressions_mut, visit_relations, Expr, FunctionArguments, Statement, Value,
+    ValueWithSpan,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -69,6 +70,24 @@ pub fn register_functions(ctx: &SessionContext) {
             signature: Signature::variadic_any(Volatility::Stable),
         }));
     }
+    // Drivers (SQLAlchemy, JDBC) parse `version()` for "PostgreSQL X.Y";
+    // DataFusion's own answer names only DataFusion.
+    ctx.register_udf(ScalarUDF::from(ConstantFunction {
+        name: "version",
+        value: ScalarValue::Utf8(Some(version_string())),
+        signature: Signature::nullary(Volatility::Stable),
+    }));
+}
+
+/// What `version()` returns: the Postgres version fedsql's wire emulates,
+/// then fedsql's own.
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL 15.0 (fedsql {}, Apache DataFusion {}) on {}",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION,
+        std::env::consts::ARCH
+    )
 }
 
 /// Rewrites a query that reads only `pg_catalog` / `information_schema` so
@@ -79,9 +98,12 @@ pub fn register_functions(ctx: &SessionContext) {
 /// policies or roles that fedsql does not have, so it is replaced by a NULL
 /// text array,
 /// as are references to `reloptions`, which fedsql's `pg_class` lacks.
+/// `to_regtype(name)` becomes a lookup in `pg_type`.
 /// User queries are never rewritten.
 pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
-    if !sql.to_ascii_lowercase().contains("array") {
+    // Cheap gate: only catalog queries are worth parsing twice.
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("pg_") {
         return None;
     }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
@@ -92,6 +114,8 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         let first = name.0.first().map(|p| p.to_string().to_ascii_lowercase());
         match (name.0.len(), first.as_deref()) {
             (n, Some("pg_catalog" | "information_schema")) if n >= 2 => ControlFlow::Continue(()),
+            // Drivers also name catalog tables unqualified (`FROM pg_type`).
+            (1, Some(table)) if table.starts_with("pg_") => ControlFlow::Continue(()),
             _ => ControlFlow::Break(()),
         }
     });
@@ -105,6 +129,24 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         .ok()?;
     let mut changed = false;
     let _ = visit_expressions_mut(&mut statements[0], |expr| {
+        if let Some(lookup) = to_regtype_lookup(expr) {
+            *expr = lookup;
+            changed = true;
+            return ControlFlow::<()>::Continue(());
+        }
+        if let Expr::Like {
+            pattern,
+            escape_char,
+            ..
+        } = expr
+        {
+            if let Some(rewritten) = backslash_escaped(pattern, escape_char.as_ref()) {
+                **pattern = rewritten;
+                *escape_char = None;
+                changed = true;
+            }
+            return ControlFlow::<()>::Continue(());
+        }
         let replace = match expr {
             Expr::Function(f) => {
                 f.name.to_string().eq_ignore_ascii_case("array")
@@ -125,9 +167,91 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
     changed.then(|| statements[0].to_string())
 }
 
+/// A LIKE pattern with a non-backslash escape character, rewritten to use
+/// backslash (the only escape DataFusion's LIKE supports). SQLAlchemy lists
+/// schemas with `NOT LIKE 'pg/_' || '%' ESCAPE '/'`.
+fn backslash_escaped(pattern: &Expr, escape: Option<&ValueWithSpan>) -> Option<Expr> {
+    let Value::SingleQuotedString(escape) = &escape?.value else {
+        return None;
+    };
+    if escape == "\\" || escape.chars().count() != 1 || escape == "'" {
+        return None;
+    }
+    // Double existing backslashes, turn a doubled escape into a U+0001
+    // placeholder, then the escape into a backslash, then the placeholder
+    // back into the (now unescaped) literal character.
+    let sql = format!(
+        "replace(replace(replace(replace({pattern}, '\\', '\\\\'), '{escape}{escape}', chr(1)), '{escape}', '\\'), chr(1), '{escape}')"
+    );
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+}
+
+/// `to_regtype(name)` (psycopg's type lookup) as a lookup in `pg_type`.
+fn to_regtype_lookup(expr: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let name = f.name.to_string().to_ascii_lowercase();
+    if name != "to_regtype" && name != "pg_catalog.to_regtype" {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let [arg] = list.args.as_slice() else {
+        return None;
+    };
+    // The argument is re-printed by sqlparser, so it is valid SQL.
+    let sql = format!(
+        "(SELECT fedsql_t.oid FROM pg_catalog.pg_type fedsql_t WHERE fedsql_t.typname = {arg} LIMIT 1)"
+    );
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+}
+
+/// The command tag for savepoint statements, which fedsql accepts as no-ops.
+///
+/// fedsql sessions are read-only over their sources, so a savepoint has
+/// nothing to protect; drivers (psycopg, SQLAlchemy) still issue them inside
+/// `BEGIN … COMMIT`, which datafusion-postgres already accepts the same way.
+pub fn savepoint_tag(sql: &str) -> Option<&'static str> {
+    let head = sql.trim_start().get(..9)?.to_ascii_lowercase();
+    if !(head.starts_with("savepoint")
+        || head.starts_with("release")
+        || head.starts_with("rollback"))
+    {
+        return None;
+    }
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .ok()?
+        .as_slice()
+    {
+        [Statement::Savepoint { .. }] => Some("SAVEPOINT"),
+        [Statement::ReleaseSavepoint { .. }] => Some("RELEASE"),
+        [Statement::Rollback {
+            savepoint: Some(_), ..
+        }] => Some("ROLLBACK"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn savepoints_are_recognized() {
+        assert_eq!(savepoint_tag("SAVEPOINT \"_pg3_1\""), Some("SAVEPOINT"));
+        assert_eq!(savepoint_tag("release savepoint a"), Some("RELEASE"));
+        assert_eq!(savepoint_tag("ROLLBACK TO SAVEPOINT a"), Some("ROLLBACK"));
+        assert_eq!(savepoint_tag("ROLLBACK"), None);
+        assert_eq!(savepoint_tag("SELECT 1"), None);
+    }
 
     #[test]
     fn array_subqueries_in_catalog_queries_become_null() {
@@ -135,6 +259,31 @@ mod tests {
         let rewritten = rewrite_catalog_query(sql).unwrap();
         assert!(
             rewritten.contains("array_to_string(CAST(NULL AS TEXT[]) || CAST(NULL AS TEXT[])"),
+            "{rewritten}"
+        );
+    }
+
+    #[test]
+    fn to_regtype_becomes_a_pg_type_lookup() {
+        let rewritten = rewrite_catalog_query(
+            "SELECT typname FROM pg_type t WHERE t.oid = to_regtype('hstore')",
+        )
+        .unwrap();
+        assert!(
+            rewritten.contains("WHERE fedsql_t.typname = 'hstore' LIMIT 1"),
+            "{rewritten}"
+        );
+    }
+
+    #[test]
+    fn like_escape_becomes_backslash() {
+        let rewritten = rewrite_catalog_query(
+            "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname NOT LIKE 'pg/_%' ESCAPE '/'",
+        )
+        .unwrap();
+        assert!(!rewritten.contains("ESCAPE"), "{rewritten}");
+        assert!(
+            rewritten.contains("replace(replace(replace(replace('pg/_%'"),
             "{rewritten}"
         );
     }

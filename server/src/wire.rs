@@ -41,7 +41,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::engine::{Engine, FedsqlOutcome};
 use crate::error::ServerError;
-use crate::pg_compat::rewrite_catalog_query;
+use crate::pg_compat::{rewrite_catalog_query, savepoint_tag};
 use crate::query_log::Finished;
 
 /// The statement type datafusion-postgres stores in a client's portal store.
@@ -308,6 +308,11 @@ impl SimpleQueryHandler for FedsqlService {
                         Err(e) => Err(Err(e)),
                     }
                 }
+                fedsql_sql::Statement::Sql { text, .. } if savepoint_tag(text).is_some() => {
+                    Ok(vec![Response::Execution(Tag::new(
+                        savepoint_tag(text).unwrap_or("SAVEPOINT"),
+                    ))])
+                }
                 fedsql_sql::Statement::Sql { text, .. } => {
                     let rewritten = rewrite_catalog_query(text);
                     let sql = rewritten.as_deref().unwrap_or(text);
@@ -390,7 +395,10 @@ impl ExtendedQueryHandler for FedsqlService {
         let started = (SystemTime::now(), Instant::now());
         let text = portal.statement.statement.0.clone();
         let result = match &portal.statement.statement {
-            (sql, None) if !sql.trim().is_empty() => self.execute_fedsql_text(sql).await,
+            (sql, None) if !sql.trim().is_empty() => match savepoint_tag(sql) {
+                Some(tag) => Ok(Response::Execution(Tag::new(tag))),
+                None => self.execute_fedsql_text(sql).await,
+            },
             _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows)
                 .await
             {
@@ -497,6 +505,9 @@ impl QueryParser for FedsqlParser {
                     }
                     _ => Ok(Some((text, None))),
                 }
+            }
+            fedsql_sql::Statement::Sql { text, .. } if savepoint_tag(&text).is_some() => {
+                Ok(Some((text, None)))
             }
             fedsql_sql::Statement::Sql { text, offset } => inner
                 .parse_sql(
