@@ -389,7 +389,7 @@ fn generate_transactions(
             (5.5, 0.9),
             (6.0, 0.8),
         ][cat];
-        let amt = (((mu + sd * normal(&mut rng)) as f64).exp() * 100.0).round() / 100.0;
+        let amt = ((mu + sd * normal(&mut rng)).exp() * 100.0).round() / 100.0;
         let amt = amt.max(0.5);
         // Night hours are rarer; APAC customers shop later.
         let hour_weights: &[f64] = if customer.region == 2 {

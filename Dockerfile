@@ -1,0 +1,18 @@
+# fedsql: build the release binary, ship it on a slim Debian.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+RUN apt-get update && apt-get install -y --no-install-recommends pkg-config && rm -rf /var/lib/apt/lists/*
+COPY . .
+RUN cargo build --release --locked --bin fedsql
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates postgresql-client \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home /data fedsql && mkdir -p /data && chown fedsql /data
+COPY --from=build /src/target/release/fedsql /usr/local/bin/fedsql
+USER fedsql
+VOLUME ["/data"]
+EXPOSE 5433 50051
+# Inside a container the service must listen on all interfaces; publish the
+# ports on the host's loopback only (see docker-compose.yml).
+CMD ["fedsql", "serve", "--data-dir", "/data", "--pg-listen", "0.0.0.0:5433", "--flight-listen", "0.0.0.0:50051"]

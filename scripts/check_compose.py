@@ -1,0 +1,51 @@
+"""Validates docker-compose.yml and the Dockerfile without a Docker engine.
+
+Checks the structure Compose requires and what fedsql promises: the fedsql
+service builds from this repo's Dockerfile, publishes the Postgres-wire port
+on loopback, and keeps its data in a named volume.
+"""
+
+import pathlib
+import re
+import sys
+
+import yaml
+
+root = pathlib.Path(__file__).resolve().parent.parent
+errors = []
+
+compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+services = compose.get("services") or {}
+fedsql = services.get("fedsql")
+if not fedsql:
+    errors.append("docker-compose.yml has no fedsql service")
+else:
+    build = fedsql.get("build") or {}
+    dockerfile = root / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+    if not dockerfile.exists():
+        errors.append(f"build points at {dockerfile}, which does not exist")
+    ports = [str(p) for p in fedsql.get("ports", [])]
+    if "127.0.0.1:5433:5433" not in ports:
+        errors.append(f"fedsql must publish 127.0.0.1:5433:5433, has {ports}")
+    for port in ports:
+        if not port.startswith("127.0.0.1:"):
+            errors.append(f"port {port} is not bound to loopback")
+    declared = set((compose.get("volumes") or {}).keys())
+    for volume in fedsql.get("volumes", []):
+        name = str(volume).split(":")[0]
+        if not name.startswith((".", "/")) and name not in declared:
+            errors.append(f"volume {name} is used but not declared")
+for name, service in services.items():
+    if "image" not in service and "build" not in service:
+        errors.append(f"service {name} has neither image nor build")
+
+dockerfile_text = (root / "Dockerfile").read_text()
+if len(re.findall(r"^FROM ", dockerfile_text, re.M)) < 2:
+    errors.append("Dockerfile should be a multi-stage build")
+if "fedsql\", \"serve\"" not in dockerfile_text:
+    errors.append("Dockerfile CMD does not run fedsql serve")
+
+if errors:
+    print("\n".join(errors), file=sys.stderr)
+    sys.exit(1)
+print(f"docker-compose.yml ok: services {sorted(services)}")
