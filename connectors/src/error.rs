@@ -20,4 +20,61 @@ pub enum ConnectorError {
     /// DataFusion rejected a table or catalog registration.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
+    /// The source's server cannot be reached (08001).
+    #[error("source {source_name}: cannot connect to {addr}: {message}")]
+    Unreachable {
+        source_name: String,
+        addr: String,
+        message: String,
+    },
+    /// The source refused the credentials (28P01).
+    #[error("source {source_name}: authentication failed at {addr}: {message}")]
+    AuthFailed {
+        source_name: String,
+        addr: String,
+        message: String,
+    },
+    /// `password_env` names a variable that is not set (28P01).
+    #[error("environment variable {var} (named by password_env) is not set")]
+    MissingPassword { var: String },
+    /// The connection dropped mid-query (08006).
+    #[error("source {source_name}: connection lost during the query: {message}")]
+    ConnectionLost {
+        source_name: String,
+        message: String,
+    },
+    /// The source rejected the SQL fedsql sent; its own SQLSTATE is kept.
+    #[error("source {source_name}: {message}")]
+    Remote {
+        source_name: String,
+        sqlstate: String,
+        message: String,
+    },
+    /// A column whose type fedsql cannot map (0A000).
+    #[error(
+        "{source_name}: column {column} has type {type_name}, which fedsql cannot map to Arrow"
+    )]
+    UnsupportedType {
+        source_name: String,
+        column: String,
+        type_name: String,
+    },
+}
+
+impl ConnectorError {
+    /// The SQLSTATE a client sees for this error.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ConnectorError::InvalidOption { .. } => "22023",
+            ConnectorError::Unreachable { .. } => "08001",
+            ConnectorError::AuthFailed { .. } | ConnectorError::MissingPassword { .. } => "28P01",
+            ConnectorError::ConnectionLost { .. } => "08006",
+            ConnectorError::Remote { sqlstate, .. } => sqlstate,
+            ConnectorError::UnsupportedType { .. } => "0A000",
+            ConnectorError::Io(_) => "58030",
+            ConnectorError::Parquet(_)
+            | ConnectorError::Arrow(_)
+            | ConnectorError::DataFusion(_) => "XX000",
+        }
+    }
 }

@@ -8,5 +8,7 @@
 pub mod demo;
 pub mod error;
 pub mod fsutil;
+pub mod postgres;
+pub mod pushdown;
 
 pub use error::ConnectorError;

@@ -24,9 +24,11 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use fedsql_connectors::demo::{open_demo_catalog, DemoManifest, DEMO_CATALOG};
+use fedsql_connectors::postgres::open_postgres_catalog;
+use fedsql_connectors::pushdown::{FedsqlOptions, PolicyFederationRule};
 use fedsql_sql::{FedsqlStatement, SourceKind};
 
-use crate::catalog_store::{CatalogState, CatalogStore, ViewEntry};
+use crate::catalog_store::{CatalogState, CatalogStore, SourceEntry, ViewEntry};
 use crate::config::Settings;
 use crate::error::{Result, ServerError};
 use crate::query_log::QueryLog;
@@ -117,15 +119,7 @@ impl Engine {
             queries,
             demo,
         });
-        if let Some(source) = engine.settings.sources.first() {
-            let kind = SourceKind::from_word(&source.kind).ok_or_else(|| {
-                ServerError::Config(format!(
-                    "source {}: unknown type '{}' (expected postgres, odbc, kafka or flightsql)",
-                    source.name, source.kind
-                ))
-            })?;
-            return Err(source_not_supported(kind));
-        }
+        engine.open_sources().await?;
         engine.replay_views().await?;
         Ok(engine)
     }
@@ -183,12 +177,16 @@ impl Engine {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(database, "public");
+            .with_default_catalog_and_schema(database, "public")
+            .with_option_extension(FedsqlOptions::default());
         let catalogs: Arc<dyn CatalogProviderList> = Arc::clone(&self.catalogs) as _;
+        // Federation: whole subplans over one source become one remote query.
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(Arc::clone(&self.runtime))
             .with_catalog_list(catalogs)
+            .with_optimizer_rules(PolicyFederationRule::optimizer_rules())
+            .with_query_planner(Arc::new(datafusion_federation::FederatedQueryPlanner::new()))
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -221,7 +219,24 @@ impl Engine {
                         name: create.name.clone(),
                     });
                 }
-                Err(source_not_supported(create.kind))
+                let entry = SourceEntry {
+                    name: create.name.clone(),
+                    kind: create.kind.as_str().to_string(),
+                    options: create
+                        .options
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_text()))
+                        .collect(),
+                    created_at_us: now_us(),
+                };
+                let catalog = open_source(&entry).await?;
+                let mut state = self.lock_state();
+                let mut next = state.clone();
+                next.sources.push(entry);
+                self.store.save(&next)?;
+                *state = next;
+                self.catalogs.register_catalog(create.name.clone(), catalog);
+                Ok(FedsqlOutcome::Command("CREATE SOURCE".into()))
             }
             FedsqlStatement::DropSource { name, if_exists } => {
                 if [DEMO_CATALOG, SYSTEM_CATALOG].contains(&name.as_str()) {
@@ -307,6 +322,49 @@ impl Engine {
             results.push(result.map_err(|e| e.offset_by(offset))?);
         }
         Ok(results)
+    }
+
+    /// Opens the sources persisted by `CREATE SOURCE` and those declared in
+    /// the config file. A source that cannot be reached now is logged and
+    /// skipped (it stays declared), so one unreachable database does not keep
+    /// the server from starting.
+    async fn open_sources(&self) -> Result<()> {
+        let mut entries = self.lock_state().sources.clone();
+        for source in &self.settings.sources {
+            if SourceKind::from_word(&source.kind).is_none() {
+                return Err(ServerError::Config(format!(
+                    "source {}: unknown type '{}' (expected postgres, odbc, kafka or flightsql)",
+                    source.name, source.kind
+                )));
+            }
+            entries.push(SourceEntry {
+                name: source.name.clone(),
+                kind: source.kind.clone(),
+                options: source
+                    .options
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            toml::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), text)
+                    })
+                    .collect(),
+                created_at_us: now_us(),
+            });
+        }
+        for entry in entries {
+            match open_source(&entry).await {
+                Ok(catalog) => {
+                    self.catalogs.register_catalog(entry.name.clone(), catalog);
+                }
+                Err(e) => {
+                    tracing::warn!(source = %entry.name, error = %e, "source not available");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn replay_views(&self) -> Result<()> {
@@ -396,6 +454,26 @@ fn system_catalog(
         .register_schema("public", Arc::new(MemorySchemaProvider::new()))
         .map_err(to_err)?;
     Ok(catalog)
+}
+
+/// Connects to a source and returns its catalog.
+async fn open_source(entry: &SourceEntry) -> Result<Arc<dyn CatalogProvider>> {
+    match SourceKind::from_word(&entry.kind) {
+        Some(SourceKind::Postgres) => Ok(open_postgres_catalog(&entry.name, &entry.options).await?),
+        Some(kind) => Err(source_not_supported(kind)),
+        None => Err(ServerError::Config(format!(
+            "source {}: unknown type '{}'",
+            entry.name, entry.kind
+        ))),
+    }
+}
+
+/// Microseconds since the Unix epoch, for catalog timestamps.
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn source_not_supported(kind: SourceKind) -> ServerError {

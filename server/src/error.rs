@@ -6,6 +6,7 @@
 use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use fedsql_connectors::ConnectorError;
 
 /// A `Result` whose error is a [`ServerError`].
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
@@ -49,7 +50,7 @@ pub enum ServerError {
     /// DataFusion's error.
     #[error("{message}")]
     Query {
-        sqlstate: &'static str,
+        sqlstate: String,
         message: String,
         position: Option<usize>,
     },
@@ -57,7 +58,7 @@ pub enum ServerError {
 
 impl ServerError {
     /// The SQLSTATE sent to Postgres-wire clients.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> &str {
         match self {
             ServerError::Syntax { .. } => "42601",
             ServerError::NotSupported { .. } => "0A000",
@@ -66,7 +67,7 @@ impl ServerError {
             ServerError::DuplicateObject { .. } => "42710",
             ServerError::Config(_) => "22023",
             ServerError::Io { .. } => "58030",
-            ServerError::Connector(_) => "XX000",
+            ServerError::Connector(e) => e.sqlstate(),
             ServerError::Query { sqlstate, .. } => sqlstate,
         }
     }
@@ -116,7 +117,7 @@ impl ServerError {
                     _ => "42P16",
                 };
                 ServerError::Query {
-                    sqlstate,
+                    sqlstate: sqlstate.into(),
                     position: field_position(schema_error.as_ref(), sql),
                     message,
                 }
@@ -137,18 +138,30 @@ impl ServerError {
                     None
                 };
                 ServerError::Query {
-                    sqlstate,
+                    sqlstate: sqlstate.into(),
                     message,
                     position,
                 }
             }
+            DataFusionError::External(inner) => match inner.downcast_ref::<ConnectorError>() {
+                Some(e) => ServerError::Query {
+                    sqlstate: e.sqlstate().to_string(),
+                    message: e.to_string(),
+                    position: None,
+                },
+                None => ServerError::Query {
+                    sqlstate: "XX000".into(),
+                    message,
+                    position: None,
+                },
+            },
             DataFusionError::NotImplemented(_) => ServerError::Query {
-                sqlstate: "0A000",
+                sqlstate: "0A000".into(),
                 message,
                 position: None,
             },
             DataFusionError::ResourcesExhausted(_) => ServerError::Query {
-                sqlstate: "53200",
+                sqlstate: "53200".into(),
                 message,
                 position: None,
             },
@@ -160,7 +173,7 @@ impl ServerError {
                 ) =>
             {
                 ServerError::Query {
-                    sqlstate: "22P02",
+                    sqlstate: "22P02".into(),
                     message,
                     position: None,
                 }
@@ -172,25 +185,25 @@ impl ServerError {
                 ) =>
             {
                 ServerError::Query {
-                    sqlstate: "22012",
+                    sqlstate: "22012".into(),
                     message,
                     position: None,
                 }
             }
             DataFusionError::Execution(msg) if msg.contains("Cannot cast") => ServerError::Query {
-                sqlstate: "22P02",
+                sqlstate: "22P02".into(),
                 message,
                 position: None,
             },
             DataFusionError::Internal(_) => ServerError::Query {
-                sqlstate: "XX000",
+                sqlstate: "XX000".into(),
                 message: format!(
                     "internal error (this is a bug in fedsql or DataFusion): {message}"
                 ),
                 position: None,
             },
             _ => ServerError::Query {
-                sqlstate: "XX000",
+                sqlstate: "XX000".into(),
                 message,
                 position: None,
             },

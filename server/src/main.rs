@@ -157,7 +157,7 @@ async fn query_embedded(
 /// rows the server returns.
 async fn query_remote(url: &str, sql: &str, format: OutputFormat) -> Result<(), ServerError> {
     let unreachable = |e: tokio_postgres::Error| ServerError::Query {
-        sqlstate: "08001",
+        sqlstate: "08001".into(),
         message: format!("cannot connect to {url}: {e}"),
         position: None,
     };
@@ -177,7 +177,7 @@ async fn query_remote(url: &str, sql: &str, format: OutputFormat) -> Result<(), 
             })
             .unwrap_or(("08006".into(), None));
         ServerError::Query {
-            sqlstate: Box::leak(sqlstate.into_boxed_str()),
+            sqlstate,
             message: e
                 .as_db_error()
                 .map(|db| db.message().to_string())
@@ -205,7 +205,7 @@ async fn query_remote(url: &str, sql: &str, format: OutputFormat) -> Result<(), 
             rows.clear();
             let batch = RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(|e| {
                 ServerError::Query {
-                    sqlstate: "XX000",
+                    sqlstate: "XX000".into(),
                     message: e.to_string(),
                     position: None,
                 }

@@ -20,7 +20,7 @@ pub enum OutputFormat {
 /// Renders rows in `format`.
 pub fn render(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String> {
     let err = |e: datafusion::arrow::error::ArrowError| ServerError::Query {
-        sqlstate: "XX000",
+        sqlstate: "XX000".into(),
         message: format!("cannot format results: {e}"),
         position: None,
     };

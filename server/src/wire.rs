@@ -204,7 +204,7 @@ fn classify(err: PgWireError, sql: &str) -> Result<PgWireError, ServerError> {
                 Err(crate::error::syntax_error(&pe.to_string(), sql))
             } else {
                 Err(ServerError::Query {
-                    sqlstate: "XX000",
+                    sqlstate: "XX000".into(),
                     message: inner.to_string(),
                     position: None,
                 })
@@ -441,7 +441,7 @@ impl FedsqlService {
         match self.engine.execute_fedsql(&statement).await.map_err(Err)? {
             FedsqlOutcome::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
             FedsqlOutcome::Query(_) => Err(Err(ServerError::Query {
-                sqlstate: "XX000",
+                sqlstate: "XX000".into(),
                 message: format!(
                     "{} reached execution unplanned (this is a bug)",
                     statement.kind()

@@ -57,8 +57,14 @@ impl FedsqlServer {
 
     /// Starts a server with extra command-line arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> FedsqlServer {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts a server with extra arguments and environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> FedsqlServer {
         let port = free_port();
         let mut child = Command::new(fedsql_bin())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -169,4 +175,42 @@ pub fn psql(server: &FedsqlServer, database: &str, command: &str) -> (bool, Stri
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// The PostgreSQL the source tests federate, from `$FEDSQL_TEST_PG`
+/// (`host:port`, trust auth for user `postgres`), which `scripts/test` starts.
+pub fn test_postgres() -> String {
+    std::env::var("FEDSQL_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "FEDSQL_TEST_PG is not set: these tests need a PostgreSQL 15. Run scripts/test \
+             (it starts one on loopback), or start one yourself and set FEDSQL_TEST_PG=127.0.0.1:PORT \
+             (user postgres, trust auth; see shared SERVICES.md)"
+        )
+    })
+}
+
+/// Creates (or re-creates) database `name` in the test PostgreSQL and returns
+/// a client connected to it plus its `postgres://` URL.
+pub async fn fresh_postgres_database(name: &str) -> (tokio_postgres::Client, String) {
+    let addr = test_postgres();
+    let (host, port) = addr.rsplit_once(':').expect("FEDSQL_TEST_PG is host:port");
+    let admin_url = format!("postgres://postgres@{host}:{port}/postgres");
+    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {addr}: {e}"));
+    tokio::spawn(connection);
+    admin
+        .simple_query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+    admin
+        .simple_query(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap();
+    let url = format!("postgres://postgres@{host}:{port}/{name}");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    (client, url)
 }

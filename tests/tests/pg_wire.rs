@@ -212,7 +212,7 @@ async fn fedsql_statements_run_or_say_what_is_missing() {
          FROM (SELECT amount, is_fraud, c.region FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id)) \
          FEDERATED BY region WITH (rounds = 3)",
         "SHOW MODELS",
-        "CREATE SOURCE pg TYPE postgres OPTIONS (url 'postgres://u@127.0.0.1:1/db')",
+        "CREATE SOURCE k TYPE kafka OPTIONS (brokers '127.0.0.1:1')",
     ] {
         let err = client.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&err), "0A000", "{sql}: {err:?}");

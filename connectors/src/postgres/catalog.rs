@@ -1,0 +1,191 @@
+//! A Postgres database's schemas and tables as a DataFusion catalog.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::TableReference;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLTableSource};
+use datafusion_federation::FederatedTableProviderAdaptor;
+use tokio_postgres::types::Type;
+
+use super::executor::PostgresExecutor;
+use super::types::arrow_type;
+use crate::error::ConnectorError;
+
+/// One column as the remote catalog describes it.
+#[derive(Debug, Clone)]
+pub struct RemoteColumn {
+    pub name: String,
+    /// `None` when fedsql has no mapping for the type.
+    pub data_type: Option<DataType>,
+    pub type_name: String,
+    pub nullable: bool,
+}
+
+/// One table (or view) of the remote catalog.
+#[derive(Debug, Clone)]
+pub struct RemoteTableInfo {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<RemoteColumn>,
+}
+
+impl RemoteTableInfo {
+    /// The Arrow schema, or an error naming the first column fedsql cannot map.
+    pub fn arrow_schema(&self) -> Result<SchemaRef, ConnectorError> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| match &c.data_type {
+                Some(t) => Ok(Field::new(&c.name, t.clone(), c.nullable)),
+                None => Err(ConnectorError::UnsupportedType {
+                    source_name: format!("{}.{}", self.schema, self.name),
+                    column: c.name.clone(),
+                    type_name: c.type_name.clone(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+/// Reads every user table's columns in one catalog query.
+pub(crate) async fn discover_tables(
+    executor: &PostgresExecutor,
+) -> Result<Vec<RemoteTableInfo>, ConnectorError> {
+    let client = executor.connect().await?;
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid, a.atttypmod, \
+                    a.attnotnull, t.typtype::text, t.typbasetype, format_type(a.atttypid, a.atttypmod) \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND a.attnum > 0 AND NOT a.attisdropped \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+               AND has_schema_privilege(n.oid, 'USAGE') \
+             ORDER BY 1, 2, a.attnum",
+            &[],
+        )
+        .await
+        .map_err(|e| executor.classify(e))?;
+    let mut tables: Vec<RemoteTableInfo> = Vec::new();
+    for row in rows {
+        let schema: String = row.get(0);
+        let table: String = row.get(1);
+        let typmod: i32 = row.get(4);
+        let typtype: String = row.get(6);
+        let base: u32 = row.get(7);
+        let oid: u32 = row.get(3);
+        let data_type = match typtype.as_str() {
+            "e" => Some(DataType::Utf8),
+            "d" => Type::from_oid(base)
+                .and_then(|t| arrow_type(&t, typmod))
+                .map(|t| t.0),
+            _ => Type::from_oid(oid)
+                .and_then(|t| arrow_type(&t, typmod))
+                .map(|t| t.0),
+        };
+        let column = RemoteColumn {
+            name: row.get(2),
+            data_type,
+            type_name: row.get(8),
+            nullable: !row.get::<_, bool>(5),
+        };
+        match tables.last_mut() {
+            Some(t) if t.schema == schema && t.name == table => t.columns.push(column),
+            _ => tables.push(RemoteTableInfo {
+                schema,
+                name: table,
+                columns: vec![column],
+            }),
+        }
+    }
+    Ok(tables)
+}
+
+/// A Postgres database as a catalog: `<source>.<schema>.<table>`.
+#[derive(Debug)]
+pub struct PostgresCatalog {
+    schemas: BTreeMap<String, Arc<PostgresSchema>>,
+}
+
+impl PostgresCatalog {
+    /// Discovers the source's tables now; queries then plan without a round trip.
+    pub async fn discover(executor: Arc<PostgresExecutor>) -> Result<Self, ConnectorError> {
+        let tables = discover_tables(&executor).await?;
+        let provider = Arc::new(SQLFederationProvider::new(executor));
+        let mut schemas: BTreeMap<String, BTreeMap<String, RemoteTableInfo>> = BTreeMap::new();
+        for table in tables {
+            schemas
+                .entry(table.schema.clone())
+                .or_default()
+                .insert(table.name.clone(), table);
+        }
+        Ok(PostgresCatalog {
+            schemas: schemas
+                .into_iter()
+                .map(|(name, tables)| {
+                    let schema = PostgresSchema {
+                        provider: Arc::clone(&provider),
+                        tables,
+                    };
+                    (name, Arc::new(schema))
+                })
+                .collect(),
+        })
+    }
+}
+
+impl CatalogProvider for PostgresCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.schemas.keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.schemas
+            .get(name)
+            .map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+    }
+}
+
+/// One remote schema; its tables are federated table providers.
+#[derive(Debug)]
+pub struct PostgresSchema {
+    provider: Arc<SQLFederationProvider>,
+    tables: BTreeMap<String, RemoteTableInfo>,
+}
+
+#[async_trait]
+impl SchemaProvider for PostgresSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.keys().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(info) = self.tables.get(name) else {
+            return Ok(None);
+        };
+        let schema = info
+            .arrow_schema()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let remote = RemoteTable::new(
+            TableReference::partial(info.schema.as_str(), info.name.as_str()).into(),
+            schema,
+        );
+        let source = SQLTableSource::new_with_table(Arc::clone(&self.provider), Arc::new(remote));
+        Ok(Some(Arc::new(FederatedTableProviderAdaptor::new(
+            Arc::new(source),
+        ))))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+}

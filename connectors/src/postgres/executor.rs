@@ -1,0 +1,323 @@
+//! Runs SQL that datafusion-federation unparsed on a Postgres source and
+//! streams the rows back as Arrow, through binary `COPY`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
+use datafusion::sql::unparser::dialect::{Dialect, PostgreSqlDialect};
+use datafusion_federation::sql::SQLExecutor;
+use futures::{StreamExt, TryStreamExt};
+use tokio_postgres::binary_copy::BinaryCopyOutStream;
+use tokio_postgres::types::{Kind, Type};
+
+use super::types::{arrow_type, ColumnBuilder, RawValue, TextCast};
+use super::PostgresOptions;
+use crate::error::ConnectorError;
+
+/// Rows per Arrow batch.
+const BATCH_ROWS: usize = 8192;
+
+/// Executes federated SQL on one Postgres source.
+#[derive(Debug)]
+pub struct PostgresExecutor {
+    source_name: String,
+    config: tokio_postgres::Config,
+    /// `host:port` for messages.
+    address: String,
+    /// Distinguishes this source from every other in federation decisions.
+    context: String,
+}
+
+impl PostgresExecutor {
+    /// An executor for source `source_name`.
+    pub fn new(source_name: &str, options: &PostgresOptions) -> Result<Self, ConnectorError> {
+        let config = options.connection_config()?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let address = format!("{host}:{port}");
+        Ok(PostgresExecutor {
+            source_name: source_name.to_string(),
+            context: format!("postgres://{address}/{}", config.get_dbname().unwrap_or("")),
+            config,
+            address,
+        })
+    }
+
+    /// The source this executor serves.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// Opens a connection, driving it on the runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, ConnectorError> {
+        let (client, connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| self.classify(e))?;
+        let source = self.source_name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(source = %source, error = %e, "postgres connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Maps a tokio-postgres error to what the client should see.
+    pub fn classify(&self, e: tokio_postgres::Error) -> ConnectorError {
+        let source_name = self.source_name.clone();
+        if let Some(db) = e.as_db_error() {
+            let sqlstate = db.code().code().to_string();
+            if sqlstate == "28P01" || sqlstate == "28000" {
+                return ConnectorError::AuthFailed {
+                    source_name,
+                    addr: self.address.clone(),
+                    message: db.message().to_string(),
+                };
+            }
+            return ConnectorError::Remote {
+                source_name,
+                sqlstate,
+                message: db.message().to_string(),
+            };
+        }
+        if e.is_closed() {
+            return ConnectorError::ConnectionLost {
+                source_name,
+                message: e.to_string(),
+            };
+        }
+        let message = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        ConnectorError::Unreachable {
+            source_name,
+            addr: self.address.clone(),
+            message,
+        }
+    }
+
+    /// Runs `query` and streams its rows, cast to `schema`.
+    async fn fetch(
+        self: Arc<Self>,
+        query: String,
+        schema: SchemaRef,
+    ) -> Result<impl futures::Stream<Item = DfResult<RecordBatch>>, ConnectorError> {
+        let client = self.connect().await?;
+        let statement = client.prepare(&query).await.map_err(|e| self.classify(e))?;
+        let columns = statement.columns();
+        if columns.len() != schema.fields().len() {
+            return Err(ConnectorError::Remote {
+                source_name: self.source_name.clone(),
+                sqlstate: "XX000".into(),
+                message: format!(
+                    "the remote query returns {} columns where {} were planned (this is a bug): {query}",
+                    columns.len(),
+                    schema.fields().len()
+                ),
+            });
+        }
+        // Values that have no exact binary decoder travel as text; the
+        // positional alias list keeps duplicate output names apart.
+        let mut select = Vec::with_capacity(columns.len());
+        let mut wire_types = Vec::with_capacity(columns.len());
+        for (i, column) in columns.iter().enumerate() {
+            let base = base_type(column.type_());
+            let Some((_, transport)) = arrow_type(&base, -1) else {
+                return Err(ConnectorError::UnsupportedType {
+                    source_name: self.source_name.clone(),
+                    column: column.name().to_string(),
+                    type_name: column.type_().name().to_string(),
+                });
+            };
+            match transport {
+                TextCast::Binary => {
+                    select.push(format!("q.c{i}"));
+                    wire_types.push(base);
+                }
+                TextCast::Text => {
+                    select.push(format!("q.c{i}::text"));
+                    wire_types.push(Type::TEXT);
+                }
+            }
+        }
+        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+        let names: Vec<String> = columns.iter().map(|c| c.name().to_string()).collect();
+        let copy = format!(
+            "COPY (SELECT {} FROM ({query}) AS q({})) TO STDOUT (FORMAT binary)",
+            select.join(", "),
+            aliases.join(", ")
+        );
+        tracing::debug!(source = %self.source_name, sql = %query, "postgres query");
+        let stream = client
+            .copy_out(copy.as_str())
+            .await
+            .map_err(|e| self.classify(e))?;
+        let rows = BinaryCopyOutStream::new(stream, &wire_types);
+        let builders: Vec<ColumnBuilder> = wire_types
+            .iter()
+            .map(|t| ColumnBuilder::for_wire_type(t, BATCH_ROWS))
+            .collect();
+        let state = BatchState {
+            rows: Box::pin(rows),
+            builders,
+            wire_types,
+            names,
+            schema,
+            executor: Arc::clone(&self),
+            done: false,
+            _client: client,
+        };
+        Ok(futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            let batch = state.next_batch().await;
+            if batch.is_err() {
+                state.done = true;
+            }
+            match batch {
+                Ok(Some(batch)) => Some((Ok(batch), state)),
+                Ok(None) => None,
+                Err(e) => Some((Err(DataFusionError::External(Box::new(e))), state)),
+            }
+        }))
+    }
+}
+
+/// The base type of domains, so `CREATE DOMAIN d AS int` reads as int.
+fn base_type(ty: &Type) -> Type {
+    match ty.kind() {
+        Kind::Domain(inner) => base_type(inner),
+        _ => ty.clone(),
+    }
+}
+
+struct BatchState {
+    rows: std::pin::Pin<Box<BinaryCopyOutStream>>,
+    builders: Vec<ColumnBuilder>,
+    wire_types: Vec<Type>,
+    names: Vec<String>,
+    schema: SchemaRef,
+    executor: Arc<PostgresExecutor>,
+    done: bool,
+    /// Keeps the connection open until the copy is drained.
+    _client: tokio_postgres::Client,
+}
+
+impl BatchState {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>, ConnectorError> {
+        while self.builders.first().map_or(0, ColumnBuilder::len) < BATCH_ROWS {
+            match self.rows.next().await {
+                Some(Ok(row)) => {
+                    for (i, builder) in self.builders.iter_mut().enumerate() {
+                        let value: Option<RawValue<'_>> =
+                            row.try_get(i).map_err(|e| self.executor.classify(e))?;
+                        builder
+                            .append(value.map(|v| v.0), &self.names[i], &self.wire_types[i])
+                            .map_err(|e| ConnectorError::Remote {
+                                source_name: self.executor.source_name.clone(),
+                                sqlstate: "XX000".into(),
+                                message: e.to_string(),
+                            })?;
+                    }
+                }
+                Some(Err(e)) => return Err(self.executor.classify(e)),
+                None => {
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        if self.builders.iter().all(ColumnBuilder::is_empty) {
+            return Ok(None);
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.builders.len());
+        for (builder, field) in self.builders.iter_mut().zip(self.schema.fields()) {
+            let array = builder.finish();
+            let array = if array.data_type() == field.data_type() {
+                array
+            } else {
+                cast(&array, field.data_type()).map_err(|e| ConnectorError::Remote {
+                    source_name: self.executor.source_name.clone(),
+                    sqlstate: "22P02".into(),
+                    message: format!("column {}: {e}", field.name()),
+                })?
+            };
+            columns.push(array);
+        }
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        Ok(Some(batch))
+    }
+}
+
+#[async_trait]
+impl SQLExecutor for PostgresExecutor {
+    fn name(&self) -> &str {
+        &self.source_name
+    }
+
+    fn compute_context(&self) -> Option<String> {
+        Some(self.context.clone())
+    }
+
+    fn dialect(&self) -> Arc<dyn Dialect> {
+        Arc::new(PostgreSqlDialect {})
+    }
+
+    fn execute(
+        &self,
+        query: &str,
+        schema: SchemaRef,
+        _filters: &[Arc<dyn PhysicalExpr>],
+    ) -> DfResult<SendableRecordBatchStream> {
+        let executor = Arc::new(PostgresExecutor {
+            source_name: self.source_name.clone(),
+            config: self.config.clone(),
+            address: self.address.clone(),
+            context: self.context.clone(),
+        });
+        let fetch = executor.fetch(query.to_string(), Arc::clone(&schema));
+        let stream = futures::stream::once(async move {
+            fetch
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    async fn table_names(&self) -> DfResult<Vec<String>> {
+        let catalog = super::catalog::discover_tables(self)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(catalog
+            .into_iter()
+            .map(|t| format!("{}.{}", t.schema, t.name))
+            .collect())
+    }
+
+    async fn get_table_schema(&self, table_name: &str) -> DfResult<SchemaRef> {
+        let tables = super::catalog::discover_tables(self)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        tables
+            .into_iter()
+            .find(|t| format!("{}.{}", t.schema, t.name) == table_name || t.name == table_name)
+            .ok_or_else(|| DataFusionError::Plan(format!("table '{table_name}' not found")))?
+            .arrow_schema()
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}

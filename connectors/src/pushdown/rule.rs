@@ -1,0 +1,490 @@
+//! The federation optimizer rule with fedsql's pushdown policy.
+//!
+//! The plan walk is datafusion-federation's `FederationOptimizerRule`
+//! (Apache-2.0), unchanged except for the two places marked "fedsql:" that
+//! consult the source's [`PushdownPolicy`](super::PushdownPolicy) and the
+//! `fedsql.pushdown` setting. datafusion-federation has no hook for either,
+//! so this rule takes the place of its rule in the optimizer.
+
+use std::sync::Arc;
+
+use datafusion::common::not_impl_err;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::error::Result;
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, Projection, TableScan};
+use datafusion::optimizer::optimizer::{Optimizer, OptimizerConfig, OptimizerRule};
+use datafusion_federation::{get_table_source, FederationProvider, FederationProviderRef};
+
+use super::policy::{PostgresPolicy, PushdownPolicy};
+use super::FedsqlOptions;
+
+/// Finds the largest sub-plans that one source may run, and federates them.
+#[derive(Debug, Default)]
+pub struct PolicyFederationRule;
+
+impl PolicyFederationRule {
+    /// DataFusion's default optimizer rules with this rule where
+    /// datafusion-federation puts its own: right after scalar subqueries
+    /// become joins, before filters are pushed down.
+    ///
+    /// Running it after `push_down_filter` would also send a filter on the
+    /// remote side of a local-vs-remote join to the source, but DataFusion 55's
+    /// unparser then writes filters under a table alias with the table's own
+    /// name (`FROM accounts AS a WHERE accounts.balance > …`), which Postgres
+    /// rejects. Until that is fixed such filters run in fedsql.
+    pub fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
+        let mut rules = Optimizer::new().rules;
+        let position = rules
+            .iter()
+            .position(|r| r.name() == "scalar_subquery_to_join")
+            .map_or(rules.len(), |p| p + 1);
+        rules.insert(position, Arc::new(PolicyFederationRule));
+        rules
+    }
+}
+
+impl OptimizerRule for PolicyFederationRule {
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let pushdown = config
+            .options()
+            .extensions
+            .get::<FedsqlOptions>()
+            .is_none_or(FedsqlOptions::pushdown_enabled);
+        let pass = Pass { pushdown };
+        match pass.optimize_plan_recursively(&plan, true, config)? {
+            (Some(optimized_plan), _) => Ok(Transformed::yes(optimized_plan)),
+            (None, _) => Ok(Transformed::no(plan)),
+        }
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &str {
+        "fedsql_federation"
+    }
+}
+
+/// Whether `plan` may be part of a query sent to `provider`'s source.
+fn allowed(provider: &FederationProviderRef, plan: &LogicalPlan, pushdown: bool) -> bool {
+    if provider.name() == NopFederationProvider::NAME {
+        // A local table: DataFusion runs it, there is nothing to push.
+        return true;
+    }
+    if !pushdown {
+        return matches!(plan, LogicalPlan::TableScan(_));
+    }
+    match provider.compute_context() {
+        Some(context) if context.starts_with("postgres://") => PostgresPolicy.allows(plan),
+        // Unknown dialects get plain scans only.
+        _ => matches!(plan, LogicalPlan::TableScan(_)),
+    }
+}
+
+/// One optimization of one plan, with the session's setting.
+struct Pass {
+    pushdown: bool,
+}
+
+impl Pass {
+    /// Scans a plan to see if it belongs to a single [`FederationProvider`].
+    fn scan_plan_recursively(&self, plan: &LogicalPlan) -> Result<ScanResult> {
+        let mut sole_provider: ScanResult = ScanResult::None;
+
+        plan.apply(&mut |p: &LogicalPlan| -> Result<TreeNodeRecursion> {
+            let exprs_provider = self.scan_plan_exprs(p)?;
+            sole_provider.merge(exprs_provider);
+
+            if sole_provider.is_ambiguous() {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+
+            let sub_provider = get_leaf_provider(p)?;
+            sole_provider.add(sub_provider);
+
+            Ok(sole_provider.check_recursion())
+        })?;
+
+        // fedsql: a sub-plan goes to its source only if every node is allowed there.
+        if let ScanResult::Distinct(provider) = &sole_provider {
+            if plan.exists(|p| Ok(!allowed(provider, p, self.pushdown)))? {
+                return Ok(ScanResult::Ambiguous);
+            }
+        }
+        Ok(sole_provider)
+    }
+
+    /// Scans a plan's expressions to see if it belongs to a single [`FederationProvider`].
+    fn scan_plan_exprs(&self, plan: &LogicalPlan) -> Result<ScanResult> {
+        let mut sole_provider: ScanResult = ScanResult::None;
+
+        let exprs = plan.expressions();
+        for expr in &exprs {
+            let expr_result = self.scan_expr_recursively(expr)?;
+            sole_provider.merge(expr_result);
+
+            if sole_provider.is_ambiguous() {
+                return Ok(sole_provider);
+            }
+        }
+
+        Ok(sole_provider)
+    }
+
+    /// scans an expression to see if it belongs to a single [`FederationProvider`]
+    fn scan_expr_recursively(&self, expr: &Expr) -> Result<ScanResult> {
+        let mut sole_provider: ScanResult = ScanResult::None;
+
+        expr.apply(&mut |e: &Expr| -> Result<TreeNodeRecursion> {
+            // TODO: Support other types of sub-queries
+            match e {
+                Expr::ScalarSubquery(ref subquery) => {
+                    let plan_result = self.scan_plan_recursively(&subquery.subquery)?;
+
+                    sole_provider.merge(plan_result);
+                    Ok(sole_provider.check_recursion())
+                }
+                Expr::InSubquery(_) => not_impl_err!("InSubquery"),
+                Expr::OuterReferenceColumn(..) => {
+                    // Subqueries that reference outer columns are not supported
+                    // for now. We handle this here as ambiguity to force
+                    // federation lower in the plan tree.
+                    sole_provider = ScanResult::Ambiguous;
+                    Ok(TreeNodeRecursion::Stop)
+                }
+                _ => Ok(TreeNodeRecursion::Continue),
+            }
+        })?;
+
+        Ok(sole_provider)
+    }
+
+    /// Recursively finds the largest sub-plans that can be federated
+    /// to a single FederationProvider.
+    ///
+    /// Returns a plan if a sub-tree was federated, otherwise None.
+    ///
+    /// Returns a ScanResult of all FederationProviders in the subtree.
+    fn optimize_plan_recursively(
+        &self,
+        plan: &LogicalPlan,
+        is_root: bool,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<(Option<LogicalPlan>, ScanResult)> {
+        let mut sole_provider: ScanResult = ScanResult::None;
+
+        if let LogicalPlan::Extension(Extension { ref node }) = plan {
+            if node.name() == "Federated" {
+                // Avoid attempting double federation
+                return Ok((None, ScanResult::Ambiguous));
+            }
+        }
+
+        // Check if this plan node is a leaf that determines the FederationProvider
+        let leaf_provider = get_leaf_provider(plan)?;
+
+        // Check if the expressions contain, a potentially different, FederationProvider
+        let exprs_result = self.scan_plan_exprs(plan)?;
+        let optimize_expressions = exprs_result.is_some();
+
+        // Return early if this is a leaf and there is no ambiguity with the expressions.
+        if leaf_provider.is_some() && (exprs_result.is_none() || exprs_result == leaf_provider) {
+            return Ok((None, leaf_provider.into()));
+        }
+        // Aggregate leaf & expression providers
+        sole_provider.add(leaf_provider);
+        sole_provider.merge(exprs_result);
+
+        let inputs = plan.inputs();
+        // Return early if there are no sources.
+        if inputs.is_empty() && sole_provider.is_none() {
+            return Ok((None, ScanResult::None));
+        }
+
+        // Recursively optimize inputs
+        let input_results = inputs
+            .iter()
+            .map(|i| self.optimize_plan_recursively(i, false, _config))
+            .collect::<Result<Vec<_>>>()?;
+
+        // Aggregate the input providers
+        input_results.iter().for_each(|(_, scan_result)| {
+            sole_provider.merge(scan_result.clone());
+        });
+
+        if sole_provider.is_none() {
+            // No providers found
+            // TODO: Is/should this be reachable?
+            return Ok((None, ScanResult::None));
+        }
+
+        // fedsql: a node its source's policy refuses stays local, which makes
+        // it (and every node above it) ambiguous, so its inputs are federated
+        // on their own below.
+        if let ScanResult::Distinct(provider) = &sole_provider {
+            if !allowed(provider, plan, self.pushdown) {
+                sole_provider = ScanResult::Ambiguous;
+            }
+        }
+
+        // If all sources are federated to the same provider
+        if let ScanResult::Distinct(provider) = sole_provider {
+            if !is_root {
+                // The largest sub-plan is higher up.
+                return Ok((None, ScanResult::Distinct(provider)));
+            }
+
+            // Analyze plans (EXPLAIN ANALYZE) cannot be converted to SQL by
+            // the Unparser, so they must not be federated as a whole. Only the
+            // inner query should be federated; DataFusion's AnalyzeExec will
+            // handle executing it and collecting metrics.
+            if matches!(plan, LogicalPlan::Analyze(_)) {
+                // Fall through to federate children instead.
+            } else {
+                let Some(optimizer) = provider.optimizer() else {
+                    // No optimizer provided
+                    return Ok((None, ScanResult::None));
+                };
+
+                // If this is the root plan node; federate the entire plan
+                let optimized = optimizer.optimize(plan.clone(), _config, |_, _| {})?;
+                return Ok((Some(optimized), ScanResult::None));
+            }
+        }
+
+        // The plan is ambiguous; any input that is not yet optimized and has a
+        // sole provider represents a largest sub-plan and should be federated.
+        //
+        // We loop over the input optimization results, federate where needed and
+        // return a complete list of new inputs for the optimized plan.
+        let new_inputs = input_results
+            .into_iter()
+            .enumerate()
+            .map(|(i, (input_plan, input_result))| {
+                if let Some(federated_plan) = input_plan {
+                    // Already federated deeper in the plan tree
+                    return Ok(federated_plan);
+                }
+
+                let Some(original_input) = inputs.get(i).map(|p| (*p).clone()) else {
+                    return not_impl_err!("federation lost track of an input (this is a bug)");
+                };
+                if input_result.is_ambiguous() {
+                    // Can happen if the input is already federated, so use
+                    // the original input.
+                    return Ok(original_input);
+                }
+
+                let Some(provider) = input_result.provider() else {
+                    // No provider for this input; use the original input.
+                    return Ok(original_input);
+                };
+
+                let Some(optimizer) = provider.optimizer() else {
+                    // No optimizer for this input; use the original input.
+                    return Ok(original_input);
+                };
+
+                // Replace the input with the federated counterpart
+                let wrapped = wrap_projection(original_input)?;
+                let optimized = optimizer.optimize(wrapped, _config, |_, _| {})?;
+
+                Ok(optimized)
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        // Optimize expressions if needed
+        let new_expressions = if optimize_expressions {
+            self.optimize_plan_exprs(plan, _config)?
+        } else {
+            plan.expressions()
+        };
+
+        // Construct the optimized plan
+        let new_plan = plan.with_new_exprs(new_expressions, new_inputs)?;
+
+        // Return the federated plan
+        Ok((Some(new_plan), ScanResult::Ambiguous))
+    }
+
+    /// Optimizes all exprs of a plan
+    fn optimize_plan_exprs(
+        &self,
+        plan: &LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Vec<Expr>> {
+        plan.expressions()
+            .iter()
+            .map(|expr| {
+                let transformed = expr
+                    .clone()
+                    .transform(&|e| self.optimize_expr_recursively(e, _config))?;
+                Ok(transformed.data)
+            })
+            .collect::<Result<Vec<_>>>()
+    }
+
+    /// recursively optimize expressions
+    /// Current logic: individually federate every sub-query.
+    fn optimize_expr_recursively(
+        &self,
+        expr: Expr,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<Expr>> {
+        match expr {
+            Expr::ScalarSubquery(ref subquery) => {
+                // Optimize as root to force federating the sub-query
+                let (new_subquery, _) =
+                    self.optimize_plan_recursively(&subquery.subquery, true, _config)?;
+                let Some(new_subquery) = new_subquery else {
+                    return Ok(Transformed::no(expr));
+                };
+                Ok(Transformed::yes(Expr::ScalarSubquery(
+                    subquery.with_plan(new_subquery.into()),
+                )))
+            }
+            Expr::InSubquery(_) => not_impl_err!("InSubquery"),
+            _ => Ok(Transformed::no(expr)),
+        }
+    }
+}
+
+/// Stands for tables DataFusion scans itself (not federated).
+struct NopFederationProvider;
+
+impl NopFederationProvider {
+    const NAME: &'static str = "nop";
+}
+
+impl FederationProvider for NopFederationProvider {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn compute_context(&self) -> Option<String> {
+        None
+    }
+
+    fn optimizer(&self) -> Option<Arc<Optimizer>> {
+        None
+    }
+}
+
+fn get_leaf_provider(plan: &LogicalPlan) -> Result<Option<FederationProviderRef>> {
+    match plan {
+        LogicalPlan::TableScan(TableScan { ref source, .. }) => {
+            let Some(federated_source) = get_table_source(source)? else {
+                return Ok(Some(Arc::new(NopFederationProvider)));
+            };
+            Ok(Some(federated_source.federation_provider()))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn wrap_projection(plan: LogicalPlan) -> Result<LogicalPlan> {
+    match plan {
+        LogicalPlan::Projection(_) => Ok(plan),
+        _ => {
+            let expr = plan
+                .schema()
+                .columns()
+                .iter()
+                .map(|c| Expr::Column(c.clone()))
+                .collect::<Vec<Expr>>();
+            Ok(LogicalPlan::Projection(Projection::try_new(
+                expr,
+                Arc::new(plan),
+            )?))
+        }
+    }
+}
+
+/// Whether the sources of a (sub-)plan are none, one, or several.
+enum ScanResult {
+    None,
+    Distinct(FederationProviderRef),
+    Ambiguous,
+}
+
+impl ScanResult {
+    fn merge(&mut self, other: Self) {
+        match (&self, &other) {
+            (_, ScanResult::None) => {}
+            (ScanResult::None, _) => *self = other,
+            (ScanResult::Ambiguous, _) | (_, ScanResult::Ambiguous) => {
+                *self = ScanResult::Ambiguous
+            }
+            (ScanResult::Distinct(provider), ScanResult::Distinct(other_provider)) => {
+                if provider != other_provider {
+                    *self = ScanResult::Ambiguous
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, provider: Option<FederationProviderRef>) {
+        self.merge(ScanResult::from(provider))
+    }
+
+    fn is_ambiguous(&self) -> bool {
+        matches!(self, ScanResult::Ambiguous)
+    }
+
+    fn is_none(&self) -> bool {
+        matches!(self, ScanResult::None)
+    }
+
+    fn is_some(&self) -> bool {
+        !self.is_none()
+    }
+
+    fn provider(self) -> Option<FederationProviderRef> {
+        match self {
+            ScanResult::Distinct(provider) => Some(provider),
+            ScanResult::None | ScanResult::Ambiguous => None,
+        }
+    }
+
+    fn check_recursion(&self) -> TreeNodeRecursion {
+        if self.is_ambiguous() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        }
+    }
+}
+
+impl Clone for ScanResult {
+    fn clone(&self) -> Self {
+        match self {
+            ScanResult::None => ScanResult::None,
+            ScanResult::Distinct(p) => ScanResult::Distinct(Arc::clone(p)),
+            ScanResult::Ambiguous => ScanResult::Ambiguous,
+        }
+    }
+}
+
+impl From<Option<FederationProviderRef>> for ScanResult {
+    fn from(provider: Option<FederationProviderRef>) -> Self {
+        match provider {
+            Some(provider) => ScanResult::Distinct(provider),
+            None => ScanResult::None,
+        }
+    }
+}
+
+impl PartialEq<Option<FederationProviderRef>> for ScanResult {
+    fn eq(&self, other: &Option<FederationProviderRef>) -> bool {
+        match (self, other) {
+            (ScanResult::None, None) => true,
+            (ScanResult::Distinct(provider), Some(other_provider)) => provider == other_provider,
+            _ => false,
+        }
+    }
+}
