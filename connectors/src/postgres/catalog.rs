@@ -1,7 +1,7 @@
 //! A Postgres database's schemas and tables as a DataFusion catalog.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -114,6 +114,9 @@ pub(crate) async fn discover_tables(
 #[derive(Debug)]
 pub struct PostgresCatalog {
     schemas: BTreeMap<String, Arc<PostgresSchema>>,
+    /// Schemas fedsql adds itself: `pg_catalog` when a client connects with
+    /// the source as its database.
+    local: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl PostgresCatalog {
@@ -129,6 +132,7 @@ impl PostgresCatalog {
                 .insert(table.name.clone(), table);
         }
         Ok(PostgresCatalog {
+            local: RwLock::new(BTreeMap::new()),
             schemas: schemas
                 .into_iter()
                 .map(|(name, tables)| {
@@ -145,13 +149,31 @@ impl PostgresCatalog {
 
 impl CatalogProvider for PostgresCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.schemas.keys().cloned().collect()
+        let local = self.local.read().unwrap_or_else(|p| p.into_inner());
+        self.schemas.keys().chain(local.keys()).cloned().collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.schemas
-            .get(name)
-            .map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+        if let Some(remote) = self.schemas.get(name) {
+            return Some(Arc::clone(remote) as Arc<dyn SchemaProvider>);
+        }
+        let local = self.local.read().unwrap_or_else(|p| p.into_inner());
+        local.get(name).cloned()
+    }
+
+    /// Only for schemas the source does not have (fedsql's `pg_catalog`).
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        if self.schemas.contains_key(name) {
+            return Err(DataFusionError::NotImplemented(format!(
+                "schema {name} belongs to the Postgres source; it cannot be replaced"
+            )));
+        }
+        let mut local = self.local.write().unwrap_or_else(|p| p.into_inner());
+        Ok(local.insert(name.to_string(), schema))
     }
 }
 
@@ -175,10 +197,17 @@ impl SchemaProvider for PostgresSchema {
         let schema = info
             .arrow_schema()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let remote = RemoteTable::new(
-            TableReference::partial(info.schema.as_str(), info.name.as_str()).into(),
-            schema,
-        );
+        // Tables in `public` are named bare in the SQL sent (Postgres finds
+        // them through its default search_path). datafusion-federation
+        // renames expressions when the remote name differs from the local
+        // one, and loses aggregate names in the process
+        // (`sum(public.t.x)` vs `sum(t.x)`), so the common case avoids it.
+        let reference = if info.schema == "public" {
+            TableReference::bare(info.name.as_str())
+        } else {
+            TableReference::partial(info.schema.as_str(), info.name.as_str())
+        };
+        let remote = RemoteTable::new(reference.into(), schema);
         let source = SQLTableSource::new_with_table(Arc::clone(&self.provider), Arc::new(remote));
         Ok(Some(Arc::new(FederatedTableProviderAdaptor::new(
             Arc::new(source),

@@ -7,7 +7,8 @@
 //! | `float4` / `float8` | `Float32` / `Float64` | binary |
 //! | `numeric(p, s)`, p ≤ 38 | `Decimal128(p, s)` | text, parsed exactly |
 //! | `numeric` (unbounded or p > 38) | `Utf8` (exact digits, lossless) | text |
-//! | `text`, `varchar`, `bpchar`, `name`, `citext`, enums | `Utf8` | binary (UTF-8) / text |
+//! | `text`, `varchar`, `name` | `Utf8` | binary (UTF-8) |
+//! | `char(n)` (`bpchar`), enums | `Utf8`, padding removed as by `::text` | text |
 //! | `date` | `Date32` | binary |
 //! | `time` | `Time64(µs)` | binary |
 //! | `timestamp` | `Timestamp(µs)` | binary |
@@ -59,7 +60,10 @@ pub fn arrow_type(ty: &Type, typmod: i32) -> Option<(DataType, TextCast)> {
         Type::FLOAT4 => (DataType::Float32, Binary),
         Type::FLOAT8 => (DataType::Float64, Binary),
         Type::NUMERIC => (numeric_type(typmod), Text),
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => (DataType::Utf8, Binary),
+        Type::TEXT | Type::VARCHAR | Type::NAME => (DataType::Utf8, Binary),
+        // Through `::text`, which drops char(n)'s padding as Postgres does when
+        // comparing: 'EUROPE   '::char(9) = 'EUROPE' is true there.
+        Type::BPCHAR => (DataType::Utf8, Text),
         Type::DATE => (DataType::Date32, Binary),
         Type::TIME => (DataType::Time64(TimeUnit::Microsecond), Binary),
         Type::TIMESTAMP => (DataType::Timestamp(TimeUnit::Microsecond, None), Binary),

@@ -75,6 +75,20 @@ impl PushdownPolicy for PostgresPolicy {
         };
         match plan {
             LogicalPlan::TableScan(scan) => scan.filters.iter().all(|e| expr_ok(e, &schema)),
+            // A join without any condition is a cross product: sending it alone
+            // would make the source stream |A|×|B| rows. It goes only as part
+            // of a larger pushed plan (with the filter that makes it a join).
+            LogicalPlan::Join(join) if join.on.is_empty() && join.filter.is_none() => false,
+            // The unparser writes a constant grouping key as a literal, which
+            // Postgres reads as "GROUP BY <column position>" or rejects.
+            LogicalPlan::Aggregate(agg)
+                if agg
+                    .group_expr
+                    .iter()
+                    .any(|e| matches!(e.clone().unalias(), Expr::Literal(..))) =>
+            {
+                false
+            }
             LogicalPlan::Projection(_)
             | LogicalPlan::Filter(_)
             | LogicalPlan::Join(_)
@@ -145,6 +159,10 @@ fn expr_ok(expr: &Expr, schema: &DFSchema) -> bool {
                 match from {
                     Ok(from) if from == *to => true,
                     Ok(from) if from.is_integer() => to.is_numeric(),
+                    // Widening a decimal is exact in both systems.
+                    Ok(DataType::Decimal128(p, s)) => {
+                        matches!(to, DataType::Decimal128(tp, ts) if *ts >= s && tp - *ts as u8 >= p - s as u8)
+                    }
                     Ok(from) if from.is_floating() => to.is_floating(),
                     Ok(DataType::Date32) => matches!(to, DataType::Timestamp(_, None)),
                     _ => false,
@@ -185,6 +203,7 @@ mod tests {
             Field::new("i", DataType::Int64, true),
             Field::new("f", DataType::Float64, true),
             Field::new("s", DataType::Utf8, true),
+            Field::new("d", DataType::Decimal128(15, 2), true),
         ]))
         .unwrap()
     }
@@ -206,5 +225,8 @@ mod tests {
         );
         assert!(expr_ok(&cast(col("i"), DataType::Float64), &s));
         assert!(!expr_ok(&cast(col("i"), DataType::Utf8), &s));
+        assert!(expr_ok(&cast(col("d"), DataType::Decimal128(22, 2)), &s));
+        assert!(!expr_ok(&cast(col("d"), DataType::Decimal128(10, 2)), &s));
+        assert!(!expr_ok(&cast(col("d"), DataType::Decimal128(15, 1)), &s));
     }
 }
