@@ -123,10 +123,7 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         return None;
     }
     // A typed NULL: `NULL || NULL` has no type DataFusion can infer.
-    let empty_options = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql("CAST(NULL AS TEXT[])")
-        .and_then(|mut p| p.parse_expr())
-        .ok()?;
+    let empty_options = parse_expr("CAST(NULL AS TEXT[])")?;
     let mut changed = false;
     let _ = visit_expressions_mut(&mut statements[0], |expr| {
         if let Some(lookup) = to_regtype_lookup(expr) {
@@ -167,6 +164,14 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
     changed.then(|| statements[0].to_string())
 }
 
+/// Parses one SQL expression written by this module.
+fn parse_expr(sql: &str) -> Option<Expr> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+}
+
 /// A LIKE pattern with a non-backslash escape character, rewritten to use
 /// backslash (the only escape DataFusion's LIKE supports). SQLAlchemy lists
 /// schemas with `NOT LIKE 'pg/_' || '%' ESCAPE '/'`.
@@ -183,10 +188,7 @@ fn backslash_escaped(pattern: &Expr, escape: Option<&ValueWithSpan>) -> Option<E
     let sql = format!(
         "replace(replace(replace(replace({pattern}, '\\', '\\\\'), '{escape}{escape}', chr(1)), '{escape}', '\\'), chr(1), '{escape}')"
     );
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&sql)
-        .and_then(|mut p| p.parse_expr())
-        .ok()
+    parse_expr(&sql)
 }
 
 /// `to_regtype(name)` (psycopg's type lookup) as a lookup in `pg_type`.
@@ -208,10 +210,7 @@ fn to_regtype_lookup(expr: &Expr) -> Option<Expr> {
     let sql = format!(
         "(SELECT fedsql_t.oid FROM pg_catalog.pg_type fedsql_t WHERE fedsql_t.typname = {arg} LIMIT 1)"
     );
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&sql)
-        .and_then(|mut p| p.parse_expr())
-        .ok()
+    parse_expr(&sql)
 }
 
 /// The command tag for savepoint statements, which fedsql accepts as no-ops.

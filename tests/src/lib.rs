@@ -214,3 +214,69 @@ pub async fn fresh_postgres_database(name: &str) -> (tokio_postgres::Client, Str
     tokio::spawn(connection);
     (client, url)
 }
+
+/// The SQLSTATE of a client error (or a description of why it has none).
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// The server's message of a client error.
+pub fn error_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default()
+}
+
+/// The text rows of a simple query, or `SQLSTATE: message`.
+pub async fn try_text_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| format!("{}: {}", sqlstate(&e), error_message(&e)))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The text rows of a simple query that must succeed.
+pub async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    try_text_rows(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// A server with a Postgres source `pg` over a fresh database `database`
+/// prepared by `setup` (SQL run in that database first).
+pub async fn server_with_postgres_source(
+    database: &str,
+    setup: &str,
+) -> (
+    tokio_postgres::Client,
+    FedsqlServer,
+    tempfile::TempDir,
+    tokio_postgres::Client,
+) {
+    let (pg, url) = fresh_postgres_database(database).await;
+    pg.batch_execute(setup).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let client = server.connect("demo").await;
+    client
+        .simple_query(&format!(
+            "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}')"
+        ))
+        .await
+        .unwrap();
+    (pg, server, dir, client)
+}

@@ -2,18 +2,12 @@
 
 use std::time::Duration;
 
-use fedsql_tests::FedsqlServer;
+use fedsql_tests::{sqlstate as code, FedsqlServer};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::SimpleQueryMessage;
 
 const REGION_JOIN: &str = "SELECT c.region, count(*), avg(t.amount) \
     FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id) GROUP BY 1";
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.code().code().to_string())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
-}
 
 fn position(e: &tokio_postgres::Error) -> Option<u32> {
     match e.as_db_error()?.position()? {

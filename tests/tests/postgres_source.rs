@@ -1,35 +1,9 @@
 //! `CREATE SOURCE … TYPE postgres` against a real PostgreSQL 15.
 
-use fedsql_tests::{fresh_postgres_database, test_postgres, FedsqlServer};
-use tokio_postgres::SimpleQueryMessage;
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.code().code().to_string())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
-}
-
-fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_default()
-}
-
-/// The text rows of a simple query.
-async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
+use fedsql_tests::{
+    error_message as message, fresh_postgres_database, server_with_postgres_source,
+    sqlstate as code, test_postgres, text_rows as rows, FedsqlServer,
+};
 
 async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
     rows(client, &format!("EXPLAIN {sql}"))
@@ -42,8 +16,8 @@ async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
 
 #[tokio::test]
 async fn types_round_trip_and_the_source_is_a_catalog() {
-    let (pg, url) = fresh_postgres_database("fedsql_types").await;
-    pg.batch_execute(
+    let (_pg, _server, _dir, f) = server_with_postgres_source(
+        "fedsql_types",
         "CREATE TABLE t (id int8 PRIMARY KEY, small int2, i int4, r float4, d float8, \
            n numeric(12, 2), big numeric, s text, v varchar(10), c char(3), b bool, day date, \
            at timestamp, atz timestamptz, bin bytea, u uuid, j jsonb, arr int4[]); \
@@ -54,16 +28,7 @@ async fn types_round_trip_and_the_source_is_a_catalog() {
             '{\"k\": [1, 2]}', '{1,2,3}'), \
            (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
     )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = FedsqlServer::start(dir.path());
-    let f = server.connect("demo").await;
-    f.simple_query(&format!(
-        "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}')"
-    ))
-    .await
-    .unwrap();
+    .await;
 
     let got = rows(
         &f,
@@ -115,24 +80,15 @@ async fn types_round_trip_and_the_source_is_a_catalog() {
 
 #[tokio::test]
 async fn filters_limits_joins_and_aggregates_are_pushed_down() {
-    let (pg, url) = fresh_postgres_database("fedsql_pushdown").await;
-    pg.batch_execute(
+    let (pg, _server, _dir, f) = server_with_postgres_source(
+        "fedsql_pushdown",
         "CREATE TABLE accounts (customer_id int8, branch text, balance float8); \
          INSERT INTO accounts SELECT g, CASE WHEN g % 2 = 0 THEN 'north' ELSE 'south' END, g * 10.0 \
            FROM generate_series(1, 500) g; \
          CREATE TABLE branches (name text, city text); \
          INSERT INTO branches VALUES ('north', 'Oslo'), ('south', 'Rome');",
     )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = FedsqlServer::start(dir.path());
-    let f = server.connect("demo").await;
-    f.simple_query(&format!(
-        "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}')"
-    ))
-    .await
-    .unwrap();
+    .await;
 
     // A same-source aggregate over a join is one remote query.
     let sql = "SELECT b.city, count(*), sum(a.balance) FROM pg.public.accounts a \
@@ -239,23 +195,14 @@ async fn filters_limits_joins_and_aggregates_are_pushed_down() {
 
 #[tokio::test]
 async fn awkward_names_and_literals_round_trip() {
-    let (pg, url) = fresh_postgres_database("fedsql_names").await;
-    pg.batch_execute(
+    let (pg, _server, _dir, f) = server_with_postgres_source(
+        "fedsql_names",
         r#"CREATE SCHEMA "Odd Schema";
            CREATE TABLE "Odd Schema"."select; DROP TABLE x" ("from" int, "it's" text, "ünï cödé" text, "a""b" text);
            INSERT INTO "Odd Schema"."select; DROP TABLE x" VALUES
              (1, 'O''Reilly', 'back\slash', 'q"uote'), (2, 'plain', 'ß', NULL);"#,
     )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = FedsqlServer::start(dir.path());
-    let f = server.connect("demo").await;
-    f.simple_query(&format!(
-        "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}')"
-    ))
-    .await
-    .unwrap();
+    .await;
     let got = rows(
         &f,
         r#"SELECT "from", "it's", "ünï cödé", "a""b" FROM pg."Odd Schema"."select; DROP TABLE x"

@@ -8,9 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use fedsql_tests::{fresh_postgres_database, FedsqlServer};
+use fedsql_tests::{fresh_postgres_database, try_text_rows, FedsqlServer};
 use futures::SinkExt;
-use tokio_postgres::SimpleQueryMessage;
 
 const TABLES: [&str; 8] = [
     "region", "nation", "part", "supplier", "partsupp", "customer", "orders", "lineitem",
@@ -33,26 +32,6 @@ fn generate(scale: &str, out: &Path) {
             )
         });
     assert!(status.success(), "tpchgen-cli failed");
-}
-
-async fn text_rows(
-    client: &tokio_postgres::Client,
-    sql: &str,
-) -> Result<Vec<Vec<Option<String>>>, String> {
-    let messages = client.simple_query(sql).await.map_err(|e| {
-        e.as_db_error()
-            .map(|d| format!("{}: {}", d.code().code(), d.message()))
-            .unwrap_or_else(|| e.to_string())
-    })?;
-    Ok(messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect())
 }
 
 /// Equal as text, or as numbers within a tolerance that absorbs the
@@ -135,7 +114,7 @@ async fn tpch_22_queries_match_postgres_with_pushdown_on_and_off() {
     for n in 1..=22 {
         let name = format!("q{n}");
         let sql = std::fs::read_to_string(tpch_dir().join(format!("{name}.sql"))).unwrap();
-        let want = text_rows(&pg, &sql)
+        let want = try_text_rows(&pg, &sql)
             .await
             .unwrap_or_else(|e| panic!("Postgres {name}: {e}"));
         assert!(
@@ -144,7 +123,7 @@ async fn tpch_22_queries_match_postgres_with_pushdown_on_and_off() {
         );
         for (mode, client) in [("pushdown on", &on), ("pushdown off", &off)] {
             let limit = std::time::Duration::from_secs(300);
-            match tokio::time::timeout(limit, text_rows(client, &sql)).await {
+            match tokio::time::timeout(limit, try_text_rows(client, &sql)).await {
                 Ok(Ok(got)) => failures.extend(compare(&name, mode, &want, &got)),
                 Ok(Err(e)) => failures.push(format!("{name} ({mode}): {e}")),
                 Err(_) => failures.push(format!("{name} ({mode}): no answer within {limit:?}")),
