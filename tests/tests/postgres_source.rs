@@ -366,3 +366,63 @@ async fn sources_survive_a_restart_and_drop_source_forgets_them() {
     let f = server.connect("demo").await;
     assert!(rows(&f, "SHOW SOURCES").await.is_empty());
 }
+
+#[tokio::test]
+async fn sources_from_the_config_file() {
+    let (pg, url) = fresh_postgres_database("fedsql_config").await;
+    pg.batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (41), (1);")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fedsql.toml");
+    std::fs::write(
+        &config,
+        format!("[[sources]]\nname = \"cfg\"\ntype = \"postgres\"\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
+    let server = FedsqlServer::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let f = server.connect("demo").await;
+    assert_eq!(
+        rows(&f, "SELECT sum(x) FROM cfg.public.t").await[0][0].as_deref(),
+        Some("42")
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_dies_mid_query_is_08006_and_the_server_goes_on() {
+    let (pg, _server, _dir, f) = server_with_postgres_source(
+        "fedsql_dies",
+        "CREATE TABLE big AS SELECT g AS x, repeat('x', 100) AS pad FROM generate_series(1, 2000000) g;",
+    )
+    .await;
+    // Read every row into fedsql (pushdown off), then cut the connection.
+    f.simple_query("SET fedsql.pushdown = off").await.unwrap();
+    let killer = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let killed = pg
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'fedsql' AND query LIKE 'COPY%' AND state = 'active'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if !killed.is_empty() {
+                return true;
+            }
+        }
+        false
+    });
+    let err = f
+        .simple_query("SELECT count(*), max(length(pad)) FROM pg.public.big")
+        .await
+        .unwrap_err();
+    assert!(killer.await.unwrap(), "the scan was never seen running");
+    assert_eq!(code(&err), "08006", "{}", message(&err));
+    assert!(message(&err).contains("source pg"), "{}", message(&err));
+    assert_eq!(rows(&f, "SELECT 1").await[0][0].as_deref(), Some("1"));
+}

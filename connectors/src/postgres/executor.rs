@@ -80,6 +80,13 @@ impl PostgresExecutor {
         let source_name = self.source_name.clone();
         if let Some(db) = e.as_db_error() {
             let sqlstate = db.code().code().to_string();
+            // The server shutting the session down is the source going away.
+            if matches!(sqlstate.as_str(), "57P01" | "57P02" | "57P03") {
+                return ConnectorError::ConnectionLost {
+                    source_name,
+                    message: db.message().to_string(),
+                };
+            }
             if sqlstate == "28P01" || sqlstate == "28000" {
                 return ConnectorError::AuthFailed {
                     source_name,
