@@ -490,6 +490,11 @@ enum ViewChange {
 
 /// Whether `sql` creates or drops views, with their fully-qualified names.
 fn view_change(database: &str, sql: &str) -> Option<ViewChange> {
+    // Most statements are queries: skip the second parse unless it can be DDL.
+    let head = sql.trim_start().get(..6)?.to_ascii_lowercase();
+    if head != "create" && !head.starts_with("drop") {
+        return None;
+    }
     let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
         .ok()?
         .into_iter()
