@@ -488,18 +488,41 @@ enum ViewChange {
     Dropped(Vec<String>),
 }
 
-/// Whether `sql` creates or drops views, with their fully-qualified names.
-fn view_change(database: &str, sql: &str) -> Option<ViewChange> {
-    // Most statements are queries: skip the second parse unless it can be DDL.
+/// `sql` parsed, if it can be DDL (`CREATE …` / `DROP …`).
+///
+/// Most statements are queries: the cheap check on the first word spares them
+/// a second parse.
+fn parse_ddl(sql: &str) -> Option<Statement> {
     let head = sql.trim_start().get(..6)?.to_ascii_lowercase();
     if head != "create" && !head.starts_with("drop") {
         return None;
     }
-    let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+    Parser::parse_sql(&PostgreSqlDialect {}, sql)
         .ok()?
         .into_iter()
-        .next()?;
-    match statement {
+        .next()
+}
+
+/// The Postgres command tag of a DDL statement (DataFusion answers DDL with
+/// an empty result set, which psql would print as "(0 rows)").
+pub fn ddl_tag(sql: &str) -> Option<&'static str> {
+    Some(match parse_ddl(sql)? {
+        Statement::CreateView(_) => "CREATE VIEW",
+        Statement::CreateTable(_) => "CREATE TABLE",
+        Statement::CreateSchema { .. } => "CREATE SCHEMA",
+        Statement::Drop { object_type, .. } => match object_type {
+            ObjectType::View => "DROP VIEW",
+            ObjectType::Table => "DROP TABLE",
+            ObjectType::Schema => "DROP SCHEMA",
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Whether `sql` creates or drops views, with their fully-qualified names.
+fn view_change(database: &str, sql: &str) -> Option<ViewChange> {
+    match parse_ddl(sql)? {
         Statement::CreateView(view) if !view.materialized => {
             Some(ViewChange::Created(qualify(database, &view.name)?))
         }
@@ -554,5 +577,13 @@ mod tests {
         };
         assert_eq!(n, ["demo.bank.V", "fedsql.public.w"]);
         assert!(view_change("demo", "SELECT 1").is_none());
+    }
+
+    #[test]
+    fn ddl_tags() {
+        assert_eq!(ddl_tag("create view v as select 1"), Some("CREATE VIEW"));
+        assert_eq!(ddl_tag("  DROP TABLE IF EXISTS t"), Some("DROP TABLE"));
+        assert_eq!(ddl_tag("SELECT 1"), None);
+        assert_eq!(ddl_tag("DROP"), None);
     }
 }

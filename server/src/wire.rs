@@ -236,6 +236,21 @@ fn to_wire(
     }
 }
 
+/// Answers DDL with its command tag (`CREATE VIEW`) instead of the empty
+/// result set DataFusion returns; the statement already ran when planned.
+fn with_ddl_tag(responses: Vec<Response>, sql: &str) -> Vec<Response> {
+    let Some(tag) = crate::engine::ddl_tag(sql) else {
+        return responses;
+    };
+    responses
+        .into_iter()
+        .map(|r| match r {
+            Response::Query(_) => Response::Execution(Tag::new(tag)),
+            other => other,
+        })
+        .collect()
+}
+
 /// Waits for a query's first row inside `do_query`, which pgwire races
 /// against cancel requests; without this, blocking work (aggregates, sorts)
 /// would run later while rows stream out, where a cancel cannot reach it.
@@ -318,7 +333,7 @@ impl SimpleQueryHandler for FedsqlService {
                     let sql = rewritten.as_deref().unwrap_or(text);
                     match SimpleQueryHandler::do_query(&session.service, client, sql).await {
                         Ok(r) => match self.engine.after_statement(&session.database, text) {
-                            Ok(()) => Ok(r),
+                            Ok(()) => Ok(with_ddl_tag(r, text)),
                             Err(e) => Err(Err(e)),
                         },
                         Err(e) => Err(classify(e, text)),
@@ -403,7 +418,9 @@ impl ExtendedQueryHandler for FedsqlService {
                 .await
             {
                 Ok(r) => match self.engine.after_statement(&session.database, &text) {
-                    Ok(()) => start_rows(r).await.map_err(|e| classify(e, &text)),
+                    Ok(()) => start_rows(with_ddl_tag(vec![r], &text).remove(0))
+                        .await
+                        .map_err(|e| classify(e, &text)),
                     Err(e) => Err(Err(e)),
                 },
                 Err(e) => Err(classify(e, &text)),

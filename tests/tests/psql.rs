@@ -65,6 +65,14 @@ fn errors_show_sqlstate_and_position_in_psql() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("(3 rows)"), "{out}");
+
+    // DDL answers with its command tag, as in Postgres.
+    let (ok, out, err) = psql(&server, "demo", "CREATE VIEW v AS SELECT 1 AS x");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "CREATE VIEW");
+    let (ok, out, err) = psql(&server, "demo", "DROP VIEW v");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "DROP VIEW");
 }
 
 /// Statements from the fixture, split on psql's capture markers.
