@@ -10,5 +10,7 @@ pub mod error;
 pub mod fsutil;
 pub mod postgres;
 pub mod pushdown;
+pub mod remote_log;
 
 pub use error::ConnectorError;
+pub use remote_log::{RemoteQuery, RemoteQueryObserver};

@@ -26,6 +26,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use fedsql_connectors::demo::{open_demo_catalog, DemoManifest, DEMO_CATALOG};
 use fedsql_connectors::postgres::open_postgres_catalog;
 use fedsql_connectors::pushdown::{FedsqlOptions, PolicyFederationRule};
+use fedsql_connectors::RemoteQueryObserver;
 use fedsql_sql::{FedsqlStatement, SourceKind};
 
 use crate::catalog_store::{CatalogState, CatalogStore, SourceEntry, ViewEntry};
@@ -229,7 +230,7 @@ impl Engine {
                         .collect(),
                     created_at_us: now_us(),
                 };
-                let catalog = open_source(&entry).await?;
+                let catalog = open_source(&entry, self.observer()).await?;
                 let mut state = self.lock_state();
                 let mut next = state.clone();
                 next.sources.push(entry);
@@ -355,7 +356,7 @@ impl Engine {
             });
         }
         for entry in entries {
-            match open_source(&entry).await {
+            match open_source(&entry, self.observer()).await {
                 Ok(catalog) => {
                     self.catalogs.register_catalog(entry.name.clone(), catalog);
                 }
@@ -381,6 +382,11 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Where sources report the queries they run.
+    fn observer(&self) -> Arc<dyn RemoteQueryObserver> {
+        Arc::clone(&self.queries) as Arc<dyn RemoteQueryObserver>
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, CatalogState> {
@@ -457,9 +463,14 @@ fn system_catalog(
 }
 
 /// Connects to a source and returns its catalog.
-async fn open_source(entry: &SourceEntry) -> Result<Arc<dyn CatalogProvider>> {
+async fn open_source(
+    entry: &SourceEntry,
+    observer: Arc<dyn RemoteQueryObserver>,
+) -> Result<Arc<dyn CatalogProvider>> {
     match SourceKind::from_word(&entry.kind) {
-        Some(SourceKind::Postgres) => Ok(open_postgres_catalog(&entry.name, &entry.options).await?),
+        Some(SourceKind::Postgres) => {
+            Ok(open_postgres_catalog(&entry.name, &entry.options, Some(observer)).await?)
+        }
         Some(kind) => Err(source_not_supported(kind)),
         None => Err(ServerError::Config(format!(
             "source {}: unknown type '{}'",

@@ -23,8 +23,13 @@ pub struct QueryRecord {
     pub status: &'static str,
     pub sqlstate: Option<String>,
     pub error: Option<String>,
-    /// Time to plan and start the statement (streaming rows is not counted).
+    /// Time to plan and start the statement (streaming rows is not counted);
+    /// for a source's query, the whole scan.
     pub duration_ms: f64,
+    /// Rows received from a source (source queries only).
+    pub rows: Option<u64>,
+    /// Bytes of row data received from a source (source queries only).
+    pub bytes: Option<u64>,
 }
 
 /// A bounded, thread-safe log of recent statements.
@@ -45,6 +50,8 @@ pub struct Finished<'a> {
     pub query: &'a str,
     /// `None` when it succeeded, else (SQLSTATE, message).
     pub error: Option<(&'a str, String)>,
+    /// (rows, bytes) received, for queries fedsql sent to a source.
+    pub received: Option<(u64, u64)>,
 }
 
 impl QueryLog {
@@ -66,6 +73,8 @@ impl QueryLog {
             sqlstate: f.error.as_ref().map(|(s, _)| s.to_string()),
             error: f.error.map(|(_, m)| m),
             duration_ms: f.elapsed.as_secs_f64() * 1000.0,
+            rows: f.received.map(|r| r.0),
+            bytes: f.received.map(|r| r.1),
         };
         // A poisoned lock only means another thread panicked mid-push; the
         // deque is still valid, so keep logging.
@@ -80,6 +89,23 @@ impl QueryLog {
     pub fn snapshot(&self) -> Vec<QueryRecord> {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         records.iter().cloned().collect()
+    }
+}
+
+/// Queries that connectors send to sources are logged next to the client
+/// statements, as protocol `source` with the source as the database.
+impl fedsql_connectors::RemoteQueryObserver for QueryLog {
+    fn finished(&self, q: fedsql_connectors::RemoteQuery) {
+        self.record(Finished {
+            started: q.started,
+            elapsed: q.elapsed,
+            database: &q.source,
+            user: "fedsql",
+            protocol: "source",
+            query: &q.sql,
+            error: q.error.as_ref().map(|(s, m)| (s.as_str(), m.clone())),
+            received: Some((q.rows, q.bytes)),
+        });
     }
 }
 
@@ -99,6 +125,7 @@ mod tests {
                 protocol: "pg",
                 query: &format!("SELECT {i}"),
                 error: None,
+                received: None,
             });
         }
         let snap = log.snapshot();

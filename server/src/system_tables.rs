@@ -120,6 +120,8 @@ pub fn queries_schema() -> SchemaRef {
         Field::new("sqlstate", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
         Field::new("duration_ms", DataType::Float64, false),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("bytes", DataType::Int64, true),
     ]))
 }
 
@@ -135,6 +137,8 @@ pub fn queries_batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
     let mut sqlstate = StringBuilder::new();
     let mut error = StringBuilder::new();
     let mut duration = Float64Builder::new();
+    let mut rows = Int64Builder::new();
+    let mut bytes = Int64Builder::new();
     for r in records {
         id.append_value(r.query_id);
         started.append_value(r.started_at_us);
@@ -146,6 +150,8 @@ pub fn queries_batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
         sqlstate.append_option(r.sqlstate.as_deref());
         error.append_option(r.error.as_deref());
         duration.append_value(r.duration_ms);
+        rows.append_option(r.rows.map(|n| n as i64));
+        bytes.append_option(r.bytes.map(|n| n as i64));
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(id.finish()),
@@ -158,6 +164,8 @@ pub fn queries_batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
         Arc::new(sqlstate.finish()),
         Arc::new(error.finish()),
         Arc::new(duration.finish()),
+        Arc::new(rows.finish()),
+        Arc::new(bytes.finish()),
     ];
     Ok(RecordBatch::try_new(queries_schema(), columns)?)
 }

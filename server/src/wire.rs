@@ -285,6 +285,7 @@ impl FedsqlService {
             protocol: "pg",
             query,
             error,
+            received: None,
         });
     }
 }

@@ -129,6 +129,24 @@ async fn filters_limits_joins_and_aggregates_are_pushed_down() {
         .collect(),
     );
     assert_eq!(got, want);
+    // The query sent is recorded, with what came back.
+    let logged = rows(
+        &f,
+        "SELECT query, rows, bytes FROM fedsql.system.queries \
+         WHERE protocol = 'source' AND database = 'pg' AND query LIKE '%GROUP BY%' ORDER BY query_id DESC LIMIT 1",
+    )
+    .await;
+    let logged = logged
+        .first()
+        .expect("the remote aggregate is in fedsql.system.queries");
+    assert!(logged[0].as_deref().unwrap().contains("JOIN"), "{logged:?}");
+    assert_eq!(
+        logged[1].as_deref(),
+        Some("2"),
+        "two groups came back: {logged:?}"
+    );
+    assert!(logged[2].as_deref().unwrap().parse::<i64>().unwrap() > 0);
+
     // The same answer with pushdown off, where fedsql reads plain tables.
     f.simple_query("SET fedsql.pushdown = off").await.unwrap();
     let plan = explain(&f, sql).await;

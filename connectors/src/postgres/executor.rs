@@ -19,6 +19,7 @@ use tokio_postgres::types::{Kind, Type};
 use super::types::{arrow_type, ColumnBuilder, RawValue, TextCast};
 use super::PostgresOptions;
 use crate::error::ConnectorError;
+use crate::remote_log::{RemoteQuery, RemoteQueryObserver};
 
 /// Rows per Arrow batch.
 const BATCH_ROWS: usize = 8192;
@@ -32,11 +33,17 @@ pub struct PostgresExecutor {
     address: String,
     /// Distinguishes this source from every other in federation decisions.
     context: String,
+    /// Told about every remote query (fedsql.system.queries).
+    observer: Option<Arc<dyn RemoteQueryObserver>>,
 }
 
 impl PostgresExecutor {
     /// An executor for source `source_name`.
-    pub fn new(source_name: &str, options: &PostgresOptions) -> Result<Self, ConnectorError> {
+    pub fn new(
+        source_name: &str,
+        options: &PostgresOptions,
+        observer: Option<Arc<dyn RemoteQueryObserver>>,
+    ) -> Result<Self, ConnectorError> {
         let config = options.connection_config()?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -51,6 +58,7 @@ impl PostgresExecutor {
             context: format!("postgres://{address}/{}", config.get_dbname().unwrap_or("")),
             config,
             address,
+            observer,
         })
     }
 
@@ -121,9 +129,23 @@ impl PostgresExecutor {
         self: Arc<Self>,
         query: String,
         schema: SchemaRef,
+        mut report: Report,
     ) -> Result<impl futures::Stream<Item = DfResult<RecordBatch>>, ConnectorError> {
-        let client = self.connect().await?;
-        let statement = client.prepare(&query).await.map_err(|e| self.classify(e))?;
+        let client = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                report.error = Some((e.sqlstate().to_string(), e.to_string()));
+                return Err(e);
+            }
+        };
+        let statement = match client.prepare(&query).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = self.classify(e);
+                report.error = Some((e.sqlstate().to_string(), e.to_string()));
+                return Err(e);
+            }
+        };
         let columns = statement.columns();
         if columns.len() != schema.fields().len() {
             return Err(ConnectorError::Remote {
@@ -143,11 +165,13 @@ impl PostgresExecutor {
         for (i, column) in columns.iter().enumerate() {
             let base = base_type(column.type_());
             let Some((_, transport)) = arrow_type(&base, -1) else {
-                return Err(ConnectorError::UnsupportedType {
+                let e = ConnectorError::UnsupportedType {
                     source_name: self.source_name.clone(),
                     column: column.name().to_string(),
                     type_name: column.type_().name().to_string(),
-                });
+                };
+                report.error = Some((e.sqlstate().to_string(), e.to_string()));
+                return Err(e);
             };
             match transport {
                 TextCast::Binary => {
@@ -185,6 +209,7 @@ impl PostgresExecutor {
             schema,
             executor: Arc::clone(&self),
             done: false,
+            report,
             _client: client,
         };
         Ok(futures::stream::unfold(state, |mut state| async move {
@@ -220,8 +245,51 @@ struct BatchState {
     schema: SchemaRef,
     executor: Arc<PostgresExecutor>,
     done: bool,
+    /// Sent to the observer when the scan ends, however it ends.
+    report: Report,
     /// Keeps the connection open until the copy is drained.
     _client: tokio_postgres::Client,
+}
+
+/// What one remote query did, reported when dropped.
+struct Report {
+    executor: Arc<PostgresExecutor>,
+    sql: String,
+    started: std::time::SystemTime,
+    clock: std::time::Instant,
+    rows: u64,
+    bytes: u64,
+    error: Option<(String, String)>,
+}
+
+impl Report {
+    fn new(executor: Arc<PostgresExecutor>, sql: &str) -> Self {
+        Report {
+            executor,
+            sql: sql.to_string(),
+            started: std::time::SystemTime::now(),
+            clock: std::time::Instant::now(),
+            rows: 0,
+            bytes: 0,
+            error: None,
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.executor.observer {
+            observer.finished(RemoteQuery {
+                source: self.executor.source_name.clone(),
+                sql: std::mem::take(&mut self.sql),
+                started: self.started,
+                elapsed: self.clock.elapsed(),
+                rows: self.rows,
+                bytes: self.bytes,
+                error: self.error.take(),
+            });
+        }
+    }
 }
 
 impl BatchState {
@@ -229,9 +297,11 @@ impl BatchState {
         while self.builders.first().map_or(0, ColumnBuilder::len) < BATCH_ROWS {
             match self.rows.next().await {
                 Some(Ok(row)) => {
+                    self.report.rows += 1;
                     for (i, builder) in self.builders.iter_mut().enumerate() {
                         let value: Option<RawValue<'_>> =
                             row.try_get(i).map_err(|e| self.executor.classify(e))?;
+                        self.report.bytes += value.as_ref().map_or(0, |v| v.0.len() as u64);
                         builder
                             .append(value.map(|v| v.0), &self.names[i], &self.wire_types[i])
                             .map_err(|e| ConnectorError::Remote {
@@ -241,7 +311,11 @@ impl BatchState {
                             })?;
                     }
                 }
-                Some(Err(e)) => return Err(self.executor.classify(e)),
+                Some(Err(e)) => {
+                    let e = self.executor.classify(e);
+                    self.report.error = Some((e.sqlstate().to_string(), e.to_string()));
+                    return Err(e);
+                }
                 None => {
                     self.done = true;
                     break;
@@ -295,8 +369,10 @@ impl SQLExecutor for PostgresExecutor {
             config: self.config.clone(),
             address: self.address.clone(),
             context: self.context.clone(),
+            observer: self.observer.clone(),
         });
-        let fetch = executor.fetch(query.to_string(), Arc::clone(&schema));
+        let report = Report::new(Arc::clone(&executor), query);
+        let fetch = executor.fetch(query.to_string(), Arc::clone(&schema), report);
         let stream = futures::stream::once(async move {
             fetch
                 .await

@@ -24,6 +24,7 @@ pub use catalog::PostgresCatalog;
 pub use executor::PostgresExecutor;
 
 use crate::error::ConnectorError;
+use crate::remote_log::RemoteQueryObserver;
 
 /// The options of `CREATE SOURCE … TYPE postgres`.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,9 +112,10 @@ impl PostgresOptions {
 pub async fn open_postgres_catalog(
     name: &str,
     options: &[(String, String)],
+    observer: Option<Arc<dyn RemoteQueryObserver>>,
 ) -> Result<Arc<dyn CatalogProvider>, ConnectorError> {
     let options = PostgresOptions::from_options(options)?;
-    let executor = Arc::new(PostgresExecutor::new(name, &options)?);
+    let executor = Arc::new(PostgresExecutor::new(name, &options, observer)?);
     let catalog = PostgresCatalog::discover(executor).await?;
     Ok(Arc::new(catalog))
 }
