@@ -66,6 +66,19 @@ async fn types_round_trip_and_the_source_is_a_catalog() {
     );
     assert!(got[1][1..17].iter().all(Option::is_none), "{:?}", got[1]);
 
+    // Arrays arrive as lists: indexing and unnesting work in fedsql.
+    let list = rows(
+        &f,
+        "SELECT arr[2], array_length(arr, 1), arrow_typeof(arr) FROM pg.public.t WHERE id = 1",
+    )
+    .await;
+    assert_eq!(list[0][0], s("2"));
+    assert_eq!(list[0][1], s("3"));
+    assert!(
+        list[0][2].as_deref().unwrap().starts_with("List("),
+        "{list:?}"
+    );
+
     // The source's tables are visible like any other catalog's.
     let listed = rows(
         &f,

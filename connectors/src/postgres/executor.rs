@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::{Kind, Type};
 
-use super::types::{arrow_type, ColumnBuilder, RawValue, TextCast};
+use super::types::{array_text_to_list, arrow_type, ColumnBuilder, RawValue, TextCast};
 use super::PostgresOptions;
 use crate::error::ConnectorError;
 use crate::remote_log::{RemoteQuery, RemoteQueryObserver};
@@ -330,6 +330,17 @@ impl BatchState {
             let array = builder.finish();
             let array = if array.data_type() == field.data_type() {
                 array
+            } else if let (DataType::List(element), Some(texts)) = (
+                field.data_type(),
+                array.as_any().downcast_ref::<StringArray>(),
+            ) {
+                array_text_to_list(texts, element.data_type(), field.name()).map_err(|message| {
+                    ConnectorError::Remote {
+                        source_name: self.executor.source_name.clone(),
+                        sqlstate: "22P02".into(),
+                        message,
+                    }
+                })?
             } else {
                 cast(&array, field.data_type()).map_err(|e| ConnectorError::Remote {
                     source_name: self.executor.source_name.clone(),

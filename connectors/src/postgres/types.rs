@@ -16,7 +16,7 @@
 //! | `interval` | `Utf8` (Postgres's text form) | text |
 //! | `bytea` | `Binary` | binary |
 //! | `uuid`, `json`, `jsonb`, `inet`, `money`… | `Utf8` | text |
-//! | arrays of the scalar types above | `Utf8` (Postgres's array text, e.g. `{a,"b c"}`) | text |
+//! | one-dimensional arrays of the types above | `List<…>` | text, parsed by [`array_text_to_list`] |
 //!
 //! Types read as text are cast to `text` in the SQL fedsql sends
 //! ([`TextCast`]), so every value arrives in a form fedsql decodes exactly.
@@ -86,10 +86,15 @@ pub fn arrow_type(ty: &Type, typmod: i32) -> Option<(DataType, TextCast)> {
         _ => match ty.kind() {
             Kind::Enum(_) => (DataType::Utf8, Text),
             Kind::Domain(inner) => return arrow_type(inner, typmod),
-            // Postgres's array text form (`{a,"b c"}`) until a list decoder lands.
+            // Read as Postgres's array text (`{a,"b c",NULL}`), parsed into a list.
             Kind::Array(element) => {
-                arrow_type(element, -1)?;
-                (DataType::Utf8, Text)
+                let (inner, _) = arrow_type(element, -1)?;
+                (
+                    DataType::List(Arc::new(datafusion::arrow::datatypes::Field::new(
+                        "item", inner, true,
+                    ))),
+                    Text,
+                )
             }
             _ => return None,
         },
@@ -111,6 +116,96 @@ fn numeric_type(typmod: i32) -> DataType {
         DataType::Decimal128(precision as u8, scale as i8)
     } else {
         DataType::Utf8
+    }
+}
+
+/// Parses one-dimensional Postgres array literals (`{1,2,NULL}`,
+/// `{"a b","c\\"d"}`) into a list array of `element` values.
+///
+/// Multi-dimensional arrays are an error naming the column: Arrow lists of
+/// lists would need the dimensions declared, which Postgres does not.
+pub fn array_text_to_list(
+    texts: &datafusion::arrow::array::StringArray,
+    element: &DataType,
+    column: &str,
+) -> Result<ArrayRef, String> {
+    use datafusion::arrow::array::{Array, ListBuilder};
+    let mut builder = ListBuilder::new(StringBuilder::new());
+    for i in 0..texts.len() {
+        if texts.is_null(i) {
+            builder.append_null();
+            continue;
+        }
+        for item in
+            parse_array_literal(texts.value(i)).map_err(|e| format!("column {column}: {e}"))?
+        {
+            builder.values().append_option(item);
+        }
+        builder.append(true);
+    }
+    let strings: ArrayRef = Arc::new(builder.finish());
+    let target = DataType::List(Arc::new(datafusion::arrow::datatypes::Field::new(
+        "item",
+        element.clone(),
+        true,
+    )));
+    datafusion::arrow::compute::cast(&strings, &target).map_err(|e| format!("column {column}: {e}"))
+}
+
+/// The elements of a one-dimensional array literal; `None` is NULL.
+fn parse_array_literal(text: &str) -> Result<Vec<Option<String>>, String> {
+    // "[0:2]={…}" carries explicit bounds; the elements are what matter here.
+    let body = match text.find('=') {
+        Some(eq) if text.starts_with('[') => &text[eq + 1..],
+        _ => text,
+    };
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or_else(|| format!("not an array literal: {text}"))?;
+    let mut items = Vec::new();
+    if inner.is_empty() {
+        return Ok(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        match chars.peek() {
+            Some('{') => return Err("multi-dimensional arrays are not supported".into()),
+            Some('"') => {
+                chars.next();
+                let mut value = String::new();
+                loop {
+                    match chars.next() {
+                        Some('\\') => value.extend(chars.next()),
+                        Some('"') => break,
+                        Some(c) => value.push(c),
+                        None => return Err(format!("unterminated quote in {text}")),
+                    }
+                }
+                items.push(Some(value));
+            }
+            _ => {
+                let mut value = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c == ',' {
+                        break;
+                    }
+                    value.push(c);
+                    chars.next();
+                }
+                let value = value.trim();
+                items.push(if value.eq_ignore_ascii_case("NULL") {
+                    None
+                } else {
+                    Some(value.to_string())
+                });
+            }
+        }
+        match chars.next() {
+            Some(',') => continue,
+            None => return Ok(items),
+            Some(c) => return Err(format!("unexpected '{c}' in {text}")),
+        }
     }
 }
 
@@ -299,6 +394,28 @@ mod tests {
         );
         assert_eq!(numeric_type(-1), DataType::Utf8);
         assert_eq!(numeric_type(((60 << 16) | 2) + 4), DataType::Utf8);
+    }
+
+    #[test]
+    fn array_literals_parse() {
+        assert_eq!(
+            parse_array_literal(r#"{1,NULL,"a b","q\"x",null}"#).unwrap(),
+            vec![
+                Some("1".into()),
+                None,
+                Some("a b".into()),
+                Some("q\"x".into()),
+                None
+            ]
+        );
+        assert!(parse_array_literal("{}").unwrap().is_empty());
+        assert_eq!(parse_array_literal("[0:1]={7,8}").unwrap().len(), 2);
+        assert!(parse_array_literal("{{1},{2}}").is_err());
+        let texts =
+            datafusion::arrow::array::StringArray::from(vec![Some("{1,2,3}"), None, Some("{}")]);
+        let list = array_text_to_list(&texts, &DataType::Int32, "c").unwrap();
+        assert_eq!(list.len(), 3);
+        assert!(list.is_null(1));
     }
 
     #[test]
