@@ -457,3 +457,48 @@ async fn a_source_that_dies_mid_query_is_08006_and_the_server_goes_on() {
     assert!(message(&err).contains("source pg"), "{}", message(&err));
     assert_eq!(rows(&f, "SELECT 1").await[0][0].as_deref(), Some("1"));
 }
+
+#[tokio::test]
+async fn partitioned_scans_read_key_ranges_in_parallel() {
+    let (pg, url) = fresh_postgres_database("fedsql_partitions").await;
+    pg.batch_execute(
+        "CREATE TABLE events (id int8 PRIMARY KEY, amount float8); \
+         INSERT INTO events SELECT g, g * 0.5 FROM generate_series(1, 10000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let f = server.connect("demo").await;
+    f.simple_query(&format!(
+        "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}', partitions 4)"
+    ))
+    .await
+    .unwrap();
+    // With pushdown off the source serves a plain scan, which is split.
+    f.simple_query("SET fedsql.pushdown = off").await.unwrap();
+    let got = rows(
+        &f,
+        "SELECT count(*), sum(amount), count(DISTINCT id) FROM pg.public.events",
+    )
+    .await;
+    assert_eq!(
+        got[0],
+        vec![
+            Some("10000".into()),
+            Some("25002500.0".into()),
+            Some("10000".into())
+        ]
+    );
+    let sent = rows(
+        &f,
+        "SELECT query, rows FROM fedsql.system.queries WHERE protocol = 'source' AND query LIKE '%\"id\" >=%'",
+    )
+    .await;
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    let total: i64 = sent
+        .iter()
+        .map(|r| r[1].as_deref().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total, 10_000, "the ranges are disjoint and cover the table");
+}

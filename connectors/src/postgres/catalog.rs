@@ -110,6 +110,35 @@ pub(crate) async fn discover_tables(
     Ok(tables)
 }
 
+/// For each table with an integer primary key, its first key column: scans
+/// split on it into ranges the index serves.
+async fn discover_split_keys(
+    executor: &PostgresExecutor,
+) -> Result<std::collections::HashMap<String, String>, ConnectorError> {
+    let client = executor.connect().await?;
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, a.attname::text \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] \
+             WHERE i.indisprimary AND a.atttypid IN (20, 21, 23)",
+            &[],
+        )
+        .await
+        .map_err(|e| executor.classify(e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
+                r.get::<_, String>(2),
+            )
+        })
+        .collect())
+}
+
 /// A Postgres database as a catalog: `<source>.<schema>.<table>`.
 #[derive(Debug)]
 pub struct PostgresCatalog {
@@ -123,6 +152,7 @@ impl PostgresCatalog {
     /// Discovers the source's tables now; queries then plan without a round trip.
     pub async fn discover(executor: Arc<PostgresExecutor>) -> Result<Self, ConnectorError> {
         let tables = discover_tables(&executor).await?;
+        executor.set_split_keys(discover_split_keys(&executor).await?);
         let provider = Arc::new(SQLFederationProvider::new(executor));
         let mut schemas: BTreeMap<String, BTreeMap<String, RemoteTableInfo>> = BTreeMap::new();
         for table in tables {

@@ -16,10 +16,13 @@ use futures::{StreamExt, TryStreamExt};
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::{Kind, Type};
 
+use super::split::{self, SplittableScan};
 use super::types::{array_text_to_list, arrow_type, ColumnBuilder, RawValue, TextCast};
 use super::PostgresOptions;
 use crate::error::ConnectorError;
 use crate::remote_log::{RemoteQuery, RemoteQueryObserver};
+use datafusion::sql::sqlparser::ast::Ident;
+use std::collections::HashMap;
 
 /// Rows per Arrow batch.
 const BATCH_ROWS: usize = 8192;
@@ -35,6 +38,11 @@ pub struct PostgresExecutor {
     context: String,
     /// Told about every remote query (fedsql.system.queries).
     observer: Option<Arc<dyn RemoteQueryObserver>>,
+    /// How many parallel `COPY`s read one plain table scan.
+    partitions: usize,
+    /// `schema.table` → the integer column scans of it are split on (the
+    /// first column of its primary key), from discovery.
+    split_keys: Arc<std::sync::RwLock<HashMap<String, String>>>,
 }
 
 impl PostgresExecutor {
@@ -59,7 +67,78 @@ impl PostgresExecutor {
             config,
             address,
             observer,
+            partitions: options.partitions,
+            split_keys: Arc::default(),
         })
+    }
+
+    /// Records the keys discovery found for splitting scans.
+    pub(crate) fn set_split_keys(&self, keys: HashMap<String, String>) {
+        *self.split_keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// The key to split `scan` on, if scans are partitioned and it has one.
+    fn split_key(&self, scan: &SplittableScan) -> Option<String> {
+        if self.partitions < 2 {
+            return None;
+        }
+        let keys = self.split_keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.get(&scan.qualified).cloned()
+    }
+
+    /// Reads `scan` as `partitions` key ranges in parallel, each its own
+    /// `COPY`, merged into one stream as batches arrive.
+    async fn fetch_split(
+        self: Arc<Self>,
+        scan: SplittableScan,
+        key: String,
+        schema: SchemaRef,
+    ) -> Result<futures::stream::BoxStream<'static, DfResult<RecordBatch>>, ConnectorError> {
+        let client = self.connect().await?;
+        let bounds = format!(
+            "SELECT min({k})::int8, max({k})::int8 FROM {t}",
+            k = Ident::with_quote('"', key.as_str()),
+            t = scan.table
+        );
+        let row = client
+            .query_one(bounds.as_str(), &[])
+            .await
+            .map_err(|e| self.classify(e))?;
+        let (Some(min), Some(max)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1))
+        else {
+            // An empty table: one plain scan answers it.
+            let sql = scan.with_range(&key, i64::MIN, None);
+            let report = Report::new(Arc::clone(&self), &sql);
+            return Ok(Box::pin(self.fetch(sql, schema, report).await?));
+        };
+        let (tx, rx) = futures::channel::mpsc::channel::<DfResult<RecordBatch>>(2);
+        for (lo, hi) in split::ranges(min, max, self.partitions) {
+            // The first range also takes rows below the minimum seen, should
+            // any arrive between the two queries.
+            let lo = if lo == min { i64::MIN } else { lo };
+            let sql = scan.with_range(&key, lo, hi);
+            let executor = Arc::clone(&self);
+            let schema = Arc::clone(&schema);
+            let mut tx = tx.clone();
+            tokio::spawn(async move {
+                use futures::SinkExt;
+                let report = Report::new(Arc::clone(&executor), &sql);
+                match executor.fetch(sql, schema, report).await {
+                    Ok(stream) => {
+                        futures::pin_mut!(stream);
+                        while let Some(batch) = stream.next().await {
+                            if tx.send(batch).await.is_err() {
+                                return; // the consumer stopped reading
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
+                    }
+                }
+            });
+        }
+        Ok(Box::pin(rx))
     }
 
     /// The source this executor serves.
@@ -381,7 +460,21 @@ impl SQLExecutor for PostgresExecutor {
             address: self.address.clone(),
             context: self.context.clone(),
             observer: self.observer.clone(),
+            partitions: self.partitions,
+            split_keys: Arc::clone(&self.split_keys),
         });
+        if let Some(scan) = SplittableScan::parse(query) {
+            if let Some(key) = self.split_key(&scan) {
+                let fetch = executor.fetch_split(scan, key, Arc::clone(&schema));
+                let stream = futures::stream::once(async move {
+                    fetch
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))
+                })
+                .try_flatten();
+                return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+            }
+        }
         let report = Report::new(Arc::clone(&executor), query);
         let fetch = executor.fetch(query.to_string(), Arc::clone(&schema), report);
         let stream = futures::stream::once(async move {

@@ -13,6 +13,7 @@
 
 mod catalog;
 mod executor;
+mod split;
 pub mod types;
 
 use std::collections::BTreeMap;
