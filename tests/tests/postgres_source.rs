@@ -502,3 +502,33 @@ async fn partitioned_scans_read_key_ranges_in_parallel() {
         .sum();
     assert_eq!(total, 10_000, "the ranges are disjoint and cover the table");
 }
+
+#[tokio::test]
+async fn large_tables_are_split_without_being_asked() {
+    let (_pg, _server, _dir, f) = server_with_postgres_source(
+        "fedsql_auto_split",
+        "CREATE TABLE big (id int4 PRIMARY KEY, v int4); \
+         INSERT INTO big SELECT g, g % 7 FROM generate_series(1, 1100000) g; ANALYZE big;",
+    )
+    .await;
+    f.simple_query("SET fedsql.pushdown = off").await.unwrap();
+    let got = rows(&f, "SELECT count(*), sum(v) FROM pg.public.big").await;
+    assert_eq!(got[0][0].as_deref(), Some("1100000"));
+    let sent = rows(
+        &f,
+        "SELECT count(*), sum(rows) FROM fedsql.system.queries \
+         WHERE protocol = 'source' AND query LIKE '%\"id\" >=%'",
+    )
+    .await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores > 1 {
+        assert_eq!(
+            sent[0][0].as_deref(),
+            Some(cores.to_string().as_str()),
+            "{sent:?}"
+        );
+        assert_eq!(sent[0][1].as_deref(), Some("1100000"));
+    } else {
+        assert_eq!(sent[0][0].as_deref(), Some("0"), "one core: no split");
+    }
+}

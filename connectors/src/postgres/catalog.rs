@@ -110,15 +110,15 @@ pub(crate) async fn discover_tables(
     Ok(tables)
 }
 
-/// For each table with an integer primary key, its first key column: scans
-/// split on it into ranges the index serves.
+/// For each table with an integer primary key, its first key column (scans
+/// split on it into ranges the index serves) and the source's row estimate.
 async fn discover_split_keys(
     executor: &PostgresExecutor,
-) -> Result<std::collections::HashMap<String, String>, ConnectorError> {
+) -> Result<std::collections::HashMap<String, (String, f64)>, ConnectorError> {
     let client = executor.connect().await?;
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text, a.attname::text \
+            "SELECT n.nspname::text, c.relname::text, a.attname::text, c.reltuples::float8 \
              FROM pg_catalog.pg_index i \
              JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -133,7 +133,7 @@ async fn discover_split_keys(
         .map(|r| {
             (
                 format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
-                r.get::<_, String>(2),
+                (r.get::<_, String>(2), r.get::<_, f64>(3)),
             )
         })
         .collect())

@@ -26,6 +26,8 @@ use std::collections::HashMap;
 
 /// Rows per Arrow batch.
 const BATCH_ROWS: usize = 8192;
+/// Tables the source estimates above this many rows are split automatically.
+const AUTO_SPLIT_ROWS: f64 = 1_000_000.0;
 
 /// Executes federated SQL on one Postgres source.
 #[derive(Debug)]
@@ -38,11 +40,12 @@ pub struct PostgresExecutor {
     context: String,
     /// Told about every remote query (fedsql.system.queries).
     observer: Option<Arc<dyn RemoteQueryObserver>>,
-    /// How many parallel `COPY`s read one plain table scan.
-    partitions: usize,
+    /// How many parallel `COPY`s read one plain table scan (`None`: chosen
+    /// by table size).
+    partitions: Option<usize>,
     /// `schema.table` → the integer column scans of it are split on (the
-    /// first column of its primary key), from discovery.
-    split_keys: Arc<std::sync::RwLock<HashMap<String, String>>>,
+    /// first column of its primary key) and the source's row estimate.
+    split_keys: Arc<std::sync::RwLock<HashMap<String, (String, f64)>>>,
 }
 
 impl PostgresExecutor {
@@ -73,17 +76,23 @@ impl PostgresExecutor {
     }
 
     /// Records the keys discovery found for splitting scans.
-    pub(crate) fn set_split_keys(&self, keys: HashMap<String, String>) {
+    pub(crate) fn set_split_keys(&self, keys: HashMap<String, (String, f64)>) {
         *self.split_keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
     }
 
-    /// The key to split `scan` on, if scans are partitioned and it has one.
-    fn split_key(&self, scan: &SplittableScan) -> Option<String> {
-        if self.partitions < 2 {
-            return None;
-        }
+    /// The key to split `scan` on and into how many ranges, if it is worth it.
+    fn split_key(&self, scan: &SplittableScan) -> Option<(String, usize)> {
         let keys = self.split_keys.read().unwrap_or_else(|p| p.into_inner());
-        keys.get(&scan.qualified).cloned()
+        let (key, estimated_rows) = keys.get(&scan.qualified)?;
+        let n = match self.partitions {
+            Some(n) => n,
+            // Large tables: one range per core, so decoding keeps them busy.
+            None if *estimated_rows > AUTO_SPLIT_ROWS => {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+            None => 1,
+        };
+        (n > 1).then(|| (key.clone(), n))
     }
 
     /// Reads `scan` as `partitions` key ranges in parallel, each its own
@@ -92,6 +101,7 @@ impl PostgresExecutor {
         self: Arc<Self>,
         scan: SplittableScan,
         key: String,
+        partitions: usize,
         schema: SchemaRef,
     ) -> Result<futures::stream::BoxStream<'static, DfResult<RecordBatch>>, ConnectorError> {
         let client = self.connect().await?;
@@ -112,7 +122,7 @@ impl PostgresExecutor {
             return Ok(Box::pin(self.fetch(sql, schema, report).await?));
         };
         let (tx, rx) = futures::channel::mpsc::channel::<DfResult<RecordBatch>>(2);
-        for (lo, hi) in split::ranges(min, max, self.partitions) {
+        for (lo, hi) in split::ranges(min, max, partitions) {
             // The first range also takes rows below the minimum seen, should
             // any arrive between the two queries.
             let lo = if lo == min { i64::MIN } else { lo };
@@ -464,8 +474,8 @@ impl SQLExecutor for PostgresExecutor {
             split_keys: Arc::clone(&self.split_keys),
         });
         if let Some(scan) = SplittableScan::parse(query) {
-            if let Some(key) = self.split_key(&scan) {
-                let fetch = executor.fetch_split(scan, key, Arc::clone(&schema));
+            if let Some((key, partitions)) = self.split_key(&scan) {
+                let fetch = executor.fetch_split(scan, key, partitions, Arc::clone(&schema));
                 let stream = futures::stream::once(async move {
                     fetch
                         .await

@@ -35,8 +35,9 @@ pub struct PostgresOptions {
     pub url: String,
     /// The environment variable holding the password.
     pub password_env: Option<String>,
-    /// Parallel scans per large table (reserved; scans are single-stream now).
-    pub partitions: usize,
+    /// Parallel range scans per plain table scan; `None` lets fedsql choose
+    /// (one per core for tables the source estimates above a million rows).
+    pub partitions: Option<usize>,
 }
 
 impl PostgresOptions {
@@ -72,16 +73,15 @@ impl PostgresOptions {
                 message: "must not contain a password: put it in an environment variable and name it with password_env".into(),
             });
         }
-        let partitions =
-            match map.get("partitions") {
-                None => 1,
-                Some(p) => p.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                    ConnectorError::InvalidOption {
-                        option: "partitions".into(),
-                        message: format!("must be a positive integer, got {p}"),
-                    }
-                })?,
-            };
+        let partitions = match map.get("partitions") {
+            None => None,
+            Some(p) => Some(p.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                ConnectorError::InvalidOption {
+                    option: "partitions".into(),
+                    message: format!("must be a positive integer, got {p}"),
+                }
+            })?),
+        };
         Ok(PostgresOptions {
             url,
             password_env: map.get("password_env").map(|s| s.to_string()),
@@ -140,7 +140,7 @@ mod tests {
             ("partitions", "4"),
         ]))
         .unwrap();
-        assert_eq!(o.partitions, 4);
+        assert_eq!(o.partitions, Some(4));
         let err = PostgresOptions::from_options(&opts(&[("url", "postgres://u:secret@h/db")]))
             .unwrap_err()
             .to_string();
