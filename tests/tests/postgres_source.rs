@@ -2,7 +2,8 @@
 
 use fedsql_tests::{
     error_message as message, fresh_postgres_database, server_with_postgres_source,
-    sqlstate as code, test_postgres, text_rows as rows, FedsqlServer,
+    server_with_postgres_source_options, sqlstate as code, test_postgres, text_rows as rows,
+    FedsqlServer,
 };
 
 async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
@@ -460,21 +461,13 @@ async fn a_source_that_dies_mid_query_is_08006_and_the_server_goes_on() {
 
 #[tokio::test]
 async fn partitioned_scans_read_key_ranges_in_parallel() {
-    let (pg, url) = fresh_postgres_database("fedsql_partitions").await;
-    pg.batch_execute(
+    let (_pg, _server, _dir, f) = server_with_postgres_source_options(
+        "fedsql_partitions",
         "CREATE TABLE events (id int8 PRIMARY KEY, amount float8); \
          INSERT INTO events SELECT g, g * 0.5 FROM generate_series(1, 10000) g;",
+        ", partitions 4",
     )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = FedsqlServer::start(dir.path());
-    let f = server.connect("demo").await;
-    f.simple_query(&format!(
-        "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}', partitions 4)"
-    ))
-    .await
-    .unwrap();
+    .await;
     // With pushdown off the source serves a plain scan, which is split.
     f.simple_query("SET fedsql.pushdown = off").await.unwrap();
     let got = rows(
