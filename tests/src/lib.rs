@@ -267,6 +267,21 @@ pub async fn server_with_postgres_source(
     tempfile::TempDir,
     tokio_postgres::Client,
 ) {
+    server_with_postgres_source_options(database, setup, "").await
+}
+
+/// Like [`server_with_postgres_source`], with more source options
+/// (`", partitions 4"`).
+pub async fn server_with_postgres_source_options(
+    database: &str,
+    setup: &str,
+    more_options: &str,
+) -> (
+    tokio_postgres::Client,
+    FedsqlServer,
+    tempfile::TempDir,
+    tokio_postgres::Client,
+) {
     let (pg, url) = fresh_postgres_database(database).await;
     pg.batch_execute(setup).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -274,7 +289,7 @@ pub async fn server_with_postgres_source(
     let client = server.connect("demo").await;
     client
         .simple_query(&format!(
-            "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}')"
+            "CREATE SOURCE pg TYPE postgres OPTIONS (url '{url}'{more_options})"
         ))
         .await
         .unwrap();
