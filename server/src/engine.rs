@@ -193,6 +193,8 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         setup_pg_catalog(&ctx, database, EmptyContextProvider)
             .map_err(|e| ServerError::from_datafusion(&e, ""))?;
+        crate::pg_catalog_scope::scope_pg_catalog(&ctx, database)
+            .map_err(|e| ServerError::from_datafusion(&e, ""))?;
         crate::pg_compat::register_functions(&ctx);
         Ok(ctx)
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod output;
+pub mod pg_catalog_scope;
 pub mod pg_compat;
 pub mod query_log;
 pub mod serve;

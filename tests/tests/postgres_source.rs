@@ -380,9 +380,11 @@ async fn sources_survive_a_restart_and_drop_source_forgets_them() {
         rows(&f, "SELECT x FROM pg.public.t").await[0][0].as_deref(),
         Some("7")
     );
-    // psql-style catalog listing sees the source's tables through pg_catalog.
+    // psql-style catalog listing sees the source's tables through pg_catalog
+    // when connected to the source's database.
+    let in_pg = server.connect("pg").await;
     let dt = rows(
-        &f,
+        &in_pg,
         "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 't'",
     )
     .await;

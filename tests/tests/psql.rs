@@ -22,8 +22,15 @@ fn meta_commands_list_the_demo_catalog() {
     assert!(ok, "{err}");
     assert!(out.contains("demo") && out.contains("fedsql"), "{out}");
 
+    // pg_catalog describes the current database only, as in Postgres.
     let (ok, out, err) = psql(&server, "demo", "\\dn");
     assert!(ok && out.contains("bank"), "{out}{err}");
+    assert!(out.contains("(2 rows)") && !out.contains("system"), "{out}");
+    let (ok, out, err) = psql(&server, "fedsql", "\\dv system.*");
+    assert!(
+        ok && out.contains("queries") && !out.contains("customers"),
+        "{out}{err}"
+    );
 
     let (ok, out, err) = psql(&server, "demo", "\\d bank.transactions");
     assert!(ok, "{err}");
