@@ -409,10 +409,6 @@ async fn run_standard(ctx: &SessionContext, sql: &str) -> Result<StatementResult
     let Some(statement) = statements.into_iter().next() else {
         return Ok(StatementResult::Command("EMPTY".into()));
     };
-    let is_ddl = matches!(
-        statement,
-        Statement::CreateView(_) | Statement::Drop { .. } | Statement::CreateTable(_)
-    );
     let plan = ctx
         .state()
         .statement_to_plan(DfStatement::Statement(Box::new(statement)))
@@ -427,8 +423,9 @@ async fn run_standard(ctx: &SessionContext, sql: &str) -> Result<StatementResult
         .collect()
         .await
         .map_err(|e| ServerError::from_datafusion(&e, sql))?;
-    if is_ddl {
-        return Ok(StatementResult::Command("OK".into()));
+    // DDL ran while planning; answer with its tag, as the wire does.
+    if let Some(tag) = ddl_tag(sql) {
+        return Ok(StatementResult::Command(tag.into()));
     }
     Ok(StatementResult::Rows { schema, batches })
 }

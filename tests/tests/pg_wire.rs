@@ -320,7 +320,8 @@ async fn one_sessions_error_does_not_affect_another() {
         SimpleQueryMessage::Row(r) => r.get(r.len() - 1).map(str::to_string),
         _ => None,
     });
-    assert_ne!(value.as_deref(), Some("7"));
+    let value = value.expect("SHOW returns the setting");
+    assert_ne!(value, "7", "a's SET leaked into b's session");
 }
 
 #[tokio::test]

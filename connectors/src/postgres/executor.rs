@@ -30,7 +30,7 @@ const BATCH_ROWS: usize = 8192;
 const AUTO_SPLIT_ROWS: f64 = 1_000_000.0;
 
 /// Executes federated SQL on one Postgres source.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PostgresExecutor {
     source_name: String,
     config: tokio_postgres::Config,
@@ -78,6 +78,16 @@ impl PostgresExecutor {
     /// Records the keys discovery found for splitting scans.
     pub(crate) fn set_split_keys(&self, keys: HashMap<String, (String, f64)>) {
         *self.split_keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// Whether any scan could be split at all.
+    fn may_split(&self) -> bool {
+        self.partitions != Some(1)
+            && !self
+                .split_keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
     }
 
     /// The key to split `scan` on and into how many ranges, if it is worth it.
@@ -464,16 +474,13 @@ impl SQLExecutor for PostgresExecutor {
         schema: SchemaRef,
         _filters: &[Arc<dyn PhysicalExpr>],
     ) -> DfResult<SendableRecordBatchStream> {
-        let executor = Arc::new(PostgresExecutor {
-            source_name: self.source_name.clone(),
-            config: self.config.clone(),
-            address: self.address.clone(),
-            context: self.context.clone(),
-            observer: self.observer.clone(),
-            partitions: self.partitions,
-            split_keys: Arc::clone(&self.split_keys),
-        });
-        if let Some(scan) = SplittableScan::parse(query) {
+        let executor = Arc::new(self.clone());
+        // Parsing the query is only worth it when some table can be split.
+        let scan = self
+            .may_split()
+            .then(|| SplittableScan::parse(query))
+            .flatten();
+        if let Some(scan) = scan {
             if let Some((key, partitions)) = self.split_key(&scan) {
                 let fetch = executor.fetch_split(scan, key, partitions, Arc::clone(&schema));
                 let stream = futures::stream::once(async move {
