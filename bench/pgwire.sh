@@ -41,7 +41,7 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/log" -w \
   -o "-p ${PG_PORT} -c listen_addresses=127.0.0.1 -k $PGDATA -c fsync=off -c max_connections=50" start >/dev/null
 
 echo "starting fedsql on 127.0.0.1:${FEDSQL_PORT}"
-"$FEDSQL" serve --data-dir "$WORK/fedsql" --pg-listen 127.0.0.1:${FEDSQL_PORT} > "$WORK/fedsql.log" 2>&1 &
+"$FEDSQL" serve --data-dir "$WORK/fedsql" --pg-listen 127.0.0.1:${FEDSQL_PORT} --flight-listen 127.0.0.1:$((FEDSQL_PORT + 1)) > "$WORK/fedsql.log" 2>&1 &
 FEDSQL_PID=$!
 for _ in $(seq 1 600); do
   grep -q "^  psql " "$WORK/fedsql.log" 2>/dev/null && break

@@ -23,6 +23,18 @@ pub struct Settings {
     pub demo: bool,
     /// Size of the demo catalog: 1.0 is 20,000 customers and 200,000 transactions.
     pub demo_scale: f64,
+    /// The user name clients authenticate as.
+    pub user: String,
+    /// Name of the environment variable holding the password. When set,
+    /// Flight SQL clients must authenticate; when not, the Flight endpoint
+    /// only listens on loopback.
+    pub password_env: Option<String>,
+    /// Lifetime of a Flight SQL bearer token, in seconds.
+    pub flight_token_ttl_secs: u64,
+    /// PEM certificate for Flight SQL over TLS (with `flight_tls_key`).
+    pub flight_tls_cert: Option<PathBuf>,
+    /// PEM private key for Flight SQL over TLS.
+    pub flight_tls_key: Option<PathBuf>,
     /// Sources declared in the config file (the same options as `CREATE SOURCE`).
     pub sources: Vec<SourceConfig>,
 }
@@ -35,6 +47,11 @@ impl Default for Settings {
             flight_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             demo: true,
             demo_scale: 1.0,
+            user: "fedsql".into(),
+            password_env: None,
+            flight_token_ttl_secs: 3600,
+            flight_tls_cert: None,
+            flight_tls_key: None,
             sources: Vec::new(),
         }
     }
@@ -72,6 +89,22 @@ pub struct SettingsArgs {
     /// Demo catalog size (1.0 = 20k customers, 200k transactions).
     #[arg(long, env = "FEDSQL_DEMO_SCALE")]
     pub demo_scale: Option<f64>,
+    /// User name clients authenticate as [default: fedsql].
+    #[arg(long, env = "FEDSQL_USER")]
+    pub user: Option<String>,
+    /// Name of the environment variable that holds the password; setting it
+    /// turns authentication on.
+    #[arg(long, env = "FEDSQL_PASSWORD_ENV")]
+    pub password_env: Option<String>,
+    /// Flight SQL bearer-token lifetime in seconds [default: 3600].
+    #[arg(long, env = "FEDSQL_FLIGHT_TOKEN_TTL_SECS")]
+    pub flight_token_ttl_secs: Option<u64>,
+    /// PEM certificate for Flight SQL over TLS.
+    #[arg(long, env = "FEDSQL_FLIGHT_TLS_CERT")]
+    pub flight_tls_cert: Option<PathBuf>,
+    /// PEM private key for Flight SQL over TLS.
+    #[arg(long, env = "FEDSQL_FLIGHT_TLS_KEY")]
+    pub flight_tls_key: Option<PathBuf>,
 }
 
 impl SettingsArgs {
@@ -95,6 +128,21 @@ impl SettingsArgs {
         }
         if let Some(v) = self.demo_scale {
             settings.demo_scale = v;
+        }
+        if let Some(v) = &self.user {
+            settings.user = v.clone();
+        }
+        if let Some(v) = &self.password_env {
+            settings.password_env = Some(v.clone());
+        }
+        if let Some(v) = self.flight_token_ttl_secs {
+            settings.flight_token_ttl_secs = v;
+        }
+        if let Some(v) = &self.flight_tls_cert {
+            settings.flight_tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.flight_tls_key {
+            settings.flight_tls_key = Some(v.clone());
         }
         settings.validate()?;
         Ok(settings)

@@ -15,14 +15,12 @@ use datafusion::catalog::{
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{ObjectName, ObjectNamePart, ObjectType, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
-use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use fedsql_connectors::demo::{open_demo_catalog, DemoManifest, DEMO_CATALOG};
 use fedsql_connectors::postgres::open_postgres_catalog;
 use fedsql_connectors::pushdown::{FedsqlOptions, PolicyFederationRule};
@@ -32,6 +30,7 @@ use fedsql_sql::{FedsqlStatement, SourceKind};
 use crate::catalog_store::{CatalogState, CatalogStore, SourceEntry, ViewEntry};
 use crate::config::Settings;
 use crate::error::{Result, ServerError};
+use crate::front::Planned;
 use crate::query_log::QueryLog;
 use crate::system_tables::{self, SystemTable};
 
@@ -307,20 +306,10 @@ impl Engine {
         let mut results = Vec::new();
         for statement in fedsql_sql::parse(sql)? {
             let offset = statement.offset();
-            let result = match &statement {
-                fedsql_sql::Statement::Fedsql { statement, .. } => {
-                    match self.execute_fedsql(statement).await? {
-                        FedsqlOutcome::Query(q) => run_standard(&ctx, &q).await,
-                        FedsqlOutcome::Command(tag) => Ok(StatementResult::Command(tag)),
-                    }
-                }
-                fedsql_sql::Statement::Sql { text, .. } => {
-                    let result = run_standard(&ctx, text).await;
-                    if result.is_ok() {
-                        self.after_statement(database, text)?;
-                    }
-                    result
-                }
+            let result = match self.run_statement(&ctx, database, &statement).await {
+                Ok(Planned::Command(tag)) => Ok(StatementResult::Command(tag)),
+                Ok(Planned::Rows(frame)) => collect(frame, statement.text()).await,
+                Err(e) => Err(e),
             };
             results.push(result.map_err(|e| e.offset_by(offset))?);
         }
@@ -373,10 +362,17 @@ impl Engine {
     async fn replay_views(&self) -> Result<()> {
         let views = self.lock_state().views.clone();
         for view in views {
-            let outcome = match self.session_context(&view.database) {
-                Ok(ctx) => run_standard(&ctx, &view.sql).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
+            // Planned and run without `execute_plan`: the view is already
+            // persisted, replay must not write the catalog again.
+            let outcome = async {
+                let ctx = self.session_context(&view.database)?;
+                let plan = self.plan_sql(&ctx, &view.sql).await?;
+                ctx.execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| ServerError::from_datafusion(&e, &view.sql))?;
+                Ok::<(), ServerError>(())
+            }
+            .await;
             // A view whose inputs are gone stays persisted (its source may
             // come back), but the server still starts.
             if let Err(e) = outcome {
@@ -398,35 +394,13 @@ impl Engine {
     }
 }
 
-/// Runs one standard statement the way the Postgres wire does (through the
-/// Postgres-compatibility rewriter) and collects its rows.
-async fn run_standard(ctx: &SessionContext, sql: &str) -> Result<StatementResult> {
-    let parser = PostgresCompatibilityParser::new();
-    let rewritten = crate::pg_compat::rewrite_catalog_query(sql);
-    let statements = parser
-        .parse(rewritten.as_deref().unwrap_or(sql))
-        .map_err(|e| crate::error::syntax_error(&e.to_string(), sql))?;
-    let Some(statement) = statements.into_iter().next() else {
-        return Ok(StatementResult::Command("EMPTY".into()));
-    };
-    let plan = ctx
-        .state()
-        .statement_to_plan(DfStatement::Statement(Box::new(statement)))
-        .await
-        .map_err(|e| ServerError::from_datafusion(&e, sql))?;
-    let df = ctx
-        .execute_logical_plan(plan)
-        .await
-        .map_err(|e| ServerError::from_datafusion(&e, sql))?;
-    let schema: SchemaRef = Arc::clone(df.schema().inner());
-    let batches = df
+/// Reads every row of a frame.
+async fn collect(frame: DataFrame, sql: &str) -> Result<StatementResult> {
+    let schema: SchemaRef = Arc::clone(frame.schema().inner());
+    let batches = frame
         .collect()
         .await
         .map_err(|e| ServerError::from_datafusion(&e, sql))?;
-    // DDL ran while planning; answer with its tag, as the wire does.
-    if let Some(tag) = ddl_tag(sql) {
-        return Ok(StatementResult::Command(tag.into()));
-    }
     Ok(StatementResult::Rows { schema, batches })
 }
 

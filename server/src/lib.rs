@@ -6,6 +6,8 @@ pub mod catalog_store;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod flight;
+pub mod front;
 pub mod output;
 pub mod pg_catalog_scope;
 pub mod pg_compat;

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
+use crate::flight::FlightServer;
 use crate::wire::FedsqlHandlers;
 
 /// Runs the service until Ctrl-C or SIGTERM.
@@ -27,11 +28,23 @@ pub async fn serve(settings: Settings) -> Result<()> {
             "listening on a non-loopback address without authentication: anyone who can reach it can query"
         );
     }
-    print_banner(&engine, bound);
+    let flight = FlightServer::bind(Arc::clone(&engine)).await?;
+    let flight_bound = flight.local_addr()?;
+    let flight_note = match (flight.authenticated, flight.tls()) {
+        (true, true) => "basic auth, TLS",
+        (true, false) => "basic auth, no TLS",
+        (false, true) => "no authentication (loopback only), TLS",
+        (false, false) => "no authentication (loopback only)",
+    };
+    print_banner(&engine, bound, flight_bound, flight_note);
 
+    let (stop_flight, flight_stopped) = tokio::sync::oneshot::channel::<()>();
+    let flight_task = tokio::spawn(flight.serve(async {
+        let _ = flight_stopped.await;
+    }));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    loop {
+    let result = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
@@ -46,13 +59,24 @@ pub async fn serve(settings: Settings) -> Result<()> {
             },
             _ = &mut shutdown => {
                 println!("fedsql: shutting down");
-                return Ok(());
+                break Ok(());
             }
         }
+    };
+    let _ = stop_flight.send(());
+    match flight_task.await {
+        Ok(Ok(())) => result,
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ServerError::Config(format!("Flight SQL task failed: {e}"))),
     }
 }
 
-fn print_banner(engine: &Engine, bound: std::net::SocketAddr) {
+fn print_banner(
+    engine: &Engine,
+    bound: std::net::SocketAddr,
+    flight: std::net::SocketAddr,
+    flight_note: &str,
+) {
     let settings = engine.settings();
     println!("fedsql {} is running", env!("CARGO_PKG_VERSION"));
     println!("  data dir       {}", settings.data_dir.display());
@@ -69,10 +93,7 @@ fn print_banner(engine: &Engine, bound: std::net::SocketAddr) {
         );
     }
     println!("  postgres wire  {bound}");
-    println!(
-        "  flight sql     {} reserved; the Flight SQL endpoint has not landed yet",
-        settings.flight_listen
-    );
+    println!("  flight sql     {flight} ({flight_note})");
     println!("connect with:");
     println!(
         "  psql -h {} -p {} -U fedsql -d {}",

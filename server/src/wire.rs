@@ -511,7 +511,7 @@ impl QueryParser for FedsqlParser {
                 // Query-shaped statements (SHOW SOURCES) become plans now so
                 // Describe can report their columns; the rest run at Execute.
                 match statement {
-                    fedsql_sql::FedsqlStatement::ShowSources => {
+                    statement if statement.is_read_only() => {
                         match self.engine.execute_fedsql(&statement).await {
                             Ok(FedsqlOutcome::Query(q)) => inner
                                 .parse_sql(client, &q, types)

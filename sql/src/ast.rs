@@ -51,6 +51,18 @@ impl FedsqlStatement {
             FedsqlStatement::DropModel { .. } => "DROP MODEL",
         }
     }
+
+    /// Whether the statement only reads: it is answered by a query and may be
+    /// planned ahead (prepared, described) without changing anything.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            FedsqlStatement::ShowSources
+                | FedsqlStatement::ShowModels
+                | FedsqlStatement::DescribeModel { .. }
+                | FedsqlStatement::ShowVersions { .. }
+        )
+    }
 }
 
 /// `CREATE SOURCE`: a new catalog backed by an external system.

@@ -462,8 +462,68 @@ fn expect_word(p: &mut Parser<'_>, word: &str) -> Result<(), ParserError> {
     }
 }
 
+/// Rewrites JDBC/ODBC-style `?` parameter markers to Postgres's numbered
+/// `$1`, `$2`, … (what DataFusion plans), leaving `?` inside strings,
+/// identifiers and comments alone. Returns `None` when there is nothing to
+/// rewrite, or when the text already uses numbered markers (mixing both
+/// would be ambiguous).
+///
+/// ```
+/// assert_eq!(
+///     fedsql_sql::parser::number_question_marks("SELECT ? + ?, '?'").as_deref(),
+///     Some("SELECT $1 + $2, '?'")
+/// );
+/// ```
+pub fn number_question_marks(sql: &str) -> Option<String> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let is_question =
+        |t: &Token| matches!(t, Token::Question) || matches!(t, Token::Placeholder(p) if p == "?");
+    if tokens
+        .iter()
+        .any(|t| matches!(&t.token, Token::Placeholder(p) if p.starts_with('$')))
+    {
+        return None;
+    }
+    let text = SourceText::new(sql);
+    let marks: Vec<usize> = tokens
+        .iter()
+        .filter(|t| is_question(&t.token))
+        .map(|t| text.byte(t.span.start))
+        .collect();
+    if marks.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(sql.len() + 2 * marks.len());
+    let mut from = 0;
+    for (i, at) in marks.into_iter().enumerate() {
+        out.push_str(&sql[from..at]);
+        out.push_str(&format!("${}", i + 1));
+        from = at + 1;
+    }
+    out.push_str(&sql[from..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn question_marks_become_numbered_placeholders() {
+        assert_eq!(
+            number_question_marks("SELECT ?, 'a?b', \"c?\" FROM t WHERE x = ? -- ?\n").as_deref(),
+            Some("SELECT $1, 'a?b', \"c?\" FROM t WHERE x = $2 -- ?\n")
+        );
+        assert_eq!(number_question_marks("SELECT $1, ?"), None);
+        assert_eq!(number_question_marks("SELECT 1"), None);
+        assert_eq!(
+            number_question_marks("SELECT 'é', ?").as_deref(),
+            Some("SELECT 'é', $1")
+        );
+    }
+
     use super::*;
 
     fn one(sql: &str) -> FedsqlStatement {

@@ -1,13 +1,7 @@
 """psycopg 3 and SQLAlchemy 2 against a real `fedsql serve`.
 
-Run by scripts/test in its venv; FEDSQL_BIN names the binary under test.
+Run by scripts/test in its venv; the server comes from conftest.py.
 """
-
-import os
-import socket
-import subprocess
-import tempfile
-import time
 
 import psycopg
 import pytest
@@ -15,33 +9,9 @@ import sqlalchemy
 from sqlalchemy import inspect, text
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
-    binary = os.environ.get("FEDSQL_BIN")
-    assert binary and os.path.exists(binary), (
-        "set FEDSQL_BIN to the fedsql binary (scripts/test does this after cargo build)"
-    )
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="fedsql-py-")
-    proc = subprocess.Popen(
-        [binary, "serve", "--data-dir", data_dir, "--pg-listen", f"127.0.0.1:{port}",
-         "--demo-scale", "0.1"],
-        stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    for line in proc.stdout:
-        if line.strip().startswith("psql "):
-            break
-        assert time.time() < deadline, "fedsql did not start"
-    assert proc.poll() is None, "fedsql exited during start-up"
-    yield port
-    proc.terminate()
-    assert proc.wait(timeout=15) == 0, "fedsql did not shut down cleanly"
+def server(fedsql):
+    return fedsql.pg_port
 
 
 def test_psycopg_join_and_parameters(server):

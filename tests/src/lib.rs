@@ -45,7 +45,10 @@ pub fn free_port() -> u16 {
 /// A running `fedsql serve`, stopped (SIGTERM, then kill) when dropped.
 pub struct FedsqlServer {
     child: Child,
+    /// The Postgres-wire port.
     pub port: u16,
+    /// The Flight SQL port.
+    pub flight_port: u16,
     pub data_dir: PathBuf,
 }
 
@@ -63,6 +66,7 @@ impl FedsqlServer {
     /// Starts a server with extra arguments and environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> FedsqlServer {
         let port = free_port();
+        let flight_port = free_port();
         let mut child = Command::new(fedsql_bin())
             .envs(env.iter().copied())
             .arg("serve")
@@ -70,6 +74,8 @@ impl FedsqlServer {
             .arg(data_dir)
             .arg("--pg-listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--flight-listen")
+            .arg(format!("127.0.0.1:{flight_port}"))
             .arg("--demo-scale")
             .arg(TEST_DEMO_SCALE)
             .args(extra)
@@ -105,6 +111,7 @@ impl FedsqlServer {
         FedsqlServer {
             child,
             port,
+            flight_port,
             data_dir: data_dir.to_path_buf(),
         }
     }

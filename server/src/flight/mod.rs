@@ -1,0 +1,139 @@
+//! The Arrow Flight SQL endpoint (SPEC section 8): ADBC, JDBC and
+//! `pyarrow.flight` clients on the same engine and SQL front as the
+//! Postgres wire.
+//!
+//! - [`service`]: the `FlightSqlService` calls;
+//! - [`results`]: planned results between `GetFlightInfo` and `DoGet`;
+//! - [`sessions`]: one DataFusion session per token (or client address);
+//! - [`auth`]: basic-auth handshake, expiring bearer tokens;
+//! - [`metadata`]: catalogs, schemas, tables, SQL info, type info;
+//! - [`status`]: fedsql errors as gRPC status codes.
+
+pub mod auth;
+pub mod metadata;
+pub mod results;
+pub mod service;
+pub mod sessions;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::error::{Result, ServerError};
+
+pub use auth::Authenticator;
+pub use service::FlightSqlEndpoint;
+
+/// Refuses a non-loopback address when no password is configured: an
+/// unauthenticated endpoint is for the local machine only.
+pub fn check_listen_address(settings: &Settings, password: Option<&str>) -> Result<()> {
+    if password.is_none() && !settings.flight_listen.ip().is_loopback() {
+        return Err(ServerError::Config(format!(
+            "refusing to serve Flight SQL on {} without authentication: set `password_env` \
+             (the name of an environment variable holding the password) or listen on 127.0.0.1",
+            settings.flight_listen
+        )));
+    }
+    Ok(())
+}
+
+/// The configured password, read from the variable `password_env` names.
+pub fn configured_password(settings: &Settings) -> Result<Option<String>> {
+    let Some(var) = &settings.password_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(p) if !p.is_empty() => Ok(Some(p)),
+        _ => Err(ServerError::Config(format!(
+            "password_env names {var}, but that environment variable is not set or empty"
+        ))),
+    }
+}
+
+/// A bound Flight SQL endpoint, ready to serve.
+pub struct FlightServer {
+    listener: TcpListener,
+    endpoint: FlightSqlEndpoint,
+    tls: Option<ServerTlsConfig>,
+    /// Whether calls need a token.
+    pub authenticated: bool,
+}
+
+impl FlightServer {
+    /// Binds the endpoint and loads TLS material; errors name what is wrong.
+    pub async fn bind(engine: Arc<Engine>) -> Result<FlightServer> {
+        let settings = engine.settings().clone();
+        let password = configured_password(&settings)?;
+        check_listen_address(&settings, password.as_deref())?;
+        let tls = match (&settings.flight_tls_cert, &settings.flight_tls_key) {
+            (Some(cert), Some(key)) => {
+                let cert_pem = std::fs::read(cert).map_err(|e| ServerError::io(cert, e))?;
+                let key_pem = std::fs::read(key).map_err(|e| ServerError::io(key, e))?;
+                Some(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(ServerError::Config(
+                    "flight_tls_cert and flight_tls_key must be given together".into(),
+                ))
+            }
+        };
+        let authenticated = password.is_some();
+        let auth = Arc::new(Authenticator::new(
+            settings.user.clone(),
+            password,
+            Duration::from_secs(settings.flight_token_ttl_secs),
+        ));
+        let listener = TcpListener::bind(settings.flight_listen)
+            .await
+            .map_err(|e| {
+                ServerError::Config(format!(
+                    "cannot listen on {} for Flight SQL: {e}",
+                    settings.flight_listen
+                ))
+            })?;
+        Ok(FlightServer {
+            listener,
+            endpoint: FlightSqlEndpoint::new(engine, auth),
+            tls,
+            authenticated,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| ServerError::Config(format!("cannot read listen address: {e}")))
+    }
+
+    /// Whether the endpoint speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| ServerError::Config(format!("invalid TLS certificate or key: {e}")))?;
+        }
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        builder
+            .add_service(FlightServiceServer::new(self.endpoint))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| ServerError::Config(format!("Flight SQL server failed: {e}")))
+    }
+}

@@ -1,0 +1,112 @@
+//! The SQL front every entry point shares: `fedsql query`, the Flight SQL
+//! endpoint and start-up replay plan and run statements here, and the
+//! Postgres wire uses the same pieces around datafusion-postgres.
+//!
+//! A statement goes through three steps, each callable alone so prepared
+//! statements can stop after the first:
+//! 1. [`Engine::plan_sql`]: Postgres-compatibility rewrite, parse, plan
+//!    (nothing runs yet; placeholders stay open);
+//! 2. [`Engine::execute_plan`]: DDL runs here and answers with its command
+//!    tag (views are persisted); a query becomes a [`DataFrame`] to stream;
+//! 3. the caller streams or collects the frame.
+//!
+//! fedsql's own statements skip step 1: [`Engine::run_statement`] hands them
+//! to [`Engine::execute_fedsql`], and the read-only ones come back as SQL
+//! over the system tables that then takes the same path.
+
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+use crate::engine::{ddl_tag, Engine, FedsqlOutcome};
+use crate::error::{Result, ServerError};
+use crate::pg_compat::{rewrite_catalog_query, savepoint_tag};
+
+/// What a statement became once it ran far enough to answer.
+#[derive(Debug)]
+pub enum Planned {
+    /// Rows to stream; nothing has been read yet.
+    Rows(DataFrame),
+    /// The statement already took effect; the text is its command tag
+    /// (`CREATE VIEW`, `CREATE SOURCE`, `SET`).
+    Command(String),
+}
+
+impl Engine {
+    /// Plans one standard SQL statement without running it.
+    ///
+    /// Errors carry positions relative to `sql`.
+    pub async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+        let rewritten = rewrite_catalog_query(sql);
+        let statements = PostgresCompatibilityParser::new()
+            .parse(rewritten.as_deref().unwrap_or(sql))
+            .map_err(|e| crate::error::syntax_error(&e.to_string(), sql))?;
+        let mut statements = statements.into_iter();
+        let (Some(statement), None) = (statements.next(), statements.next()) else {
+            return Err(ServerError::Syntax {
+                message: "expected exactly one statement".into(),
+                position: None,
+            });
+        };
+        ctx.state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, sql))
+    }
+
+    /// Runs a planned statement as far as answering needs: DDL and `SET`
+    /// take effect now (and views are persisted), queries come back as a
+    /// frame to stream.
+    pub async fn execute_plan(
+        &self,
+        ctx: &SessionContext,
+        database: &str,
+        sql: &str,
+        plan: LogicalPlan,
+    ) -> Result<Planned> {
+        let frame = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+        match ddl_tag(sql) {
+            Some(tag) => {
+                self.after_statement(database, sql)?;
+                Ok(Planned::Command(tag.to_string()))
+            }
+            None => Ok(Planned::Rows(frame)),
+        }
+    }
+
+    /// Runs one statement of either kind in `ctx` (whose default catalog is
+    /// `database`).
+    ///
+    /// Errors carry positions relative to the statement's own text.
+    pub async fn run_statement(
+        &self,
+        ctx: &SessionContext,
+        database: &str,
+        statement: &fedsql_sql::Statement,
+    ) -> Result<Planned> {
+        match statement {
+            fedsql_sql::Statement::Fedsql { statement, .. } => {
+                match self.execute_fedsql(statement).await? {
+                    FedsqlOutcome::Command(tag) => Ok(Planned::Command(tag)),
+                    FedsqlOutcome::Query(sql) => {
+                        let plan = self.plan_sql(ctx, &sql).await?;
+                        self.execute_plan(ctx, database, &sql, plan).await
+                    }
+                }
+            }
+            fedsql_sql::Statement::Sql { text, .. } => {
+                // Transactions are not supported; savepoints are accepted as
+                // no-ops so drivers that wrap every statement keep working.
+                if let Some(tag) = savepoint_tag(text) {
+                    return Ok(Planned::Command(tag.to_string()));
+                }
+                let plan = self.plan_sql(ctx, text).await?;
+                self.execute_plan(ctx, database, text, plan).await
+            }
+        }
+    }
+}
