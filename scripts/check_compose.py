@@ -27,6 +27,13 @@ else:
     ports = [str(p) for p in fedsql.get("ports", [])]
     if "127.0.0.1:5433:5433" not in ports:
         errors.append(f"fedsql must publish 127.0.0.1:5433:5433, has {ports}")
+    if "127.0.0.1:50051:50051" not in ports:
+        errors.append(f"fedsql must publish Flight SQL as 127.0.0.1:50051:50051, has {ports}")
+    env = fedsql.get("environment") or {}
+    # fedsql refuses unauthenticated Flight SQL on 0.0.0.0 (the container's
+    # address), so the service must configure a password.
+    if env.get("FEDSQL_PASSWORD_ENV") != "FEDSQL_PASSWORD" or "FEDSQL_PASSWORD" not in env:
+        errors.append("fedsql must set FEDSQL_PASSWORD_ENV=FEDSQL_PASSWORD and FEDSQL_PASSWORD")
     for port in ports:
         if not port.startswith("127.0.0.1:"):
             errors.append(f"port {port} is not bound to loopback")
