@@ -31,8 +31,12 @@ use crate::catalog_store::{CatalogState, CatalogStore, SourceEntry, ViewEntry};
 use crate::config::Settings;
 use crate::error::{Result, ServerError};
 use crate::front::Planned;
+use crate::model_tables;
 use crate::query_log::QueryLog;
 use crate::system_tables::{self, SystemTable};
+use datafusion::logical_expr::ScalarUDF;
+use fedsql_udfs::predict::{Output, PredictUdf};
+use fedsql_udfs::registry::{ModelRegistry, ModelVersion};
 
 /// The built-in catalog holding `fedsql.system.*`.
 pub const SYSTEM_CATALOG: &str = "fedsql";
@@ -70,6 +74,7 @@ pub struct Engine {
     state: Arc<Mutex<CatalogState>>,
     queries: Arc<QueryLog>,
     demo: Option<DemoManifest>,
+    models: Arc<ModelRegistry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -105,9 +110,14 @@ impl Engine {
         let store = CatalogStore::new(&settings.data_dir);
         let state = Arc::new(Mutex::new(store.load()?));
         let queries = Arc::new(QueryLog::default());
+        let models = Arc::new(ModelRegistry::open(&settings.data_dir));
         catalogs.register_catalog(
             SYSTEM_CATALOG.to_string(),
-            system_catalog(Arc::clone(&state), Arc::clone(&queries))?,
+            system_catalog(
+                Arc::clone(&state),
+                Arc::clone(&queries),
+                Arc::clone(&models),
+            )?,
         );
 
         let engine = Arc::new(Engine {
@@ -118,6 +128,7 @@ impl Engine {
             state,
             queries,
             demo,
+            models,
         });
         engine.open_sources().await?;
         engine.replay_views().await?;
@@ -132,6 +143,11 @@ impl Engine {
     /// The demo catalog's manifest, when the demo is loaded.
     pub fn demo_manifest(&self) -> Option<&DemoManifest> {
         self.demo.as_ref()
+    }
+
+    /// The model registry.
+    pub fn models(&self) -> &ModelRegistry {
+        &self.models
     }
 
     /// The recent-query log behind `fedsql.system.queries`.
@@ -195,11 +211,22 @@ impl Engine {
         crate::pg_catalog_scope::scope_pg_catalog(&ctx, database)
             .map_err(|e| ServerError::from_datafusion(&e, ""))?;
         crate::pg_compat::register_functions(&ctx);
+        for output in [Output::Value, Output::Probability] {
+            ctx.register_udf(ScalarUDF::new_from_impl(PredictUdf::new(
+                Arc::clone(&self.models),
+                output,
+            )));
+        }
         Ok(ctx)
     }
 
-    /// Runs one fedsql statement.
-    pub async fn execute_fedsql(&self, statement: &FedsqlStatement) -> Result<FedsqlOutcome> {
+    /// Runs one fedsql statement in the session `ctx` (statements that read
+    /// data, such as `TRAIN MODEL`, plan their input there).
+    pub async fn execute_fedsql(
+        &self,
+        ctx: &SessionContext,
+        statement: &FedsqlStatement,
+    ) -> Result<FedsqlOutcome> {
         match statement {
             FedsqlStatement::ShowSources => Ok(FedsqlOutcome::Query(
                 "SELECT name, type, options, created_at FROM fedsql.system.sources ORDER BY name"
@@ -264,11 +291,70 @@ impl Engine {
                 self.catalogs.catalogs.remove(name);
                 Ok(FedsqlOutcome::Command("DROP SOURCE".into()))
             }
-            other => Err(ServerError::NotSupported {
-                statement: other.kind().to_string(),
-                reason: "federated training and the model registry have not landed yet \
-                         (tracked as the training issue); this statement parsed correctly"
+            FedsqlStatement::TrainModel(tm) => self.train_model(ctx, tm).await,
+            FedsqlStatement::ShowModels => Ok(FedsqlOutcome::Query(
+                "SELECT model, version, kind, target, strategy, rounds, clients, created_at, metrics \
+                 FROM fedsql.system.models WHERE active ORDER BY model"
                     .into(),
+            )),
+            FedsqlStatement::ShowVersions { model } => {
+                self.require_model(model)?;
+                Ok(FedsqlOutcome::Query(format!(
+                    "SELECT version, active, kind, strategy, rounds, clients, created_at, metrics \
+                     FROM fedsql.system.models WHERE model = {} ORDER BY version",
+                    quote_literal(model)
+                )))
+            }
+            FedsqlStatement::DescribeModel { name } => {
+                self.require_model(name)?;
+                Ok(FedsqlOutcome::Query(format!(
+                    "SELECT position, feature, type, encoding FROM fedsql.system.model_features \
+                     WHERE model = {} AND active ORDER BY position",
+                    quote_literal(name)
+                )))
+            }
+            FedsqlStatement::AlterModelSetActiveVersion { name, version } => {
+                self.require_model(name)?;
+                self.models
+                    .set_active(name, *version)
+                    .map_err(crate::training::udf_error)?;
+                Ok(FedsqlOutcome::Command("ALTER MODEL".into()))
+            }
+            FedsqlStatement::DropModel {
+                name,
+                if_exists,
+                version,
+            } => {
+                let dropped = self
+                    .models
+                    .drop_model(name, *version)
+                    .map_err(crate::training::udf_error)?;
+                if !dropped && !if_exists {
+                    return Err(ServerError::UndefinedObject {
+                        kind: "model",
+                        name: match version {
+                            Some(v) => format!("{name}@{v}"),
+                            None => name.clone(),
+                        },
+                    });
+                }
+                Ok(FedsqlOutcome::Command("DROP MODEL".into()))
+            }
+            FedsqlStatement::EvaluateModel(_) => Err(ServerError::NotSupported {
+                statement: "EVALUATE MODEL".into(),
+                reason: "model evaluation has not landed yet; training reports validation \
+                         metrics in fedsql.system.models and fedsql.system.training_rounds"
+                    .into(),
+            }),
+        }
+    }
+
+    fn require_model(&self, name: &str) -> Result<()> {
+        match self.models.active(name) {
+            Some(_) => Ok(()),
+            None => Err(ServerError::UndefinedObject {
+                kind: "model",
+                name: name.to_string(),
             }),
         }
     }
@@ -407,6 +493,7 @@ async fn collect(frame: DataFrame, sql: &str) -> Result<StatementResult> {
 fn system_catalog(
     state: Arc<Mutex<CatalogState>>,
     queries: Arc<QueryLog>,
+    models: Arc<ModelRegistry>,
 ) -> Result<Arc<dyn CatalogProvider>> {
     let system = Arc::new(MemorySchemaProvider::new());
     let sources = SystemTable::new(
@@ -427,6 +514,31 @@ fn system_catalog(
     system
         .register_table("queries".into(), Arc::new(log))
         .map_err(to_err)?;
+    type Batch = fn(&[(ModelVersion, bool)]) -> datafusion::error::Result<RecordBatch>;
+    let model_tables: [(&str, SchemaRef, Batch); 3] = [
+        (
+            "models",
+            model_tables::models_schema(),
+            model_tables::models_batch,
+        ),
+        (
+            "training_rounds",
+            model_tables::training_rounds_schema(),
+            model_tables::training_rounds_batch,
+        ),
+        (
+            "model_features",
+            model_tables::model_features_schema(),
+            model_tables::model_features_batch,
+        ),
+    ];
+    for (name, schema, batch) in model_tables {
+        let models = Arc::clone(&models);
+        let table = SystemTable::new(schema, Arc::new(move || batch(&models.list())));
+        system
+            .register_table(name.into(), Arc::new(table))
+            .map_err(to_err)?;
+    }
     let catalog = Arc::new(MemoryCatalogProvider::new());
     catalog.register_schema("system", system).map_err(to_err)?;
     catalog
@@ -541,6 +653,11 @@ fn qualify(database: &str, name: &ObjectName) -> Option<String> {
         [c, s, t] => Some(format!("{c}.{s}.{t}")),
         _ => None,
     }
+}
+
+/// A SQL string literal.
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl Engine {
     ) -> Result<Planned> {
         match statement {
             fedsql_sql::Statement::Fedsql { statement, .. } => {
-                match self.execute_fedsql(statement).await? {
+                match self.execute_fedsql(ctx, statement).await? {
                     FedsqlOutcome::Command(tag) => Ok(Planned::Command(tag)),
                     FedsqlOutcome::Query(sql) => {
                         let plan = self.plan_sql(ctx, &sql).await?;

@@ -8,12 +8,14 @@ pub mod engine;
 pub mod error;
 pub mod flight;
 pub mod front;
+pub mod model_tables;
 pub mod output;
 pub mod pg_catalog_scope;
 pub mod pg_compat;
 pub mod query_log;
 pub mod serve;
 pub mod system_tables;
+pub mod training;
 pub mod wire;
 
 pub use config::{Settings, SettingsArgs};

@@ -151,6 +151,9 @@ impl ErrorHandler for LogErrors {
 struct ConnectionSession {
     database: String,
     user: String,
+    /// The session's context, shared with `service` (fedsql statements such
+    /// as `TRAIN MODEL` plan their input in it).
+    ctx: datafusion::prelude::SessionContext,
     service: DfSessionService,
 }
 
@@ -178,7 +181,8 @@ where
             .cloned()
             .unwrap_or_default(),
         database,
-        service: DfSessionService::new(Arc::new(ctx)),
+        service: DfSessionService::new(Arc::new(ctx.clone())),
+        ctx,
     };
     Ok(client.session_extensions().get_or_insert_with(|| session))
 }
@@ -310,7 +314,7 @@ impl SimpleQueryHandler for FedsqlService {
             let text = statement.text().to_string();
             let result = match &statement {
                 fedsql_sql::Statement::Fedsql { statement, .. } => {
-                    match self.engine.execute_fedsql(statement).await {
+                    match self.engine.execute_fedsql(&session.ctx, statement).await {
                         Ok(FedsqlOutcome::Command(tag)) => {
                             Ok(vec![Response::Execution(Tag::new(&tag))])
                         }
@@ -413,7 +417,7 @@ impl ExtendedQueryHandler for FedsqlService {
         let result = match &portal.statement.statement {
             (sql, None) if !sql.trim().is_empty() => match savepoint_tag(sql) {
                 Some(tag) => Ok(Response::Execution(Tag::new(tag))),
-                None => self.execute_fedsql_text(sql).await,
+                None => self.execute_fedsql_text(&session, sql).await,
             },
             _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows)
                 .await
@@ -446,6 +450,7 @@ impl FedsqlService {
     /// turned the query-shaped ones into plans).
     async fn execute_fedsql_text(
         &self,
+        session: &ConnectionSession,
         sql: &str,
     ) -> Result<Response, Result<PgWireError, ServerError>> {
         let statement = match fedsql_sql::parse(sql)
@@ -456,16 +461,17 @@ impl FedsqlService {
             Some(fedsql_sql::Statement::Fedsql { statement, .. }) => statement,
             _ => return Ok(Response::EmptyQuery),
         };
-        match self.engine.execute_fedsql(&statement).await.map_err(Err)? {
+        match self
+            .engine
+            .execute_fedsql(&session.ctx, &statement)
+            .await
+            .map_err(Err)?
+        {
             FedsqlOutcome::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
-            FedsqlOutcome::Query(_) => Err(Err(ServerError::Query {
-                sqlstate: "XX000".into(),
-                message: format!(
-                    "{} reached execution unplanned (this is a bug)",
-                    statement.kind()
-                ),
-                position: None,
-            })),
+            // Describe already told the client this statement returns no
+            // rows (its plan cannot exist before it runs): answer with its
+            // tag; the simple protocol (psql) also shows the result row.
+            FedsqlOutcome::Query(_) => Ok(Response::Execution(Tag::new(statement.kind()))),
         }
     }
 }
@@ -512,7 +518,7 @@ impl QueryParser for FedsqlParser {
                 // Describe can report their columns; the rest run at Execute.
                 match statement {
                     statement if statement.is_read_only() => {
-                        match self.engine.execute_fedsql(&statement).await {
+                        match self.engine.execute_fedsql(&session.ctx, &statement).await {
                             Ok(FedsqlOutcome::Query(q)) => inner
                                 .parse_sql(client, &q, types)
                                 .await

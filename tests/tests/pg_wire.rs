@@ -202,18 +202,18 @@ async fn fedsql_statements_run_or_say_what_is_missing() {
 
     // Parsed by fedsql's front, not yet backed by a capability: 0A000.
     for sql in [
+        "EVALUATE MODEL fraud ON (SELECT 1)",
         "TRAIN MODEL fraud USING logistic_regression PREDICT is_fraud \
          FROM (SELECT amount, is_fraud, c.region FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id)) \
-         FEDERATED BY region WITH (rounds = 3)",
-        "SHOW MODELS",
+         FEDERATED ON SITES ('eu', 'us')",
         "CREATE SOURCE k TYPE kafka OPTIONS (brokers '127.0.0.1:1')",
     ] {
         let err = client.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&err), "0A000", "{sql}: {err:?}");
         let message = err.as_db_error().unwrap().message();
         assert!(
-            message.contains("TRAIN MODEL")
-                || message.contains("SHOW MODELS")
+            message.contains("EVALUATE MODEL")
+                || message.contains("FEDERATED ON SITES")
                 || message.contains("CREATE SOURCE"),
             "{message}"
         );

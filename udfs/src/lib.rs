@@ -1,5 +1,23 @@
-//! fedsql's models: local training with Burn, aggregation strategies, weight
-//! exchange over Arrow Flight and `predict()`.
+//! fedsql's models: local training with Burn, aggregation strategies with
+//! Flower's names and update rules, and the options `TRAIN MODEL` takes.
 //!
-//! Empty until federated training lands: `TRAIN MODEL` and the other model
-//! statements parse (see `fedsql-sql`) and answer SQLSTATE 0A000 meanwhile.
+//! - [`strategy`]: FedAvg, FedAvgM, FedAdam/FedYogi/FedAdagrad, FedMedian,
+//!   FedTrimmedAvg, Krum, and fixed-clipping differential privacy;
+//! - [`features`]: federated preprocessing (standardize, one-hot, hashed words);
+//! - [`options`]: `WITH (…)` options, checked before training starts;
+//! - [`model`]: the networks (linear, logistic, MLP) as Burn modules and their
+//!   flat weight vectors;
+//! - [`train`]: one client's local training and evaluation;
+//! - [`registry`]: versioned models under the data dir;
+//! - [`predict`]: the `predict` and `predict_proba` SQL functions.
+
+pub mod error;
+pub mod features;
+pub mod model;
+pub mod options;
+pub mod predict;
+pub mod registry;
+pub mod strategy;
+pub mod train;
+
+pub use error::{Result, UdfError};

@@ -487,7 +487,7 @@ impl FlightSqlService for FlightSqlEndpoint {
             })?;
             match &statement {
                 fedsql_sql::Statement::Fedsql { statement: f, .. } if f.is_read_only() => {
-                    match self.engine.execute_fedsql(f).await? {
+                    match self.engine.execute_fedsql(&session.ctx, f).await? {
                         FedsqlOutcome::Query(q) => {
                             let plan = self.engine.plan_sql(&session.ctx, &q).await?;
                             Ok((q, PreparedKind::Plan(plan)))

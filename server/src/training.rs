@@ -1,0 +1,601 @@
+//! `TRAIN MODEL`: the coordinator side of federated training.
+//!
+//! The training input is any fedsql query. Its rows are split by the
+//! `FEDERATED BY` column into clients; each client summarises its own
+//! columns for the shared feature transform, then trains the global model on
+//! its own rows only, round after round, and hands back weights and metrics,
+//! which the strategy merges. Clients of a round run in parallel on the
+//! blocking pool. The result is a new version in the model registry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::SessionContext;
+use fedsql_sql::{ExistingModel, Federation, TrainModel};
+use fedsql_udfs::features::{
+    column_kind, text_values, ColumnKind, ColumnSummary, FeatureTransform,
+};
+use fedsql_udfs::model::{Activation, Architecture};
+use fedsql_udfs::options::TrainingOptions;
+use fedsql_udfs::registry::{ModelVersion, RoundRecord, Task};
+use fedsql_udfs::strategy::ClientUpdate;
+use fedsql_udfs::train::{evaluate, train_local, Examples, LocalConfig, Metrics, Targets};
+use fedsql_udfs::UdfError;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::engine::{quote_literal, Engine, FedsqlOutcome};
+use crate::error::{Result, ServerError};
+
+/// A training failure as a server error: bad options and inputs are the
+/// user's to fix (22023 / 42804), the rest is the run's (XX000).
+pub fn udf_error(e: UdfError) -> ServerError {
+    let sqlstate = match &e {
+        UdfError::Option(_) => "22023",
+        UdfError::Input(_) => "42804",
+        UdfError::Training(_) => "XX000",
+    };
+    ServerError::Query {
+        sqlstate: sqlstate.into(),
+        message: e.to_string(),
+        position: None,
+    }
+}
+
+fn input_error(message: String) -> ServerError {
+    udf_error(UdfError::Input(message))
+}
+
+/// One federated client: its name and its rows split for training and
+/// validation.
+struct Client {
+    name: String,
+    train: Arc<Examples>,
+    validation: Arc<Examples>,
+    /// count, sum and sum of squares of its validation targets (regression),
+    /// for a federated R².
+    target_moments: (f64, f64, f64),
+}
+
+/// `mlp(hidden_units = '64,32', activation = 'relu')` → layers and activation.
+fn architecture_params(tm: &TrainModel) -> Result<(Vec<usize>, Activation)> {
+    let mut hidden = vec![];
+    let mut activation = Activation::Relu;
+    match tm.algorithm.as_str() {
+        "linear_regression" | "logistic_regression" => {
+            if let Some((k, _)) = tm.algorithm_params.first() {
+                return Err(udf_error(UdfError::Option(format!(
+                    "{} takes no parameters, got {k}",
+                    tm.algorithm
+                ))));
+            }
+        }
+        "mlp" => {
+            hidden = vec![32];
+            for (k, v) in &tm.algorithm_params {
+                match k.as_str() {
+                    "hidden_units" => {
+                        hidden = v
+                            .as_text()
+                            .split(',')
+                            .map(|n| n.trim().parse::<usize>().ok().filter(|n| *n > 0))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| {
+                                udf_error(UdfError::Option(format!(
+                                    "hidden_units expects sizes like '64,32', got '{}'",
+                                    v.as_text()
+                                )))
+                            })?;
+                    }
+                    "activation" => {
+                        activation = Activation::parse(&v.as_text()).map_err(udf_error)?
+                    }
+                    other => {
+                        return Err(udf_error(UdfError::Option(format!(
+                            "unknown mlp parameter {other} (known: hidden_units, activation)"
+                        ))))
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(udf_error(UdfError::Option(format!(
+                "unknown model kind {other} (known: linear_regression, logistic_regression, mlp)"
+            ))))
+        }
+    }
+    Ok((hidden, activation))
+}
+
+impl Engine {
+    /// Runs `TRAIN MODEL` in the session `ctx` (database `database`).
+    pub(crate) async fn train_model(
+        &self,
+        ctx: &SessionContext,
+        tm: &TrainModel,
+    ) -> Result<FedsqlOutcome> {
+        let registry = self.models();
+        let exists = registry.active(&tm.name).is_some();
+        match tm.existing {
+            ExistingModel::IfNotExists if exists => {
+                return Ok(FedsqlOutcome::Command("TRAIN MODEL".into()))
+            }
+            ExistingModel::Replace if exists => {
+                registry.drop_model(&tm.name, None).map_err(udf_error)?;
+            }
+            _ => {}
+        }
+        let options = TrainingOptions::parse(
+            &tm.options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_text()))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(udf_error)?;
+        let (hidden, activation) = architecture_params(tm)?;
+        let by = match &tm.federation {
+            Federation::ByColumn(c) => c.clone(),
+            Federation::OnSites(_) => {
+                return Err(ServerError::NotSupported {
+                    statement: "TRAIN MODEL … FEDERATED ON SITES".into(),
+                    reason: "sites (`fedsql site`) have not landed; use FEDERATED BY a column"
+                        .into(),
+                })
+            }
+        };
+
+        // The input: any fedsql query, planned in the caller's session.
+        let sql = tm.input.to_sql();
+        let plan = self.plan_sql(ctx, &sql).await?;
+        let frame = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, &sql))?;
+        let schema = Arc::clone(frame.schema().inner());
+        let batches = frame
+            .collect()
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, &sql))?;
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let find = |name: &str, role: &str| {
+            schema.index_of(name).map_err(|_| ServerError::Query {
+                sqlstate: "42703".into(),
+                message: format!(
+                    "{role} column \"{name}\" is not in the training input (columns: {})",
+                    columns.join(", ")
+                ),
+                position: None,
+            })
+        };
+        let target_index = find(&tm.target, "target")?;
+        let by_index = find(&by, "FEDERATED BY")?;
+        let mut feature_columns = Vec::new();
+        for (i, field) in schema.fields().iter().enumerate() {
+            if i == target_index || i == by_index {
+                continue;
+            }
+            let kind = column_kind(field.data_type()).ok_or_else(|| {
+                input_error(format!(
+                    "column {} of type {} cannot be a feature; leave it out of the input",
+                    field.name(),
+                    field.data_type()
+                ))
+            })?;
+            feature_columns.push((i, field.name().clone(), field.data_type().clone(), kind));
+        }
+        if feature_columns.is_empty() {
+            return Err(input_error(
+                "the training input has no feature columns besides the target and the FEDERATED BY column".into(),
+            ));
+        }
+        let all = concat_batches(&schema, &batches)
+            .map_err(|e| ServerError::from_datafusion(&e.into(), &sql))?;
+        if all.num_rows() == 0 {
+            return Err(input_error("the training input has no rows".into()));
+        }
+
+        // The task, from the model kind and the target's type.
+        let target_type = schema.field(target_index).data_type().clone();
+        let target_kind = column_kind(&target_type);
+        let classify = match (tm.algorithm.as_str(), target_kind) {
+            ("linear_regression", Some(ColumnKind::Numeric))
+                if target_type != DataType::Boolean =>
+            {
+                false
+            }
+            ("linear_regression", _) => {
+                return Err(input_error(format!(
+                    "linear_regression needs a numeric target; {} is {target_type}",
+                    tm.target
+                )))
+            }
+            ("logistic_regression", Some(_)) => true,
+            ("mlp", Some(ColumnKind::Numeric)) => target_type == DataType::Boolean,
+            ("mlp", Some(ColumnKind::Text)) => true,
+            _ => {
+                return Err(input_error(format!(
+                    "the target {} of type {target_type} cannot be predicted",
+                    tm.target
+                )))
+            }
+        };
+
+        // Split rows into clients by the FEDERATED BY value.
+        let names = text_values(all.column(by_index)).map_err(udf_error)?;
+        let targets_text = text_values(all.column(target_index)).map_err(udf_error)?;
+        let mut rows_by_client: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (row, name) in names.into_iter().enumerate() {
+            // Rows without a client or a target cannot train anything.
+            if let (Some(name), Some(_)) = (name, &targets_text[row]) {
+                rows_by_client.entry(name).or_default().push(row as u32);
+            }
+        }
+        let available = rows_by_client.len();
+        if available < options.min_available_nodes || available < options.min_train_nodes {
+            return Err(input_error(format!(
+                "FEDERATED BY {by} gives {available} client(s), fewer than \
+                 min_available_nodes = {} / min_train_nodes = {}",
+                options.min_available_nodes, options.min_train_nodes
+            )));
+        }
+        let client_batches: Vec<(String, RecordBatch)> = rows_by_client
+            .into_iter()
+            .map(|(name, rows)| {
+                let indices = UInt32Array::from(rows);
+                let columns = all
+                    .columns()
+                    .iter()
+                    .map(|c| take(c, &indices, None))
+                    .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+                Ok((name, RecordBatch::try_new(Arc::clone(&schema), columns)?))
+            })
+            .collect::<std::result::Result<_, datafusion::arrow::error::ArrowError>>()
+            .map_err(|e| ServerError::from_datafusion(&e.into(), &sql))?;
+
+        // Federated statistics: each client summarises, the coordinator merges.
+        let mut merged: Vec<ColumnSummary> = vec![ColumnSummary::default(); feature_columns.len()];
+        let mut labels = std::collections::BTreeSet::new();
+        for (_, batch) in &client_batches {
+            for (slot, (i, _, _, kind)) in merged.iter_mut().zip(&feature_columns) {
+                slot.merge(&ColumnSummary::of(*kind, batch.column(*i)).map_err(udf_error)?);
+            }
+            if classify {
+                labels.extend(
+                    text_values(batch.column(target_index))
+                        .map_err(udf_error)?
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+        }
+        let transform = FeatureTransform::from_summaries(
+            &feature_columns
+                .iter()
+                .zip(merged)
+                .map(|((_, name, t, kind), s)| (name.clone(), t.clone(), *kind, s))
+                .collect::<Vec<_>>(),
+        );
+        let labels: Vec<String> = labels.into_iter().collect();
+        // Regression targets are standardized with federated moments, so one
+        // learning rate works whatever the target's units.
+        let (target_mean, target_std) = if classify {
+            (0.0, 1.0)
+        } else {
+            let mut s = ColumnSummary::default();
+            for (_, batch) in &client_batches {
+                s.merge(
+                    &ColumnSummary::of(ColumnKind::Numeric, batch.column(target_index))
+                        .map_err(udf_error)?,
+                );
+            }
+            let n = s.count.max(1) as f64;
+            let mean = s.sum / n;
+            let std = (s.sum_squares / n - mean * mean).max(0.0).sqrt();
+            (mean, if std > 1e-12 { std } else { 1.0 })
+        };
+        if classify && labels.len() < 2 {
+            return Err(input_error(format!(
+                "the target {} has {} distinct value(s); a classifier needs at least 2",
+                tm.target,
+                labels.len()
+            )));
+        }
+        let task = if classify {
+            Task::Classification {
+                labels: labels.clone(),
+                boolean: target_type == DataType::Boolean,
+            }
+        } else {
+            Task::Regression {
+                mean: target_mean,
+                std: target_std,
+            }
+        };
+
+        // Each client's examples, split for validation with its own seed.
+        let mut clients = Vec::new();
+        for (n, (name, batch)) in client_batches.iter().enumerate() {
+            let columns: Vec<ArrayRef> = feature_columns
+                .iter()
+                .map(|(i, ..)| Arc::clone(batch.column(*i)))
+                .collect();
+            let features = transform.encode(&columns).map_err(udf_error)?;
+            let targets = if classify {
+                let text = text_values(batch.column(target_index)).map_err(udf_error)?;
+                Targets::Classes {
+                    labels: text
+                        .into_iter()
+                        .map(|t| t.and_then(|t| labels.binary_search(&t).ok()).unwrap_or(0) as u32)
+                        .collect(),
+                    classes: labels.len(),
+                }
+            } else {
+                let values = fedsql_udfs::features::numeric_values(batch.column(target_index))
+                    .map_err(udf_error)?;
+                Targets::Regression(
+                    values
+                        .into_iter()
+                        .map(|v| ((v - target_mean) / target_std) as f32)
+                        .collect(),
+                )
+            };
+            let examples = Examples {
+                features,
+                width: transform.width(),
+                targets,
+            };
+            let (train, validation) =
+                examples.split(options.validation_split, options.seed + n as u64);
+            let target_moments = match &validation.targets {
+                Targets::Regression(v) => v.iter().fold((0.0, 0.0, 0.0), |(c, s, q), y| {
+                    let y = f64::from(*y);
+                    (c + 1.0, s + y, q + y * y)
+                }),
+                Targets::Classes { .. } => (0.0, 0.0, 0.0),
+            };
+            clients.push(Client {
+                name: name.clone(),
+                train: Arc::new(train),
+                validation: Arc::new(validation),
+                target_moments,
+            });
+        }
+
+        let arch = Architecture {
+            inputs: transform.width(),
+            hidden,
+            outputs: if classify { labels.len() } else { 1 },
+            activation,
+        };
+        let version = registry.next_version(&tm.name);
+        let (weights, mut history, mut metrics) =
+            self.run_rounds(&tm.name, &arch, &clients, &options).await?;
+        // RMSE in the target's own units.
+        for (name, value) in metrics.iter_mut() {
+            if name == "rmse" {
+                *value *= target_std;
+            }
+        }
+        for record in history.iter_mut() {
+            record.rmse = record.rmse.map(|r| r * target_std);
+        }
+
+        let meta = ModelVersion {
+            model: tm.name.clone(),
+            version,
+            kind: tm.algorithm.clone(),
+            target: tm.target.clone(),
+            task,
+            architecture: arch,
+            transform,
+            strategy: options.strategy.clone(),
+            rounds: options.rounds,
+            clients: clients.iter().map(|c| c.name.clone()).collect(),
+            options: tm
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_text()))
+                .collect(),
+            metrics,
+            created_at_us: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0),
+            history,
+        };
+        registry.save(&meta, &weights).map_err(udf_error)?;
+        Ok(FedsqlOutcome::Query(format!(
+            "SELECT model, version, kind, target, strategy, rounds, clients, metrics \
+             FROM fedsql.system.models WHERE model = {} AND version = {version}",
+            quote_literal(&tm.name)
+        )))
+    }
+
+    /// The rounds: train on the chosen clients in parallel, merge, evaluate
+    /// everywhere. Returns the final weights, the history and the final
+    /// validation metrics.
+    async fn run_rounds(
+        &self,
+        model: &str,
+        arch: &Architecture,
+        clients: &[Client],
+        options: &TrainingOptions,
+    ) -> Result<(Vec<f32>, Vec<RoundRecord>, Vec<(String, f64)>)> {
+        let mut strategy = options.strategy().map_err(udf_error)?;
+        let mut global = arch.initial_weights(options.seed);
+        let mut history = Vec::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let fault = std::env::var("FEDSQL_FAULT_INJECT").ok();
+        let mut last_eval = Vec::new();
+        for round in 1..=options.rounds {
+            let wanted = ((clients.len() as f64 * options.fraction_train).ceil() as usize)
+                .clamp(options.min_train_nodes.min(clients.len()), clients.len());
+            let mut chosen: Vec<usize> = (0..clients.len()).collect();
+            chosen.shuffle(&mut rng);
+            chosen.truncate(wanted);
+            chosen.sort();
+
+            let mut tasks = Vec::new();
+            for &c in &chosen {
+                let client = &clients[c];
+                let config = LocalConfig {
+                    epochs: options.local_epochs,
+                    batch_size: options.batch_size,
+                    learning_rate: options.learning_rate,
+                    optimizer: options.optimizer,
+                    proximal_mu: options.proximal_mu,
+                    seed: options.seed ^ (u64::from(round) << 32) ^ c as u64,
+                };
+                let injected = fault.as_deref() == Some(&format!("{}:{round}", client.name));
+                let (arch, weights, examples) =
+                    (arch.clone(), global.clone(), Arc::clone(&client.train));
+                let started = Instant::now();
+                let handle = tokio::task::spawn_blocking(move || {
+                    if injected {
+                        return Err(UdfError::Training(
+                            "fault injected (FEDSQL_FAULT_INJECT)".into(),
+                        ));
+                    }
+                    train_local(&arch, &weights, &examples, &config)
+                });
+                tasks.push((
+                    c,
+                    started,
+                    tokio::time::timeout(options.round_timeout, handle),
+                ));
+            }
+            let mut updates = Vec::new();
+            let mut failures = Vec::new();
+            for (c, started, task) in tasks {
+                let name = clients[c].name.clone();
+                let (status, result) = match task.await {
+                    Ok(Ok(Ok(r))) => ("ok", Some(r)),
+                    Ok(Ok(Err(e))) => {
+                        failures.push(format!("{name}: {e}"));
+                        ("failed", None)
+                    }
+                    Ok(Err(e)) => {
+                        failures.push(format!("{name}: {e}"));
+                        ("failed", None)
+                    }
+                    Err(_) => {
+                        failures.push(format!("{name}: no result within round_timeout"));
+                        ("timeout", None)
+                    }
+                };
+                history.push(RoundRecord {
+                    round,
+                    client: name,
+                    phase: "train".into(),
+                    num_examples: result.as_ref().map_or(0, |r| r.num_examples),
+                    loss: result.as_ref().map(|r| r.loss),
+                    accuracy: None,
+                    rmse: None,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    bytes_sent: None,
+                    bytes_received: None,
+                    status: status.into(),
+                });
+                if let Some(r) = result {
+                    updates.push(ClientUpdate {
+                        weights: r.weights,
+                        num_examples: r.num_examples,
+                    });
+                }
+            }
+            if !failures.is_empty() && !options.accept_failures {
+                return Err(udf_error(UdfError::Training(format!(
+                    "round {round}: {} (accept_failures = false)",
+                    failures.join("; ")
+                ))));
+            }
+            if updates.len() < options.min_train_nodes {
+                return Err(udf_error(UdfError::Training(format!(
+                    "round {round}: {} client(s) succeeded, fewer than min_train_nodes = {} ({})",
+                    updates.len(),
+                    options.min_train_nodes,
+                    failures.join("; ")
+                ))));
+            }
+            global = strategy.aggregate(&global, &updates).map_err(udf_error)?;
+
+            // Every client evaluates the merged model on its held-out rows.
+            last_eval.clear();
+            for client in clients {
+                let started = Instant::now();
+                let rows = if client.validation.rows() > 0 {
+                    &client.validation
+                } else {
+                    &client.train
+                };
+                let m = evaluate(arch, &global, rows).map_err(udf_error)?;
+                history.push(RoundRecord {
+                    round,
+                    client: client.name.clone(),
+                    phase: "evaluate".into(),
+                    num_examples: m.num_examples,
+                    loss: Some(m.loss),
+                    accuracy: m.accuracy,
+                    rmse: m.rmse,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    bytes_sent: None,
+                    bytes_received: None,
+                    status: "ok".into(),
+                });
+                last_eval.push((m, client.target_moments));
+            }
+            let summary = summarize(&last_eval);
+            tracing::info!(
+                model,
+                round,
+                rounds = options.rounds,
+                clients = chosen.len(),
+                failed = failures.len(),
+                metrics = ?summary,
+                "training round done"
+            );
+        }
+        Ok((global, history, summarize(&last_eval)))
+    }
+}
+
+/// Example-weighted validation metrics over all clients; R² from the
+/// clients' target moments, so no client sends its targets.
+fn summarize(evals: &[(Metrics, (f64, f64, f64))]) -> Vec<(String, f64)> {
+    let n: f64 = evals.iter().map(|(m, _)| m.num_examples as f64).sum();
+    if n == 0.0 {
+        return vec![];
+    }
+    let mean = |f: &dyn Fn(&Metrics) -> Option<f64>| -> Option<f64> {
+        evals
+            .iter()
+            .map(|(m, _)| f(m).map(|v| v * m.num_examples as f64))
+            .sum::<Option<f64>>()
+            .map(|s| s / n)
+    };
+    let mut out = vec![(
+        "loss".to_string(),
+        mean(&|m| Some(m.loss)).unwrap_or(f64::NAN),
+    )];
+    if let Some(acc) = mean(&|m| m.accuracy) {
+        out.push(("accuracy".into(), acc));
+    }
+    if let Some(mse) = mean(&|m| m.rmse.map(|r| r * r)) {
+        out.push(("rmse".into(), mse.sqrt()));
+        let (c, s, q) = evals
+            .iter()
+            .fold((0.0, 0.0, 0.0), |(c, s, q), (_, (c2, s2, q2))| {
+                (c + c2, s + s2, q + q2)
+            });
+        let total = q - s * s / c.max(1.0);
+        if total > 0.0 {
+            out.push(("r2".into(), 1.0 - mse * c / total));
+        }
+    }
+    out
+}
