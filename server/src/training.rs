@@ -16,6 +16,7 @@ use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use fedsql_sql::{ExistingModel, Federation, TrainModel};
+use fedsql_udfs::exchange::{ExchangeClient, ExchangeServer};
 use fedsql_udfs::features::{
     column_kind, text_values, ColumnKind, ColumnSummary, FeatureTransform,
 };
@@ -432,7 +433,12 @@ impl Engine {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let fault = std::env::var("FEDSQL_FAULT_INJECT").ok();
         let mut last_eval = Vec::new();
+        // Weights travel over Arrow Flight even though these clients run in
+        // this process: one path for local partitions and remote sites.
+        let exchange = ExchangeServer::start().await.map_err(udf_error)?;
+        let endpoint = exchange.endpoint();
         for round in 1..=options.rounds {
+            exchange.publish(round, Arc::new(global.clone()));
             let wanted = ((clients.len() as f64 * options.fraction_train).ceil() as usize)
                 .clamp(options.min_train_nodes.min(clients.len()), clients.len());
             let mut chosen: Vec<usize> = (0..clients.len()).collect();
@@ -452,16 +458,32 @@ impl Engine {
                     seed: options.seed ^ (u64::from(round) << 32) ^ c as u64,
                 };
                 let injected = fault.as_deref() == Some(&format!("{}:{round}", client.name));
-                let (arch, weights, examples) =
-                    (arch.clone(), global.clone(), Arc::clone(&client.train));
+                let (arch, examples) = (arch.clone(), Arc::clone(&client.train));
+                let (endpoint, name) = (endpoint.clone(), client.name.clone());
                 let started = Instant::now();
-                let handle = tokio::task::spawn_blocking(move || {
-                    if injected {
-                        return Err(UdfError::Training(
-                            "fault injected (FEDSQL_FAULT_INJECT)".into(),
-                        ));
-                    }
-                    train_local(&arch, &weights, &examples, &config)
+                let handle = tokio::spawn(async move {
+                    let mut link = ExchangeClient::connect(&endpoint).await?;
+                    let (weights, fetched) = link.fetch(round).await?;
+                    // Training is CPU-bound: off the async workers.
+                    let trained = tokio::task::spawn_blocking(move || {
+                        if injected {
+                            return Err(UdfError::Training(
+                                "fault injected (FEDSQL_FAULT_INJECT)".into(),
+                            ));
+                        }
+                        train_local(&arch, &weights, &examples, &config)
+                    })
+                    .await
+                    .map_err(|e| UdfError::Training(format!("client task: {e}")))??;
+                    link.send(
+                        round,
+                        &name,
+                        &trained.weights,
+                        trained.num_examples,
+                        trained.loss,
+                    )
+                    .await?;
+                    Ok::<u64, UdfError>(fetched)
                 });
                 tasks.push((
                     c,
@@ -474,7 +496,14 @@ impl Engine {
             for (c, started, task) in tasks {
                 let name = clients[c].name.clone();
                 let (status, result) = match task.await {
-                    Ok(Ok(Ok(r))) => ("ok", Some(r)),
+                    // What aggregation uses is what arrived over Flight.
+                    Ok(Ok(Ok(fetched))) => match exchange.take_update(round, &name) {
+                        Some(update) => ("ok", Some((fetched, update))),
+                        None => {
+                            failures.push(format!("{name}: its update did not arrive"));
+                            ("failed", None)
+                        }
+                    },
                     Ok(Ok(Err(e))) => {
                         failures.push(format!("{name}: {e}"));
                         ("failed", None)
@@ -492,19 +521,19 @@ impl Engine {
                     round,
                     client: name,
                     phase: "train".into(),
-                    num_examples: result.as_ref().map_or(0, |r| r.num_examples),
-                    loss: result.as_ref().map(|r| r.loss),
+                    num_examples: result.as_ref().map_or(0, |(_, u)| u.num_examples),
+                    loss: result.as_ref().map(|(_, u)| u.loss),
                     accuracy: None,
                     rmse: None,
                     duration_ms: started.elapsed().as_millis() as u64,
-                    bytes_sent: None,
-                    bytes_received: None,
+                    bytes_sent: result.as_ref().map(|(fetched, _)| *fetched),
+                    bytes_received: result.as_ref().map(|(_, u)| u.bytes),
                     status: status.into(),
                 });
-                if let Some(r) = result {
+                if let Some((_, u)) = result {
                     updates.push(ClientUpdate {
-                        weights: r.weights,
-                        num_examples: r.num_examples,
+                        weights: u.weights,
+                        num_examples: u.num_examples,
                     });
                 }
             }
@@ -560,6 +589,7 @@ impl Engine {
                 "training round done"
             );
         }
+        exchange.stop().await;
         Ok((global, history, summarize(&last_eval)))
     }
 }

@@ -114,6 +114,19 @@ async fn federated_logistic_regression_learns_the_fraud_rule() {
         assert_eq!(row.get::<_, String>(4), "ok");
     }
 
+    // Weights went over the Flight exchange both ways: at least the model's
+    // own bytes (more than 5 features × 2 classes of f32) each time.
+    let bytes = client
+        .query_one(
+            "SELECT min(bytes_sent), min(bytes_received), count(*) FROM fedsql.system.training_rounds \
+             WHERE model = 'fraud' AND phase = 'train'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(bytes.get::<_, i64>(0) > 40, "bytes_sent {}", bytes.get::<_, i64>(0));
+    assert!(bytes.get::<_, i64>(1) > 40, "bytes_received {}", bytes.get::<_, i64>(1));
+
     // The registry: SHOW MODELS, DESCRIBE MODEL, versions, activation.
     let shown = client.query("SHOW MODELS", &[]).await.unwrap();
     assert_eq!(shown.len(), 1);
@@ -384,7 +397,7 @@ async fn a_failing_client_is_recorded_and_accept_failures_decides() {
     client.batch_execute(&sql("tolerant", true)).await.unwrap();
     let failed = client
         .query(
-            "SELECT round, client, status FROM fedsql.system.training_rounds \
+            "SELECT round, client, status, bytes_received FROM fedsql.system.training_rounds \
              WHERE model = 'tolerant' AND status <> 'ok'",
             &[],
         )
@@ -394,6 +407,7 @@ async fn a_failing_client_is_recorded_and_accept_failures_decides() {
     assert_eq!(failed[0].get::<_, i64>(0), 2);
     assert_eq!(failed[0].get::<_, String>(1), "eu");
     assert_eq!(failed[0].get::<_, String>(2), "failed");
+    assert_eq!(failed[0].get::<_, Option<i64>>(3), None, "no update arrived");
 
     let err = client
         .batch_execute(&sql("strict", false))

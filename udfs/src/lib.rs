@@ -8,10 +8,12 @@
 //! - [`model`]: the networks (linear, logistic, MLP) as Burn modules and their
 //!   flat weight vectors;
 //! - [`train`]: one client's local training and evaluation;
+//! - [`exchange`]: global weights and client updates over Arrow Flight;
 //! - [`registry`]: versioned models under the data dir;
 //! - [`predict`]: the `predict` and `predict_proba` SQL functions.
 
 pub mod error;
+pub mod exchange;
 pub mod features;
 pub mod model;
 pub mod options;

@@ -64,8 +64,8 @@ pub struct RoundRecord {
     pub accuracy: Option<f64>,
     pub rmse: Option<f64>,
     pub duration_ms: u64,
-    /// Bytes of weights sent to / received from the client; `None` while
-    /// clients run in-process without the Flight exchange.
+    /// Bytes of Flight data carrying the global weights to the client and
+    /// its update back; `None` when the client failed.
     pub bytes_sent: Option<u64>,
     pub bytes_received: Option<u64>,
     /// `ok`, `failed` or `timeout`.
