@@ -340,12 +340,7 @@ impl Engine {
                 }
                 Ok(FedsqlOutcome::Command("DROP MODEL".into()))
             }
-            FedsqlStatement::EvaluateModel(_) => Err(ServerError::NotSupported {
-                statement: "EVALUATE MODEL".into(),
-                reason: "model evaluation has not landed yet; training reports validation \
-                         metrics in fedsql.system.models and fedsql.system.training_rounds"
-                    .into(),
-            }),
+            FedsqlStatement::EvaluateModel(em) => self.evaluate_model(ctx, em).await,
         }
     }
 

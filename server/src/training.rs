@@ -15,7 +15,8 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
-use fedsql_sql::{ExistingModel, Federation, TrainModel};
+use fedsql_sql::{EvaluateModel, ExistingModel, Federation, TrainModel};
+use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
 use fedsql_udfs::exchange::{ExchangeClient, ExchangeServer};
 use fedsql_udfs::features::{
     column_kind, text_values, ColumnKind, ColumnSummary, FeatureTransform,
@@ -32,6 +33,17 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::engine::{quote_literal, Engine, FedsqlOutcome};
 use crate::error::{Result, ServerError};
+
+tokio::task_local! {
+    /// Where progress lines of the statement running on this task go (the
+    /// Postgres wire turns them into NOTICE messages); unset elsewhere.
+    pub static PROGRESS: tokio::sync::mpsc::UnboundedSender<String>;
+}
+
+/// Sends a progress line to the client, if one is listening.
+fn progress(line: String) {
+    let _ = PROGRESS.try_with(|tx| tx.send(line));
+}
 
 /// A training failure as a server error: bad options and inputs are the
 /// user's to fix (22023 / 42804), the rest is the run's (XX000).
@@ -114,6 +126,137 @@ fn architecture_params(tm: &TrainModel) -> Result<(Vec<usize>, Activation)> {
 }
 
 impl Engine {
+    /// Runs `EVALUATE MODEL`: each client (each `FEDERATED BY` value, or all
+    /// rows as one) scores its rows and reports sufficient statistics; the
+    /// answer has a row per client and one for `all`, merged from them.
+    pub(crate) async fn evaluate_model(
+        &self,
+        ctx: &SessionContext,
+        em: &EvaluateModel,
+    ) -> Result<FedsqlOutcome> {
+        let reference = match em.version {
+            Some(v) => format!("{}@{v}", em.name),
+            None => em.name.clone(),
+        };
+        let model = self.models().load(&reference).map_err(|e| match e {
+            UdfError::Input(message)
+                if message.contains("does not exist") || message.contains("has no version") =>
+            {
+                ServerError::UndefinedObject {
+                    kind: "model",
+                    name: reference.clone(),
+                }
+            }
+            other => udf_error(other),
+        })?;
+        let plan = self.plan_sql(ctx, &em.query).await?;
+        let frame = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, &em.query))?;
+        let schema = Arc::clone(frame.schema().inner());
+        let batches = frame
+            .collect()
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, &em.query))?;
+        let all = concat_batches(&schema, &batches)
+            .map_err(|e| ServerError::from_datafusion(&e.into(), &em.query))?;
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        check_target(&model, &columns).map_err(udf_error)?;
+        let features = model
+            .meta
+            .transform
+            .columns_by_name(&all)
+            .map_err(udf_error)?;
+        let target = all
+            .column_by_name(&model.meta.target)
+            .cloned()
+            .ok_or_else(|| input_error(format!("missing target {}", model.meta.target)))?;
+
+        // Group rows by client; each client's statistics are computed on its
+        // rows alone.
+        let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        match &em.federated_by {
+            Some(by) => {
+                let index = schema.index_of(by).map_err(|_| ServerError::Query {
+                    sqlstate: "42703".into(),
+                    message: format!(
+                        "FEDERATED BY column \"{by}\" is not in the evaluation input (columns: {})",
+                        columns.join(", ")
+                    ),
+                    position: None,
+                })?;
+                for (row, name) in text_values(all.column(index))
+                    .map_err(udf_error)?
+                    .into_iter()
+                    .enumerate()
+                {
+                    if let Some(name) = name {
+                        groups.entry(name).or_default().push(row as u32);
+                    }
+                }
+            }
+            None => {
+                groups.insert("all".into(), (0..all.num_rows() as u32).collect());
+            }
+        }
+        let mut rows = Vec::new();
+        let mut total = EvalStats::default();
+        for (name, indices) in &groups {
+            let indices = UInt32Array::from(indices.clone());
+            let pick = |a: &ArrayRef| take(a, &indices, None);
+            let client_features = features
+                .iter()
+                .map(pick)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| ServerError::from_datafusion(&e.into(), &em.query))?;
+            let client_target =
+                pick(&target).map_err(|e| ServerError::from_datafusion(&e.into(), &em.query))?;
+            let stats =
+                EvalStats::of(&model, &client_features, &client_target).map_err(udf_error)?;
+            total.merge(&stats);
+            if em.federated_by.is_some() {
+                rows.push((name.clone(), stats));
+            }
+        }
+        if total.n == 0 {
+            return Err(input_error(
+                "the evaluation input has no rows with a target".into(),
+            ));
+        }
+        rows.insert(0, ("all".into(), total));
+
+        // The answer is a VALUES query, so both wires describe and stream it
+        // like any other result.
+        let number = |v: Option<f64>| match v {
+            Some(x) if x.is_finite() => format!("CAST({x:?} AS DOUBLE)"),
+            _ => "CAST(NULL AS DOUBLE)".into(),
+        };
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(client, stats)| {
+                let metrics = stats.metrics(&model.meta.task);
+                let cells: Vec<String> = METRIC_COLUMNS
+                    .iter()
+                    .map(|c| number(metrics.iter().find(|(m, _)| m == c).and_then(|(_, v)| *v)))
+                    .collect();
+                format!(
+                    "({}, {}, {}, CAST({} AS BIGINT), {})",
+                    quote_literal(&model.meta.model),
+                    model.meta.version,
+                    quote_literal(client),
+                    stats.n,
+                    cells.join(", ")
+                )
+            })
+            .collect();
+        Ok(FedsqlOutcome::Query(format!(
+            "SELECT * FROM (VALUES {}) AS evaluation(model, version, client, num_examples, {})",
+            values.join(", "),
+            METRIC_COLUMNS.join(", ")
+        )))
+    }
+
     /// Runs `TRAIN MODEL` in the session `ctx` (database `database`).
     pub(crate) async fn train_model(
         &self,
@@ -579,6 +722,21 @@ impl Engine {
                 last_eval.push((m, client.target_moments));
             }
             let summary = summarize(&last_eval);
+            progress(format!(
+                "round {round}/{}: {} client(s) trained{}; {}",
+                options.rounds,
+                updates.len(),
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} failed", failures.len())
+                },
+                summary
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
             tracing::info!(
                 model,
                 round,

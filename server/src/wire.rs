@@ -23,7 +23,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser as DfParser};
-use futures::{stream, Sink, StreamExt};
+use futures::{stream, Sink, SinkExt, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
@@ -255,6 +255,36 @@ fn with_ddl_tag(responses: Vec<Response>, sql: &str) -> Vec<Response> {
         .collect()
 }
 
+/// Runs `work` while forwarding its progress lines (see
+/// [`crate::training::PROGRESS`]) to the client as NOTICE messages, so psql
+/// shows training rounds as they finish.
+async fn with_progress<C, T>(client: &mut C, work: impl std::future::Future<Output = T>) -> T
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let work = crate::training::PROGRESS.scope(tx, work);
+    tokio::pin!(work);
+    let notice = |line: String| {
+        PgWireBackendMessage::NoticeResponse(
+            ErrorInfo::new("NOTICE".into(), "00000".into(), line).into(),
+        )
+    };
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            Some(line) = rx.recv() => {
+                // A client that stopped reading does not stop the work.
+                let _ = client.send(notice(line)).await;
+            }
+        }
+    };
+    while let Ok(line) = rx.try_recv() {
+        let _ = client.send(notice(line)).await;
+    }
+    result
+}
+
 /// Waits for a query's first row inside `do_query`, which pgwire races
 /// against cancel requests; without this, blocking work (aggregates, sorts)
 /// would run later while rows stream out, where a cancel cannot reach it.
@@ -314,7 +344,9 @@ impl SimpleQueryHandler for FedsqlService {
             let text = statement.text().to_string();
             let result = match &statement {
                 fedsql_sql::Statement::Fedsql { statement, .. } => {
-                    match self.engine.execute_fedsql(&session.ctx, statement).await {
+                    match with_progress(client, self.engine.execute_fedsql(&session.ctx, statement))
+                        .await
+                    {
                         Ok(FedsqlOutcome::Command(tag)) => {
                             Ok(vec![Response::Execution(Tag::new(&tag))])
                         }

@@ -54,10 +54,12 @@ impl FedsqlStatement {
 
     /// Whether the statement only reads: it is answered by a query and may be
     /// planned ahead (prepared, described) without changing anything.
+    /// (`EVALUATE MODEL` computes its answer when planned.)
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
             FedsqlStatement::ShowSources
+                | FedsqlStatement::EvaluateModel(_)
                 | FedsqlStatement::ShowModels
                 | FedsqlStatement::DescribeModel { .. }
                 | FedsqlStatement::ShowVersions { .. }

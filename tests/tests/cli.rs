@@ -73,10 +73,13 @@ fn errors_exit_non_zero_with_sqlstate() {
     let (ok, _, err) = query(dir.path(), &["SELECT * FROM bank.nope"]);
     assert!(!ok);
     assert!(err.contains("ERROR 42P01"), "{err}");
-    let (ok, _, err) = query(dir.path(), &["EVALUATE MODEL m ON (SELECT 1)"]);
+    let (ok, _, err) = query(
+        dir.path(),
+        &["CREATE SOURCE k TYPE kafka OPTIONS (brokers '127.0.0.1:1')"],
+    );
     assert!(!ok);
     assert!(
-        err.contains("ERROR 0A000") && err.contains("EVALUATE MODEL"),
+        err.contains("ERROR 0A000") && err.contains("CREATE SOURCE"),
         "{err}"
     );
 }

@@ -202,7 +202,6 @@ async fn fedsql_statements_run_or_say_what_is_missing() {
 
     // Parsed by fedsql's front, not yet backed by a capability: 0A000.
     for sql in [
-        "EVALUATE MODEL fraud ON (SELECT 1)",
         "TRAIN MODEL fraud USING logistic_regression PREDICT is_fraud \
          FROM (SELECT amount, is_fraud, c.region FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id)) \
          FEDERATED ON SITES ('eu', 'us')",
@@ -212,8 +211,7 @@ async fn fedsql_statements_run_or_say_what_is_missing() {
         assert_eq!(code(&err), "0A000", "{sql}: {err:?}");
         let message = err.as_db_error().unwrap().message();
         assert!(
-            message.contains("EVALUATE MODEL")
-                || message.contains("FEDERATED ON SITES")
+            message.contains("FEDERATED ON SITES")
                 || message.contains("CREATE SOURCE"),
             "{message}"
         );

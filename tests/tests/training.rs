@@ -124,8 +124,16 @@ async fn federated_logistic_regression_learns_the_fraud_rule() {
         )
         .await
         .unwrap();
-    assert!(bytes.get::<_, i64>(0) > 40, "bytes_sent {}", bytes.get::<_, i64>(0));
-    assert!(bytes.get::<_, i64>(1) > 40, "bytes_received {}", bytes.get::<_, i64>(1));
+    assert!(
+        bytes.get::<_, i64>(0) > 40,
+        "bytes_sent {}",
+        bytes.get::<_, i64>(0)
+    );
+    assert!(
+        bytes.get::<_, i64>(1) > 40,
+        "bytes_received {}",
+        bytes.get::<_, i64>(1)
+    );
 
     // The registry: SHOW MODELS, DESCRIBE MODEL, versions, activation.
     let shown = client.query("SHOW MODELS", &[]).await.unwrap();
@@ -407,7 +415,11 @@ async fn a_failing_client_is_recorded_and_accept_failures_decides() {
     assert_eq!(failed[0].get::<_, i64>(0), 2);
     assert_eq!(failed[0].get::<_, String>(1), "eu");
     assert_eq!(failed[0].get::<_, String>(2), "failed");
-    assert_eq!(failed[0].get::<_, Option<i64>>(3), None, "no update arrived");
+    assert_eq!(
+        failed[0].get::<_, Option<i64>>(3),
+        None,
+        "no update arrived"
+    );
 
     let err = client
         .batch_execute(&sql("strict", false))
@@ -422,4 +434,126 @@ async fn a_failing_client_is_recorded_and_accept_failures_decides() {
         .query("SHOW VERSIONS IN MODEL strict", &[])
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn intent_classifier_on_free_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let client = server.connect("demo").await;
+    // Free text becomes a hashed bag of words; five intents, three regions.
+    client
+        .batch_execute(
+            "TRAIN MODEL intent USING logistic_regression PREDICT intent \
+             FROM (SELECT text, region, intent FROM bank.support_messages) \
+             FEDERATED BY region WITH (rounds = 10, learning_rate = 0.5, seed = 1)",
+        )
+        .await
+        .unwrap();
+    let metrics: String = client
+        .query_one(
+            "SELECT metrics FROM fedsql.system.models WHERE model = 'intent'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Accuracy on the 20% of each region's messages held out of training.
+    let held_out = metric(&metrics, "accuracy").unwrap();
+    assert!(held_out >= 0.95, "{metrics}");
+    let predicted: String = client
+        .query_one(
+            "SELECT predict('intent', 'please block my lost debit card')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(predicted, "card_lost");
+}
+
+#[tokio::test]
+async fn evaluate_model_merges_per_client_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let client = server.connect("demo").await;
+    client
+        .batch_execute(&format!(
+            "TRAIN MODEL fraud USING logistic_regression PREDICT is_fraud \
+             FROM ({FRAUD_INPUT}) FEDERATED BY region WITH ({FRAUD_OPTIONS})"
+        ))
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            &format!("EVALUATE MODEL fraud ON ({FRAUD_INPUT}) FEDERATED BY region"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let get = |i: usize, c: &str| rows[i].get::<_, Option<f64>>(c);
+    assert_eq!(rows[0].get::<_, String>("client"), "all");
+    let total: i64 = rows[0].get("num_examples");
+    let per_client: i64 = rows[1..]
+        .iter()
+        .map(|r| r.get::<_, i64>("num_examples"))
+        .sum();
+    assert_eq!(total, per_client);
+    // The merged accuracy is what predict() gives over the same rows.
+    let accuracy = get(0, "accuracy").unwrap();
+    assert!((accuracy - accuracy_in_sql(&client, "fraud").await).abs() < 1e-9);
+    let auc = get(0, "auc").unwrap();
+    assert!(auc > 0.6 && auc <= 1.0, "auc {auc}");
+    assert!(
+        get(0, "rmse").is_none(),
+        "no regression metrics for a classifier"
+    );
+    for m in ["precision", "recall", "f1", "log_loss"] {
+        assert!(get(0, m).is_some_and(|v| v >= 0.0), "{m}");
+    }
+    let err = client
+        .batch_execute(&format!(
+            "EVALUATE MODEL fraud VERSION 9 ON ({FRAUD_INPUT})"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42704");
+    let err = client
+        .batch_execute("EVALUATE MODEL fraud ON (SELECT 1 AS x)")
+        .await
+        .unwrap_err();
+    assert!(
+        error_message(&err).contains("target column is_fraud"),
+        "{}",
+        error_message(&err)
+    );
+}
+
+#[tokio::test]
+async fn psql_shows_training_rounds_as_notices() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let (ok, stdout, stderr) = fedsql_tests::psql(
+        &server,
+        "demo",
+        &format!(
+            "TRAIN MODEL fraud USING logistic_regression PREDICT is_fraud \
+             FROM ({FRAUD_INPUT}) FEDERATED BY region WITH (rounds = 3)"
+        ),
+    );
+    assert!(ok, "{stderr}");
+    for round in 1..=3 {
+        // (The helper runs psql with VERBOSITY=verbose, hence the code.)
+        assert!(
+            stderr.contains(&format!(
+                "NOTICE:  00000: round {round}/3: 3 client(s) trained; loss "
+            )),
+            "{stderr}"
+        );
+    }
+    // Then the new version's row.
+    assert!(
+        stdout.contains("fraud") && stdout.contains("accuracy"),
+        "{stdout}"
+    );
 }

@@ -10,9 +10,11 @@
 //! - [`train`]: one client's local training and evaluation;
 //! - [`exchange`]: global weights and client updates over Arrow Flight;
 //! - [`registry`]: versioned models under the data dir;
+//! - [`evaluate`]: `EVALUATE MODEL` metrics from per-client sufficient statistics;
 //! - [`predict`]: the `predict` and `predict_proba` SQL functions.
 
 pub mod error;
+pub mod evaluate;
 pub mod exchange;
 pub mod features;
 pub mod model;
