@@ -12,17 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS="${1:-10000000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fedsql-target}"
-VENV="${FEDSQL_BENCH_VENV:-$HOME/.cache/fedsql-bench-venv}"
-
-if ! "$VENV/bin/python" -c 'import pyarrow.flight, psycopg' 2>/dev/null || [ ! -x "$VENV/bin/roapi" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
-    "roapi==0.12.7" "pyarrow==26.0.1" "psycopg[binary]==3.3.9"
-fi
-
-cargo build --release --locked --bin fedsql
-FEDSQL="$CARGO_TARGET_DIR/release/fedsql"
+. bench/lib.sh
+bench_venv 'import pyarrow.flight, psycopg, os, sys; assert os.path.exists(sys.prefix + "/bin/roapi")' \
+  "roapi==0.12.7" "pyarrow==26.0.1" "psycopg[binary]==3.3.9"
+build_release
 
 WORK="$(mktemp -d /tmp/fedsql-flight-bench.XXXXXX)"
 PIDS=()
