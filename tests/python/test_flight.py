@@ -121,6 +121,24 @@ def test_adbc_runs_fedsql_statements(fedsql):
         assert pg.execute("SELECT answer FROM flight_view").fetchall() == [(42,)]
 
 
+def test_adbc_trains_evaluates_and_predicts(fedsql):
+    with adbc(fedsql) as conn, conn.cursor() as cur:
+        cur.execute(
+            "TRAIN MODEL flight_fraud USING logistic_regression PREDICT is_fraud "
+            "FROM (SELECT amount, channel, is_fraud, c.region FROM bank.transactions t "
+            "JOIN bank.customers c USING (customer_id)) FEDERATED BY region WITH (rounds = 2)")
+        trained = cur.fetch_arrow_table().to_pylist()
+        assert [(r["model"], r["version"]) for r in trained] == [("flight_fraud", 1)]
+        cur.execute("EVALUATE MODEL flight_fraud ON (SELECT amount, channel, is_fraud "
+                    "FROM bank.transactions)")
+        (evaluation,) = cur.fetch_arrow_table().to_pylist()
+        assert evaluation["num_examples"] == 20000
+        cur.execute("SELECT avg(CASE WHEN predict('flight_fraud', amount, channel) = is_fraud "
+                    "THEN 1.0 ELSE 0.0 END) FROM bank.transactions")
+        (accuracy,) = cur.fetchone()
+        assert abs(accuracy - evaluation["accuracy"]) < 1e-9
+
+
 def test_adbc_errors_name_the_problem(fedsql):
     with adbc(fedsql) as conn, conn.cursor() as cur:
         with pytest.raises(adbc_driver_manager.ProgrammingError) as syntax:

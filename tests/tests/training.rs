@@ -368,6 +368,16 @@ async fn bad_training_statements_fail_before_training() {
             "0A000",
             "FEDERATED ON SITES",
         ),
+        (
+            base.replace("USING (customer_id))", "USING (customer_id) WHERE false)"),
+            "42804",
+            "no rows",
+        ),
+        (
+            base.replace("logistic_regression", "mlp(hidden_units = 'wide')"),
+            "22023",
+            "hidden_units",
+        ),
     ];
     for (sql, code, needle) in cases {
         let err = client.batch_execute(&sql).await.unwrap_err();
