@@ -84,6 +84,11 @@ async fn federated_logistic_regression_learns_the_fraud_rule() {
         in_sql > majority + 0.01,
         "accuracy {in_sql:.4} does not beat the majority class {majority:.4}"
     );
+    // Within 2 points of the best any model can do on these labels.
+    assert!(
+        in_sql >= bayes - 0.02,
+        "accuracy {in_sql:.4} more than 2 points below Bayes {bayes:.4}"
+    );
     assert!(
         in_sql <= bayes + 0.02,
         "accuracy {in_sql:.4} above Bayes {bayes:.4}?"
