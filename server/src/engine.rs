@@ -35,7 +35,7 @@ use crate::model_tables;
 use crate::query_log::QueryLog;
 use crate::system_tables::{self, SystemTable};
 use datafusion::logical_expr::ScalarUDF;
-use fedsql_udfs::predict::{Output, PredictUdf};
+use fedsql_udfs::predict::{Output, PredictTable, PredictUdf};
 use fedsql_udfs::registry::{ModelRegistry, ModelVersion};
 
 /// The built-in catalog holding `fedsql.system.*`.
@@ -211,6 +211,10 @@ impl Engine {
         crate::pg_catalog_scope::scope_pg_catalog(&ctx, database)
             .map_err(|e| ServerError::from_datafusion(&e, ""))?;
         crate::pg_compat::register_functions(&ctx);
+        ctx.register_udtf(
+            "predict_table",
+            Arc::new(PredictTable::new(Arc::clone(&self.models))),
+        );
         for output in [Output::Value, Output::Probability] {
             ctx.register_udf(ScalarUDF::new_from_impl(PredictUdf::new(
                 Arc::clone(&self.models),

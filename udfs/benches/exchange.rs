@@ -44,7 +44,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let gbps = |s: f64| bytes / s / 1e9;
     let baseline = gbps(median(copy));
-    println!("\n{PARAMETERS} parameters ({:.0} MB), median of {RUNS} runs\n", bytes / 1e6);
+    println!(
+        "\n{PARAMETERS} parameters ({:.0} MB), median of {RUNS} runs\n",
+        bytes / 1e6
+    );
     println!("{:32} {:>8} {:>10}", "path", "GB/s", "vs memcpy");
     for (name, t) in [
         ("DoGet global weights (Flight)", median(fetch)),
@@ -52,7 +55,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         println!("{name:32} {:8.2} {:9.2}x", gbps(t), gbps(t) / baseline);
     }
-    println!("{:32} {:8.2} {:9.2}x", "in-memory copy (baseline)", baseline, 1.0);
+    println!(
+        "{:32} {:8.2} {:9.2}x",
+        "in-memory copy (baseline)", baseline, 1.0
+    );
     println!("\ngoal: >= 1 GB/s each way over loopback");
     server.stop().await;
     Ok(())

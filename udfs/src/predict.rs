@@ -192,3 +192,104 @@ impl ScalarUDFImpl for PredictUdf {
         Ok(ColumnarValue::Array(array))
     }
 }
+
+/// `predict_table('model', 'SELECT …')`: the query's rows with a
+/// `prediction` column (and `probability` for classifiers), features matched
+/// by column name rather than position.
+///
+/// The table is a view over `SELECT *, predict(…) AS prediction FROM (query)`,
+/// so it plans, pushes down and streams like any query.
+#[derive(Debug)]
+pub struct PredictTable {
+    registry: Arc<ModelRegistry>,
+}
+
+impl PredictTable {
+    /// The table function over `registry`.
+    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+        PredictTable { registry }
+    }
+}
+
+fn string_literal(e: &datafusion::logical_expr::Expr, what: &str) -> DfResult<String> {
+    match e {
+        datafusion::logical_expr::Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)),
+            _,
+        ) => Ok(s.clone()),
+        _ => plan_err!("predict_table: the {what} must be a string literal"),
+    }
+}
+
+impl datafusion::catalog::TableFunctionImpl for PredictTable {
+    fn call(
+        &self,
+        _args: &[datafusion::logical_expr::Expr],
+    ) -> DfResult<Arc<dyn datafusion::catalog::TableProvider>> {
+        plan_err!("predict_table needs a session")
+    }
+
+    fn call_with_args(
+        &self,
+        args: datafusion::catalog::TableFunctionArgs,
+    ) -> DfResult<Arc<dyn datafusion::catalog::TableProvider>> {
+        use datafusion::execution::SessionState;
+        use datafusion::logical_expr::{col, lit, Expr, LogicalPlanBuilder, ScalarUDF};
+
+        let [model, query] = args.exprs() else {
+            return plan_err!("predict_table('model', 'SELECT …') takes two arguments");
+        };
+        let model = string_literal(model, "model name")?;
+        let query = string_literal(query, "query")?;
+        let loaded = self
+            .registry
+            .load(&model)
+            .map_err(|e| DataFusionError::Plan(format!("predict_table: {e}")))?;
+        let Some(state) = args.session().as_any().downcast_ref::<SessionState>() else {
+            return plan_err!("predict_table: unsupported session");
+        };
+        // Table functions are planned synchronously, but planning the inner
+        // query may resolve tables asynchronously: wait for it on this
+        // worker (fedsql runs a multi-threaded runtime).
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| DataFusionError::Plan("predict_table: no async runtime".into()))?;
+        let inner =
+            tokio::task::block_in_place(|| handle.block_on(state.create_logical_plan(&query)))?;
+        let names: Vec<String> = inner
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let features = loaded.meta.transform.feature_names();
+        if let Some(missing) = features.iter().find(|f| !names.contains(f)) {
+            return plan_err!(
+                "predict_table: the query has no column {missing}; model {} needs {}",
+                loaded.meta.model,
+                features.join(", ")
+            );
+        }
+        let call = |output: Output| {
+            let mut call_args = vec![lit(model.clone())];
+            call_args.extend(features.iter().map(|f| col(format!("\"{f}\""))));
+            Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                Arc::new(ScalarUDF::new_from_impl(PredictUdf::new(
+                    Arc::clone(&self.registry),
+                    output,
+                ))),
+                call_args,
+            ))
+        };
+        let mut exprs: Vec<Expr> = names.iter().map(|n| col(format!("\"{n}\""))).collect();
+        exprs.push(call(Output::Value).alias("prediction"));
+        if matches!(loaded.meta.task, Task::Classification { .. }) {
+            exprs.push(call(Output::Probability).alias("probability"));
+        }
+        let plan = LogicalPlanBuilder::from(inner).project(exprs)?.build()?;
+        Ok(Arc::new(datafusion::catalog::view::ViewTable::new(
+            plan, None,
+        )))
+    }
+}
