@@ -8,14 +8,12 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
 use fedsql_udfs::features::Encoding;
 use fedsql_udfs::registry::ModelVersion;
 
-fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, None)
-}
+use crate::system_tables::timestamp;
 
 /// Metrics as a JSON object, e.g. `{"accuracy":0.874,"loss":0.31}`.
 pub fn metrics_json(metrics: &[(String, f64)]) -> String {

@@ -70,7 +70,8 @@ impl TableProvider for SystemTable {
     }
 }
 
-fn timestamp() -> DataType {
+/// The type of every timestamp column of the system tables.
+pub(crate) fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, None)
 }
 

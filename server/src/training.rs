@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use fedsql_sql::{EvaluateModel, ExistingModel, Federation, TrainModel};
 use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
@@ -51,6 +51,7 @@ pub fn udf_error(e: UdfError) -> ServerError {
     let sqlstate = match &e {
         UdfError::Option(_) => "22023",
         UdfError::Input(_) => "42804",
+        UdfError::NotFound(_) => "42704",
         UdfError::Training(_) => "XX000",
     };
     ServerError::Query {
@@ -125,7 +126,68 @@ fn architecture_params(tm: &TrainModel) -> Result<(Vec<usize>, Activation)> {
     Ok((hidden, activation))
 }
 
+/// The error for a column the input lacks (42703), listing what it has.
+fn missing_column(role: &str, name: &str, input: &str, schema: &SchemaRef) -> ServerError {
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    ServerError::Query {
+        sqlstate: "42703".into(),
+        message: format!(
+            "{role} column \"{name}\" is not in the {input} input (columns: {})",
+            columns.join(", ")
+        ),
+        position: None,
+    }
+}
+
+/// Splits `all` into one batch per distinct text value of column `by`
+/// (sorted by value), keeping only rows `keep` accepts; rows whose value is
+/// NULL belong to no client.
+fn split_by(
+    all: &RecordBatch,
+    by: usize,
+    keep: impl Fn(usize) -> bool,
+    sql: &str,
+) -> Result<Vec<(String, RecordBatch)>> {
+    let mut rows: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (row, name) in text_values(all.column(by))
+        .map_err(udf_error)?
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(name) = name.filter(|_| keep(row)) {
+            rows.entry(name).or_default().push(row as u32);
+        }
+    }
+    rows.into_iter()
+        .map(|(name, rows)| {
+            let indices = UInt32Array::from(rows);
+            let columns = all
+                .columns()
+                .iter()
+                .map(|c| take(c, &indices, None))
+                .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+            Ok((name, RecordBatch::try_new(all.schema(), columns)?))
+        })
+        .collect::<std::result::Result<_, datafusion::arrow::error::ArrowError>>()
+        .map_err(|e| ServerError::from_datafusion(&e.into(), sql))
+}
+
 impl Engine {
+    /// Runs `sql` in `ctx` and returns all its rows as one batch.
+    async fn query_rows(&self, ctx: &SessionContext, sql: &str) -> Result<RecordBatch> {
+        let plan = self.plan_sql(ctx, sql).await?;
+        let frame = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+        let schema = Arc::clone(frame.schema().inner());
+        let batches = frame
+            .collect()
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+        concat_batches(&schema, &batches).map_err(|e| ServerError::from_datafusion(&e.into(), sql))
+    }
+
     /// Runs `EVALUATE MODEL`: each client (each `FEDERATED BY` value, or all
     /// rows as one) scores its rows and reports sufficient statistics; the
     /// answer has a row per client and one for `all`, merged from them.
@@ -138,85 +200,38 @@ impl Engine {
             Some(v) => format!("{}@{v}", em.name),
             None => em.name.clone(),
         };
-        let model = self.models().load(&reference).map_err(|e| match e {
-            UdfError::Input(message)
-                if message.contains("does not exist") || message.contains("has no version") =>
-            {
-                ServerError::UndefinedObject {
-                    kind: "model",
-                    name: reference.clone(),
-                }
-            }
-            other => udf_error(other),
-        })?;
-        let plan = self.plan_sql(ctx, &em.query).await?;
-        let frame = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| ServerError::from_datafusion(&e, &em.query))?;
-        let schema = Arc::clone(frame.schema().inner());
-        let batches = frame
-            .collect()
-            .await
-            .map_err(|e| ServerError::from_datafusion(&e, &em.query))?;
-        let all = concat_batches(&schema, &batches)
-            .map_err(|e| ServerError::from_datafusion(&e.into(), &em.query))?;
+        let model = self.models().load(&reference).map_err(udf_error)?;
+        let all = self.query_rows(ctx, &em.query).await?;
+        let schema = all.schema();
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         check_target(&model, &columns).map_err(udf_error)?;
-        let features = model
-            .meta
-            .transform
-            .columns_by_name(&all)
-            .map_err(udf_error)?;
-        let target = all
-            .column_by_name(&model.meta.target)
-            .cloned()
-            .ok_or_else(|| input_error(format!("missing target {}", model.meta.target)))?;
 
-        // Group rows by client; each client's statistics are computed on its
-        // rows alone.
-        let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        match &em.federated_by {
+        // Each client's statistics are computed on its rows alone.
+        let clients = match &em.federated_by {
             Some(by) => {
-                let index = schema.index_of(by).map_err(|_| ServerError::Query {
-                    sqlstate: "42703".into(),
-                    message: format!(
-                        "FEDERATED BY column \"{by}\" is not in the evaluation input (columns: {})",
-                        columns.join(", ")
-                    ),
-                    position: None,
-                })?;
-                for (row, name) in text_values(all.column(index))
-                    .map_err(udf_error)?
-                    .into_iter()
-                    .enumerate()
-                {
-                    if let Some(name) = name {
-                        groups.entry(name).or_default().push(row as u32);
-                    }
-                }
+                let index = schema
+                    .index_of(by)
+                    .map_err(|_| missing_column("FEDERATED BY", by, "evaluation", &schema))?;
+                split_by(&all, index, |_| true, &em.query)?
             }
-            None => {
-                groups.insert("all".into(), (0..all.num_rows() as u32).collect());
-            }
-        }
+            None => vec![("all".to_string(), all)],
+        };
         let mut rows = Vec::new();
         let mut total = EvalStats::default();
-        for (name, indices) in &groups {
-            let indices = UInt32Array::from(indices.clone());
-            let pick = |a: &ArrayRef| take(a, &indices, None);
-            let client_features = features
-                .iter()
-                .map(pick)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| ServerError::from_datafusion(&e.into(), &em.query))?;
-            let client_target =
-                pick(&target).map_err(|e| ServerError::from_datafusion(&e.into(), &em.query))?;
-            let stats =
-                EvalStats::of(&model, &client_features, &client_target).map_err(udf_error)?;
+        for (name, batch) in clients {
+            let features = model
+                .meta
+                .transform
+                .columns_by_name(&batch)
+                .map_err(udf_error)?;
+            let target = batch
+                .column_by_name(&model.meta.target)
+                .cloned()
+                .ok_or_else(|| input_error(format!("missing target {}", model.meta.target)))?;
+            let stats = EvalStats::of(&model, &features, &target).map_err(udf_error)?;
             total.merge(&stats);
             if em.federated_by.is_some() {
-                rows.push((name.clone(), stats));
+                rows.push((name, stats));
             }
         }
         if total.n == 0 {
@@ -295,26 +310,12 @@ impl Engine {
 
         // The input: any fedsql query, planned in the caller's session.
         let sql = tm.input.to_sql();
-        let plan = self.plan_sql(ctx, &sql).await?;
-        let frame = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| ServerError::from_datafusion(&e, &sql))?;
-        let schema = Arc::clone(frame.schema().inner());
-        let batches = frame
-            .collect()
-            .await
-            .map_err(|e| ServerError::from_datafusion(&e, &sql))?;
-        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let all = self.query_rows(ctx, &sql).await?;
+        let schema = all.schema();
         let find = |name: &str, role: &str| {
-            schema.index_of(name).map_err(|_| ServerError::Query {
-                sqlstate: "42703".into(),
-                message: format!(
-                    "{role} column \"{name}\" is not in the training input (columns: {})",
-                    columns.join(", ")
-                ),
-                position: None,
-            })
+            schema
+                .index_of(name)
+                .map_err(|_| missing_column(role, name, "training", &schema))
         };
         let target_index = find(&tm.target, "target")?;
         let by_index = find(&by, "FEDERATED BY")?;
@@ -337,8 +338,6 @@ impl Engine {
                 "the training input has no feature columns besides the target and the FEDERATED BY column".into(),
             ));
         }
-        let all = concat_batches(&schema, &batches)
-            .map_err(|e| ServerError::from_datafusion(&e.into(), &sql))?;
         if all.num_rows() == 0 {
             return Err(input_error("the training input has no rows".into()));
         }
@@ -369,17 +368,11 @@ impl Engine {
             }
         };
 
-        // Split rows into clients by the FEDERATED BY value.
-        let names = text_values(all.column(by_index)).map_err(udf_error)?;
+        // Split rows into clients by the FEDERATED BY value; rows without a
+        // target cannot train anything.
         let targets_text = text_values(all.column(target_index)).map_err(udf_error)?;
-        let mut rows_by_client: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for (row, name) in names.into_iter().enumerate() {
-            // Rows without a client or a target cannot train anything.
-            if let (Some(name), Some(_)) = (name, &targets_text[row]) {
-                rows_by_client.entry(name).or_default().push(row as u32);
-            }
-        }
-        let available = rows_by_client.len();
+        let client_batches = split_by(&all, by_index, |row| targets_text[row].is_some(), &sql)?;
+        let available = client_batches.len();
         if available < options.min_available_nodes || available < options.min_train_nodes {
             return Err(input_error(format!(
                 "FEDERATED BY {by} gives {available} client(s), fewer than \
@@ -387,19 +380,6 @@ impl Engine {
                 options.min_available_nodes, options.min_train_nodes
             )));
         }
-        let client_batches: Vec<(String, RecordBatch)> = rows_by_client
-            .into_iter()
-            .map(|(name, rows)| {
-                let indices = UInt32Array::from(rows);
-                let columns = all
-                    .columns()
-                    .iter()
-                    .map(|c| take(c, &indices, None))
-                    .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
-                Ok((name, RecordBatch::try_new(Arc::clone(&schema), columns)?))
-            })
-            .collect::<std::result::Result<_, datafusion::arrow::error::ArrowError>>()
-            .map_err(|e| ServerError::from_datafusion(&e.into(), &sql))?;
 
         // Federated statistics: each client summarises, the coordinator merges.
         let mut merged: Vec<ColumnSummary> = vec![ColumnSummary::default(); feature_columns.len()];

@@ -13,6 +13,9 @@ pub enum UdfError {
     /// target for a regression, too few clients, no rows).
     #[error("{0}")]
     Input(String),
+    /// A model or model version that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Training failed while running.
     #[error("training failed: {0}")]
     Training(String),

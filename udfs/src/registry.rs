@@ -216,7 +216,7 @@ impl ModelRegistry {
     /// Makes `version` the active one.
     pub fn set_active(&self, model: &str, version: u64) -> Result<()> {
         if !self.versions(model).contains(&version) {
-            return Err(UdfError::Input(format!(
+            return Err(UdfError::NotFound(format!(
                 "model {model} has no version {version}"
             )));
         }
@@ -241,7 +241,9 @@ impl ModelRegistry {
         let version = match version.or_else(|| self.active(model)) {
             Some(v) => v,
             None => {
-                return Err(UdfError::Input(format!("model \"{model}\" does not exist")));
+                return Err(UdfError::NotFound(format!(
+                    "model \"{model}\" does not exist"
+                )));
             }
         };
         let key = (model.to_string(), version);
@@ -250,8 +252,9 @@ impl ModelRegistry {
         }
         let dir = self.root.join(model).join(version.to_string());
         let meta_path = dir.join("model.json");
-        let text = fs::read_to_string(&meta_path)
-            .map_err(|_| UdfError::Input(format!("model \"{model}\" has no version {version}")))?;
+        let text = fs::read_to_string(&meta_path).map_err(|_| {
+            UdfError::NotFound(format!("model \"{model}\" has no version {version}"))
+        })?;
         let meta: ModelVersion = serde_json::from_str(&text)
             .map_err(|e| UdfError::Training(format!("{}: {e}", meta_path.display())))?;
         let weights_path = dir.join("weights.f32");

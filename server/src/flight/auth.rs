@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::prelude::{Engine as _, BASE64_STANDARD, BASE64_STANDARD_NO_PAD};
-use rand::Rng;
 use tonic::{Request, Status};
 
 /// Who made a call, as far as sessions are concerned.
@@ -84,7 +83,7 @@ impl Authenticator {
                 user
             }
         };
-        let token = new_token();
+        let token = super::random_hex(24);
         let mut tokens = self.lock();
         let now = Instant::now();
         tokens.retain(|_, t| t.expires > now);
@@ -163,11 +162,6 @@ fn decode_basic(encoded: &str) -> Result<(String, String), Status> {
         .split_once(':')
         .ok_or_else(|| Status::invalid_argument("basic credentials must be user:password"))?;
     Ok((user.to_string(), password.to_string()))
-}
-
-fn new_token() -> String {
-    let bytes: [u8; 24] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Equality whose time does not depend on where the inputs differ (the

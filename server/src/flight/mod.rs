@@ -33,6 +33,15 @@ use crate::error::{Result, ServerError};
 pub use auth::Authenticator;
 pub use service::FlightSqlEndpoint;
 
+/// An unguessable handle: `bytes` random bytes as hex (tokens, result and
+/// prepared-statement handles).
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Refuses a non-loopback address when no password is configured: an
 /// unauthenticated endpoint is for the local machine only.
 pub fn check_listen_address(settings: &Settings, password: Option<&str>) -> Result<()> {

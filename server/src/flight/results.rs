@@ -21,7 +21,6 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::DataFrame;
 use futures::stream::{self, BoxStream, StreamExt};
-use rand::Rng;
 
 use crate::engine::Engine;
 use crate::error::ServerError;
@@ -157,10 +156,7 @@ pub type BatchStream = BoxStream<'static, Result<RecordBatch, ServerError>>;
 impl PendingResults {
     /// Parks an answer for `owner` and returns its tickets, one per endpoint.
     pub fn insert(&self, owner: &str, answer: Answer, tracker: Arc<Tracker>) -> Vec<String> {
-        let handle = {
-            let bytes: [u8; 16] = rand::rng().random();
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        };
+        let handle = super::random_hex(16);
         let partitions = answer.partitions();
         tracker.open.store(partitions, Ordering::SeqCst);
         let mut entries = self.lock();

@@ -523,11 +523,7 @@ impl FlightSqlService for FlightSqlEndpoint {
             ),
             _ => (command_schema(), Schema::empty()),
         };
-        let handle = {
-            use rand::Rng;
-            let bytes: [u8; 16] = rand::rng().random();
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        };
+        let handle = super::random_hex(16);
         let parameter_schema = if parameter_schema.fields().is_empty() {
             Vec::new()
         } else {
