@@ -50,6 +50,22 @@ pub enum ConnectorError {
         sqlstate: String,
         message: String,
     },
+    /// The ODBC driver a source names is not installed (IM002 from the driver manager).
+    #[error("source {source_name}: ODBC driver [{driver}] is not installed: {hint}")]
+    DriverMissing {
+        source_name: String,
+        driver: String,
+        hint: String,
+    },
+    /// A value longer than the source's `max_text_bytes` (22001, never truncated).
+    #[error("source {source_name}: a value of column {column} is longer than max_text_bytes ({limit} bytes{actual}); raise the source's max_text_bytes option")]
+    ValueTooLong {
+        source_name: String,
+        column: String,
+        limit: usize,
+        /// ", it has N" when the driver told.
+        actual: String,
+    },
     /// A column whose type fedsql cannot map (0A000).
     #[error(
         "{source_name}: column {column} has type {type_name}, which fedsql cannot map to Arrow"
@@ -71,6 +87,8 @@ impl ConnectorError {
             ConnectorError::ConnectionLost { .. } => "08006",
             ConnectorError::Remote { sqlstate, .. } => sqlstate,
             ConnectorError::UnsupportedType { .. } => "0A000",
+            ConnectorError::DriverMissing { .. } => "IM002",
+            ConnectorError::ValueTooLong { .. } => "22001",
             ConnectorError::Io(_) => "58030",
             ConnectorError::Parquet(_)
             | ConnectorError::Arrow(_)

@@ -8,8 +8,10 @@
 pub mod demo;
 pub mod error;
 pub mod fsutil;
+pub mod odbc;
 pub mod postgres;
 pub mod pushdown;
+pub mod remote_catalog;
 pub mod remote_log;
 
 pub use error::ConnectorError;

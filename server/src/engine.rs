@@ -22,6 +22,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use fedsql_connectors::demo::{open_demo_catalog, DemoManifest, DEMO_CATALOG};
+use fedsql_connectors::odbc::open_odbc_catalog;
 use fedsql_connectors::postgres::open_postgres_catalog;
 use fedsql_connectors::pushdown::{FedsqlOptions, PolicyFederationRule};
 use fedsql_connectors::RemoteQueryObserver;
@@ -554,6 +555,9 @@ async fn open_source(
     match SourceKind::from_word(&entry.kind) {
         Some(SourceKind::Postgres) => {
             Ok(open_postgres_catalog(&entry.name, &entry.options, Some(observer)).await?)
+        }
+        Some(SourceKind::Odbc) => {
+            Ok(open_odbc_catalog(&entry.name, &entry.options, Some(observer)).await?)
         }
         Some(kind) => Err(source_not_supported(kind)),
         None => Err(ServerError::Config(format!(

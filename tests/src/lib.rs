@@ -302,3 +302,54 @@ pub async fn server_with_postgres_source_options(
         .unwrap();
     (pg, server, dir, client)
 }
+
+/// The MariaDB the ODBC tests use as a warehouse, from `$FEDSQL_TEST_MARIADB`
+/// (`host:port`, user `root` without a password), which `scripts/test` starts.
+pub fn test_mariadb() -> String {
+    std::env::var("FEDSQL_TEST_MARIADB").unwrap_or_else(|_| {
+        panic!(
+            "FEDSQL_TEST_MARIADB is not set: these tests need a MariaDB. Run scripts/test \
+             (it starts one on loopback), or start one yourself (see shared SERVICES.md) and set \
+             FEDSQL_TEST_MARIADB=127.0.0.1:PORT (user root, no password)"
+        )
+    })
+}
+
+/// Runs `statements` through ODBC with `connection_string` (test setup goes
+/// through the same driver manager and drivers fedsql uses).
+pub fn odbc_execute(connection_string: &str, statements: &[&str]) {
+    let env = odbc_api::environment().expect("ODBC environment (is unixODBC installed?)");
+    let conn = env
+        .connect_with_connection_string(connection_string, odbc_api::ConnectionOptions::default())
+        .unwrap_or_else(|e| panic!("cannot connect with {connection_string}: {e}"));
+    for sql in statements {
+        conn.execute(sql, (), None)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Re-creates database `name` in the test MariaDB; returns an ODBC
+/// connection string (MariaDB Unicode driver) for it.
+pub fn fresh_mariadb_database(name: &str) -> String {
+    let addr = test_mariadb();
+    let (host, port) = addr
+        .rsplit_once(':')
+        .expect("FEDSQL_TEST_MARIADB is host:port");
+    let server = format!("Driver={{MariaDB Unicode}};Server={host};Port={port};Uid=root;Pwd=;");
+    odbc_execute(
+        &server,
+        &[
+            &format!("DROP DATABASE IF EXISTS `{name}`"),
+            &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"),
+        ],
+    );
+    format!("{server}Database={name};")
+}
+
+/// An ODBC connection string for the test PostgreSQL database `database`
+/// through psqlODBC.
+pub fn postgres_odbc_string(database: &str) -> String {
+    let addr = test_postgres();
+    let (host, port) = addr.rsplit_once(':').expect("FEDSQL_TEST_PG is host:port");
+    format!("Driver={{PostgreSQL Unicode}};Server={host};Port={port};Database={database};Uid=postgres;Pwd=;")
+}

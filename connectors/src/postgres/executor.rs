@@ -20,7 +20,8 @@ use super::split::{self, SplittableScan};
 use super::types::{array_text_to_list, arrow_type, ColumnBuilder, RawValue, TextCast};
 use super::PostgresOptions;
 use crate::error::ConnectorError;
-use crate::remote_log::{RemoteQuery, RemoteQueryObserver};
+use crate::pushdown::SourceDialect;
+use crate::remote_log::{QueryReport, RemoteQueryObserver};
 use datafusion::sql::sqlparser::ast::Ident;
 use std::collections::HashMap;
 
@@ -66,7 +67,10 @@ impl PostgresExecutor {
         let address = format!("{host}:{port}");
         Ok(PostgresExecutor {
             source_name: source_name.to_string(),
-            context: format!("postgres://{address}/{}", config.get_dbname().unwrap_or("")),
+            context: SourceDialect::Postgres.compute_context(&format!(
+                "postgres://{address}/{}",
+                config.get_dbname().unwrap_or("")
+            )),
             config,
             address,
             observer,
@@ -128,7 +132,7 @@ impl PostgresExecutor {
         else {
             // An empty table: one plain scan answers it.
             let sql = scan.with_range(&key, i64::MIN, None);
-            let report = Report::new(Arc::clone(&self), &sql);
+            let report = QueryReport::new(self.observer.clone(), &self.source_name, &sql);
             return Ok(Box::pin(self.fetch(sql, schema, report).await?));
         };
         let (tx, rx) = futures::channel::mpsc::channel::<DfResult<RecordBatch>>(2);
@@ -142,7 +146,8 @@ impl PostgresExecutor {
             let mut tx = tx.clone();
             tokio::spawn(async move {
                 use futures::SinkExt;
-                let report = Report::new(Arc::clone(&executor), &sql);
+                let report =
+                    QueryReport::new(executor.observer.clone(), &executor.source_name, &sql);
                 match executor.fetch(sql, schema, report).await {
                     Ok(stream) => {
                         futures::pin_mut!(stream);
@@ -228,7 +233,7 @@ impl PostgresExecutor {
         self: Arc<Self>,
         query: String,
         schema: SchemaRef,
-        mut report: Report,
+        mut report: QueryReport,
     ) -> Result<impl futures::Stream<Item = DfResult<RecordBatch>>, ConnectorError> {
         let client = match self.connect().await {
             Ok(c) => c,
@@ -345,50 +350,9 @@ struct BatchState {
     executor: Arc<PostgresExecutor>,
     done: bool,
     /// Sent to the observer when the scan ends, however it ends.
-    report: Report,
+    report: QueryReport,
     /// Keeps the connection open until the copy is drained.
     _client: tokio_postgres::Client,
-}
-
-/// What one remote query did, reported when dropped.
-struct Report {
-    executor: Arc<PostgresExecutor>,
-    sql: String,
-    started: std::time::SystemTime,
-    clock: std::time::Instant,
-    rows: u64,
-    bytes: u64,
-    error: Option<(String, String)>,
-}
-
-impl Report {
-    fn new(executor: Arc<PostgresExecutor>, sql: &str) -> Self {
-        Report {
-            executor,
-            sql: sql.to_string(),
-            started: std::time::SystemTime::now(),
-            clock: std::time::Instant::now(),
-            rows: 0,
-            bytes: 0,
-            error: None,
-        }
-    }
-}
-
-impl Drop for Report {
-    fn drop(&mut self) {
-        if let Some(observer) = &self.executor.observer {
-            observer.finished(RemoteQuery {
-                source: self.executor.source_name.clone(),
-                sql: std::mem::take(&mut self.sql),
-                started: self.started,
-                elapsed: self.clock.elapsed(),
-                rows: self.rows,
-                bytes: self.bytes,
-                error: self.error.take(),
-            });
-        }
-    }
 }
 
 impl BatchState {
@@ -492,7 +456,7 @@ impl SQLExecutor for PostgresExecutor {
                 return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
             }
         }
-        let report = Report::new(Arc::clone(&executor), query);
+        let report = QueryReport::new(executor.observer.clone(), &executor.source_name, query);
         let fetch = executor.fetch(query.to_string(), Arc::clone(&schema), report);
         let stream = futures::stream::once(async move {
             fetch

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use datafusion::catalog::CatalogProvider;
 
-pub use catalog::PostgresCatalog;
 pub use executor::PostgresExecutor;
 
 use crate::error::ConnectorError;
@@ -117,7 +116,7 @@ pub async fn open_postgres_catalog(
 ) -> Result<Arc<dyn CatalogProvider>, ConnectorError> {
     let options = PostgresOptions::from_options(options)?;
     let executor = Arc::new(PostgresExecutor::new(name, &options, observer)?);
-    let catalog = PostgresCatalog::discover(executor).await?;
+    let catalog = catalog::discover_catalog(executor).await?;
     Ok(Arc::new(catalog))
 }
 

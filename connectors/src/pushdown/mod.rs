@@ -27,7 +27,7 @@ mod rule;
 use datafusion::common::extensions_options;
 use datafusion::config::ConfigExtension;
 
-pub use policy::{PostgresPolicy, PushdownPolicy};
+pub use policy::{DialectPolicy, PushdownPolicy, SourceDialect, POSTGRES_POLICY};
 pub use rule::PolicyFederationRule;
 
 extensions_options! {

@@ -19,9 +19,124 @@ pub trait PushdownPolicy: Debug + Send + Sync {
     fn allows(&self, plan: &LogicalPlan) -> bool;
 }
 
-/// PostgreSQL: arithmetic, comparisons, boolean logic, `CASE`, `IN`,
-/// `LIKE`, joins, `GROUP BY` with `count`/`sum`/`avg`/`min`/`max`, sorts and
-/// limits — except where Postgres differs from DataFusion:
+/// The SQL dialect a source speaks: decides how plans are unparsed and what
+/// may be pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceDialect {
+    /// PostgreSQL (the native connector, or psqlODBC).
+    Postgres,
+    /// MySQL and MariaDB.
+    MySql,
+    /// SQLite.
+    Sqlite,
+    /// Any other ODBC source: only what ANSI SQL guarantees.
+    Generic,
+}
+
+impl SourceDialect {
+    /// The compute context (datafusion-federation's name for "which engine
+    /// runs this") of a source: the dialect first, so the optimizer rule can
+    /// find the policy, then what tells sources apart.
+    pub fn compute_context(self, identity: &str) -> String {
+        format!("{}+{identity}", self.name())
+    }
+
+    /// The dialect a [`compute_context`](Self::compute_context) names.
+    pub fn from_compute_context(context: &str) -> Option<Self> {
+        Self::from_name(context.split_once('+')?.0)
+    }
+
+    /// The dialect named by an ODBC source's `dialect` option.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => Some(SourceDialect::Postgres),
+            "mysql" | "mariadb" => Some(SourceDialect::MySql),
+            "sqlite" => Some(SourceDialect::Sqlite),
+            "generic" | "ansi" => Some(SourceDialect::Generic),
+            _ => None,
+        }
+    }
+
+    /// The option value naming this dialect.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceDialect::Postgres => "postgres",
+            SourceDialect::MySql => "mysql",
+            SourceDialect::Sqlite => "sqlite",
+            SourceDialect::Generic => "generic",
+        }
+    }
+
+    /// Whether `=` on text gives DataFusion's (byte-wise) answer. MySQL's
+    /// default collations ignore case, accents and trailing spaces.
+    fn exact_text_equality(self) -> bool {
+        matches!(self, SourceDialect::Postgres | SourceDialect::Sqlite)
+    }
+
+    /// Whether `<`, `ORDER BY` and `min`/`max` on text order bytes like
+    /// DataFusion: SQLite's default BINARY collation does, Postgres and
+    /// MySQL order by the database's collation.
+    fn byte_text_ordering(self) -> bool {
+        matches!(self, SourceDialect::Sqlite)
+    }
+
+    /// Whether `LIKE` is case-sensitive as in DataFusion (SQLite's and
+    /// MySQL's are not, for ASCII letters).
+    fn exact_like(self) -> bool {
+        matches!(self, SourceDialect::Postgres)
+    }
+
+    /// Whether integer `/` and `%` truncate as in DataFusion (MySQL's `/`
+    /// returns a decimal).
+    fn integer_division(self) -> bool {
+        matches!(self, SourceDialect::Postgres | SourceDialect::Sqlite)
+    }
+
+    /// Whether dates and timestamps are real types there: SQLite stores them
+    /// as text or numbers, and the unparsed `CAST('…' AS DATE)` means
+    /// something else to it.
+    fn temporal_comparisons(self) -> bool {
+        matches!(self, SourceDialect::Postgres | SourceDialect::MySql)
+    }
+
+    /// Whether `ORDER BY` (and so TopK) may run there. Only Postgres agrees
+    /// with DataFusion on NULL placement and text order for the sorts fedsql
+    /// sends.
+    fn sorts(self) -> bool {
+        matches!(self, SourceDialect::Postgres)
+    }
+
+    /// Whether `LIMIT` exists (ANSI has `FETCH FIRST`).
+    fn limits(self) -> bool {
+        !matches!(self, SourceDialect::Generic)
+    }
+
+    /// Scalar functions whose results are identical to DataFusion's.
+    fn functions(self) -> &'static [&'static str] {
+        match self {
+            SourceDialect::Postgres => POSTGRES_FUNCTIONS,
+            SourceDialect::MySql | SourceDialect::Sqlite => &["abs", "coalesce", "nullif"],
+            SourceDialect::Generic => &["coalesce", "nullif"],
+        }
+    }
+
+    /// Aggregates whose results are identical to DataFusion's (up to float
+    /// summation order). MySQL's `avg` of integers rounds to four decimals.
+    fn aggregates(self) -> &'static [&'static str] {
+        match self {
+            SourceDialect::Postgres | SourceDialect::Sqlite => {
+                &["count", "sum", "avg", "min", "max"]
+            }
+            SourceDialect::MySql | SourceDialect::Generic => &["count", "sum", "min", "max"],
+        }
+    }
+}
+
+/// What a source may run with exactly DataFusion's semantics, per dialect.
+///
+/// PostgreSQL: arithmetic, comparisons, boolean logic, `CASE`, `IN`, `LIKE`,
+/// joins, `GROUP BY` with `count`/`sum`/`avg`/`min`/`max`, sorts and limits —
+/// except where Postgres differs from DataFusion:
 ///
 /// - string ordering (`<`, `ORDER BY`, `min`/`max` on text) follows the
 ///   database's collation, so it stays local;
@@ -30,8 +145,14 @@ pub trait PushdownPolicy: Debug + Send + Sync {
 /// - casts from fractional to integer types (Postgres rounds, Arrow truncates)
 ///   and casts to text (different formats) stay local;
 /// - functions are pushed only from a short list with identical semantics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PostgresPolicy;
+///
+/// The other dialects push less; see the capability methods of
+/// [`SourceDialect`] for each difference and why.
+#[derive(Debug, Clone, Copy)]
+pub struct DialectPolicy(pub SourceDialect);
+
+/// The policy of the native Postgres connector.
+pub const POSTGRES_POLICY: DialectPolicy = DialectPolicy(SourceDialect::Postgres);
 
 /// Functions whose Postgres and DataFusion results are identical.
 const POSTGRES_FUNCTIONS: &[&str] = &[
@@ -56,10 +177,9 @@ const POSTGRES_FUNCTIONS: &[&str] = &[
     "ceil",
 ];
 
-const POSTGRES_AGGREGATES: &[&str] = &["count", "sum", "avg", "min", "max"];
-
-impl PushdownPolicy for PostgresPolicy {
+impl PushdownPolicy for DialectPolicy {
     fn allows(&self, plan: &LogicalPlan) -> bool {
+        let dialect = self.0;
         let inputs = plan.inputs();
         // Expressions are typed against the node's input (a join: both sides).
         let schema = match inputs.as_slice() {
@@ -73,8 +193,24 @@ impl PushdownPolicy for PostgresPolicy {
                 merged
             }
         };
+        let exprs_ok = || {
+            plan.expressions()
+                .iter()
+                .all(|e| expr_ok(dialect, e, &schema))
+        };
+        // Grouping, DISTINCT and set operations compare values for equality.
+        let output_text_ok = || {
+            dialect.exact_text_equality()
+                || !plan
+                    .schema()
+                    .fields()
+                    .iter()
+                    .any(|f| is_text_type(f.data_type()))
+        };
         match plan {
-            LogicalPlan::TableScan(scan) => scan.filters.iter().all(|e| expr_ok(e, &schema)),
+            LogicalPlan::TableScan(scan) => {
+                scan.filters.iter().all(|e| expr_ok(dialect, e, &schema))
+            }
             // A join without any condition is a cross product: sending it alone
             // would make the source stream |A|×|B| rows. It goes only as part
             // of a larger pushed plan (with the filter that makes it a join).
@@ -89,36 +225,59 @@ impl PushdownPolicy for PostgresPolicy {
             {
                 false
             }
+            LogicalPlan::Aggregate(agg) => {
+                exprs_ok()
+                    && (dialect.exact_text_equality()
+                        || !agg.group_expr.iter().any(|e| is_text(e, &schema)))
+            }
+            LogicalPlan::Limit(_) => dialect.limits() && exprs_ok(),
+            LogicalPlan::Distinct(_) | LogicalPlan::Union(_) => output_text_ok() && exprs_ok(),
             LogicalPlan::Projection(_)
             | LogicalPlan::Filter(_)
             | LogicalPlan::Join(_)
-            | LogicalPlan::Limit(_)
-            | LogicalPlan::SubqueryAlias(_)
-            | LogicalPlan::Distinct(_)
-            | LogicalPlan::Union(_)
-            | LogicalPlan::Aggregate(_) => plan.expressions().iter().all(|e| expr_ok(e, &schema)),
-            LogicalPlan::Sort(sort) => sort
-                .expr
-                .iter()
-                .all(|s| expr_ok(&s.expr, &schema) && !is_text(&s.expr, &schema)),
+            | LogicalPlan::SubqueryAlias(_) => exprs_ok(),
+            LogicalPlan::Sort(sort) => {
+                dialect.sorts()
+                    && sort.expr.iter().all(|s| {
+                        expr_ok(dialect, &s.expr, &schema)
+                            && (dialect.byte_text_ordering() || !is_text(&s.expr, &schema))
+                    })
+            }
             _ => false,
         }
     }
 }
 
+fn is_text_type(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// Text, or a type that cannot be determined (treated as text: unsafe).
 fn is_text(expr: &Expr, schema: &DFSchema) -> bool {
-    matches!(
-        expr.get_type(schema),
-        Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) | Err(_)
-    )
+    expr.get_type(schema).map_or(true, |t| is_text_type(&t))
 }
 
 fn is_integer(expr: &Expr, schema: &DFSchema) -> bool {
     expr.get_type(schema).is_ok_and(|t| t.is_integer())
 }
 
-/// Whether every node of `expr` is safe to run in Postgres.
-fn expr_ok(expr: &Expr, schema: &DFSchema) -> bool {
+fn is_numeric(expr: &Expr, schema: &DFSchema) -> bool {
+    expr.get_type(schema).is_ok_and(|t| t.is_numeric())
+}
+
+fn is_temporal(expr: &Expr, schema: &DFSchema) -> bool {
+    expr.get_type(schema).map_or(true, |t| {
+        t.is_temporal() || matches!(t, DataType::Interval(_) | DataType::Duration(_))
+    })
+}
+
+/// Whether every node of `expr` is safe to run at a source of `dialect`.
+fn expr_ok(dialect: SourceDialect, expr: &Expr, schema: &DFSchema) -> bool {
+    let text_equality_ok = |e: &Expr| dialect.exact_text_equality() || !is_text(e, schema);
+    let ordering_ok = |e: &Expr| {
+        (dialect.byte_text_ordering() || !is_text(e, schema))
+            && (dialect.temporal_comparisons() || !is_temporal(e, schema))
+    };
     let mut ok = true;
     let _ = expr.apply(|e| {
         let node_ok = match e {
@@ -130,26 +289,40 @@ fn expr_ok(expr: &Expr, schema: &DFSchema) -> bool {
             | Expr::IsFalse(_)
             | Expr::IsNotTrue(_)
             | Expr::IsNotFalse(_)
-            | Expr::Negative(_)
-            | Expr::Case(_)
-            | Expr::InList(_) => true,
-            Expr::Between(b) => !is_text(&b.expr, schema),
-            Expr::Like(like) => !like.case_insensitive && like.escape_char.is_none(),
+            | Expr::Negative(_) => true,
+            Expr::Case(case) => case.expr.as_deref().is_none_or(|b| {
+                text_equality_ok(b) && (dialect.temporal_comparisons() || !is_temporal(b, schema))
+            }),
+            Expr::InList(list) => {
+                text_equality_ok(&list.expr)
+                    && (dialect.temporal_comparisons() || !is_temporal(&list.expr, schema))
+            }
+            Expr::Between(b) => ordering_ok(&b.expr),
+            Expr::Like(like) => {
+                dialect.exact_like() && !like.case_insensitive && like.escape_char.is_none()
+            }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+                Operator::And | Operator::Or => true,
                 Operator::Eq
                 | Operator::NotEq
-                | Operator::And
-                | Operator::Or
-                | Operator::Plus
-                | Operator::Minus
-                | Operator::Multiply
                 | Operator::IsDistinctFrom
-                | Operator::IsNotDistinctFrom => true,
+                | Operator::IsNotDistinctFrom => {
+                    text_equality_ok(left)
+                        && text_equality_ok(right)
+                        && (dialect.temporal_comparisons()
+                            || !(is_temporal(left, schema) || is_temporal(right, schema)))
+                }
+                Operator::Plus | Operator::Minus | Operator::Multiply => {
+                    dialect == SourceDialect::Postgres
+                        || (is_numeric(left, schema) && is_numeric(right, schema))
+                }
                 Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
-                    !is_text(left, schema) && !is_text(right, schema)
+                    ordering_ok(left) && ordering_ok(right)
                 }
                 Operator::Divide | Operator::Modulo => {
-                    is_integer(left, schema) && is_integer(right, schema)
+                    dialect.integer_division()
+                        && is_integer(left, schema)
+                        && is_integer(right, schema)
                 }
                 _ => false,
             },
@@ -158,6 +331,8 @@ fn expr_ok(expr: &Expr, schema: &DFSchema) -> bool {
                 let to = cast.field.data_type();
                 match from {
                     Ok(from) if from == *to => true,
+                    // Other dialects spell and round casts their own way.
+                    _ if dialect != SourceDialect::Postgres => false,
                     Ok(from) if from.is_integer() => to.is_numeric(),
                     // Widening a decimal is exact in both systems.
                     Ok(DataType::Decimal128(p, s)) => {
@@ -168,15 +343,23 @@ fn expr_ok(expr: &Expr, schema: &DFSchema) -> bool {
                     _ => false,
                 }
             }
-            Expr::ScalarFunction(f) => POSTGRES_FUNCTIONS.contains(&f.name()),
+            Expr::ScalarFunction(f) => dialect.functions().contains(&f.name()),
             Expr::AggregateFunction(agg) => {
                 let name = agg.func.name().to_ascii_lowercase();
                 let params = &agg.params;
-                POSTGRES_AGGREGATES.contains(&name.as_str())
+                let args_ok = params.args.iter().all(|a| match name.as_str() {
+                    "min" | "max" => ordering_ok(a),
+                    // SQLite keeps decimals as floats: its sums are inexact.
+                    "sum" | "avg" => {
+                        dialect != SourceDialect::Sqlite
+                            || !matches!(a.get_type(schema), Ok(DataType::Decimal128(..)))
+                    }
+                    _ => !params.distinct || text_equality_ok(a),
+                });
+                dialect.aggregates().contains(&name.as_str())
                     && params.filter.is_none()
                     && params.order_by.is_empty()
-                    && !(matches!(name.as_str(), "min" | "max")
-                        && params.args.iter().any(|a| is_text(a, schema)))
+                    && args_ok
             }
             // Subqueries are planned (and checked) on their own.
             Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => true,
@@ -211,6 +394,7 @@ mod tests {
     #[test]
     fn safe_and_unsafe_expressions() {
         let s = schema();
+        let expr_ok = |e: &Expr, s: &DFSchema| super::expr_ok(SourceDialect::Postgres, e, s);
         assert!(expr_ok(&col("i").gt(lit(3)), &s));
         assert!(expr_ok(&col("s").eq(lit("x")), &s));
         assert!(
@@ -228,5 +412,69 @@ mod tests {
         assert!(expr_ok(&cast(col("d"), DataType::Decimal128(22, 2)), &s));
         assert!(!expr_ok(&cast(col("d"), DataType::Decimal128(10, 2)), &s));
         assert!(!expr_ok(&cast(col("d"), DataType::Decimal128(15, 1)), &s));
+    }
+}
+
+#[cfg(test)]
+mod dialect_tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::logical_expr::{col, lit};
+
+    fn schema() -> DFSchema {
+        DFSchema::try_from(Schema::new(vec![
+            Field::new("i", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("d", DataType::Date32, true),
+            Field::new("m", DataType::Decimal128(15, 2), true),
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn mysql_keeps_collation_dependent_text_local() {
+        let s = schema();
+        let my = SourceDialect::MySql;
+        assert!(expr_ok(my, &col("i").gt(lit(3)), &s));
+        assert!(!expr_ok(my, &col("s").eq(lit("x")), &s), "ci collations");
+        assert!(!expr_ok(my, &col("s").in_list(vec![lit("x")], false), &s));
+        assert!(!expr_ok(my, &col("s").like(lit("x%")), &s));
+        assert!(!expr_ok(my, &(col("i") / lit(2)), &s), "MySQL / is decimal");
+        assert!(expr_ok(my, &col("d").gt(col("d")), &s), "dates are dates");
+    }
+
+    #[test]
+    fn sqlite_text_is_binary_but_dates_are_not_types() {
+        let s = schema();
+        let lite = SourceDialect::Sqlite;
+        assert!(expr_ok(lite, &col("s").eq(lit("x")), &s));
+        assert!(
+            expr_ok(lite, &col("s").lt(lit("x")), &s),
+            "BINARY collation"
+        );
+        assert!(
+            !expr_ok(lite, &col("s").like(lit("x%")), &s),
+            "LIKE ignores case"
+        );
+        assert!(!expr_ok(lite, &col("d").eq(col("d")), &s));
+        assert!(expr_ok(lite, &(col("i") / lit(2)), &s));
+    }
+
+    #[test]
+    fn generic_pushes_only_plain_comparisons() {
+        let s = schema();
+        let g = SourceDialect::Generic;
+        assert!(expr_ok(
+            g,
+            &col("i").eq(lit(3)).and(col("m").gt(lit(1))),
+            &s
+        ));
+        assert!(!expr_ok(g, &col("s").eq(lit("x")), &s));
+        assert!(!expr_ok(g, &col("d").lt(col("d")), &s));
+        assert_eq!(
+            SourceDialect::from_name("MariaDB"),
+            Some(SourceDialect::MySql)
+        );
+        assert_eq!(SourceDialect::from_name("oracle"), None);
     }
 }

@@ -15,7 +15,7 @@ use datafusion::logical_expr::{Expr, Extension, LogicalPlan, Projection, TableSc
 use datafusion::optimizer::optimizer::{Optimizer, OptimizerConfig, OptimizerRule};
 use datafusion_federation::{get_table_source, FederationProvider, FederationProviderRef};
 
-use super::policy::{PostgresPolicy, PushdownPolicy};
+use super::policy::{DialectPolicy, PushdownPolicy, SourceDialect};
 use super::FedsqlOptions;
 
 /// Finds the largest sub-plans that one source may run, and federates them.
@@ -80,9 +80,12 @@ fn allowed(provider: &FederationProviderRef, plan: &LogicalPlan, pushdown: bool)
         return matches!(plan, LogicalPlan::TableScan(_));
     }
     match provider.compute_context() {
-        Some(context) if context.starts_with("postgres://") => PostgresPolicy.allows(plan),
-        // Unknown dialects get plain scans only.
-        _ => matches!(plan, LogicalPlan::TableScan(_)),
+        Some(context) => match SourceDialect::from_compute_context(&context) {
+            Some(dialect) => DialectPolicy(dialect).allows(plan),
+            // Unknown dialects get plain scans only.
+            None => matches!(plan, LogicalPlan::TableScan(_)),
+        },
+        None => matches!(plan, LogicalPlan::TableScan(_)),
     }
 }
 

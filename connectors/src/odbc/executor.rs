@@ -1,0 +1,337 @@
+//! Runs SQL that datafusion-federation unparsed on an ODBC source and
+//! streams the rows back as Arrow through arrow-odbc's columnar bulk fetch.
+
+use std::sync::Arc;
+
+use arrow_odbc::OdbcReaderBuilder;
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
+use datafusion::sql::unparser::dialect::{
+    CharacterLengthStyle, CustomDialectBuilder, Dialect, DistinctFromStyle, MySqlDialect,
+    PostgreSqlDialect,
+};
+use datafusion_federation::sql::SQLExecutor;
+use tokio::sync::mpsc;
+
+use super::pool::{ConnectionPool, PooledConnection};
+use super::types::read_schema;
+use super::OdbcOptions;
+use crate::error::ConnectorError;
+use crate::pushdown::SourceDialect;
+use crate::remote_catalog::RemoteTableInfo;
+use crate::remote_log::{QueryReport, RemoteQueryObserver};
+
+/// Executes federated SQL on one ODBC source.
+#[derive(Debug, Clone)]
+pub struct OdbcExecutor {
+    source_name: String,
+    options: Arc<OdbcOptions>,
+    pool: Arc<ConnectionPool>,
+    /// Distinguishes this source from every other in federation decisions.
+    context: String,
+    /// Told about every remote query (fedsql.system.queries).
+    observer: Option<Arc<dyn RemoteQueryObserver>>,
+}
+
+impl OdbcExecutor {
+    /// An executor for source `source_name`; connects lazily.
+    pub fn new(
+        source_name: &str,
+        options: OdbcOptions,
+        observer: Option<Arc<dyn RemoteQueryObserver>>,
+    ) -> Result<Self, ConnectorError> {
+        let context = options
+            .dialect
+            .compute_context(&format!("odbc://{source_name}"));
+        Ok(OdbcExecutor {
+            source_name: source_name.to_string(),
+            pool: Arc::new(ConnectionPool::new(source_name, options.clone())),
+            options: Arc::new(options),
+            context,
+            observer,
+        })
+    }
+
+    /// The source's tables and the schema it resolves bare names in.
+    pub async fn discover(&self) -> Result<(Vec<RemoteTableInfo>, Option<String>), ConnectorError> {
+        let connection = self.pool.checkout().await?;
+        let dialect = self.options.dialect;
+        run_blocking(&self.source_name, move || {
+            super::catalog::discover(connection.connection(), dialect)
+                .map_err(|e| connection.pool().classify(e, false))
+        })
+        .await
+    }
+
+    /// Streams the rows of `query`, typed as `schema`.
+    fn stream(&self, query: &str, schema: SchemaRef) -> SendableRecordBatchStream {
+        let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
+        let executor = self.clone();
+        let query = query.to_string();
+        let planned = Arc::clone(&schema);
+        tokio::spawn(async move {
+            let mut report =
+                QueryReport::new(executor.observer.clone(), &executor.source_name, &query);
+            tracing::debug!(source = %executor.source_name, sql = %query, "odbc query");
+            let connection = match executor.pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => {
+                    report.error = Some((e.sqlstate().to_string(), e.to_string()));
+                    let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
+                    return;
+                }
+            };
+            let fetch = FetchJob {
+                source_name: executor.source_name.clone(),
+                options: Arc::clone(&executor.options),
+                query,
+                planned,
+                report,
+                tx,
+            };
+            // The fetch loop blocks in the driver: keep it off the runtime.
+            let _ = tokio::task::spawn_blocking(move || fetch.run(connection)).await;
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    }
+}
+
+/// One remote query's fetch loop, run on a blocking thread.
+struct FetchJob {
+    source_name: String,
+    options: Arc<OdbcOptions>,
+    query: String,
+    planned: SchemaRef,
+    report: QueryReport,
+    tx: mpsc::Sender<DfResult<RecordBatch>>,
+}
+
+impl FetchJob {
+    fn run(mut self, connection: PooledConnection) {
+        if let Err(e) = self.fetch(&connection) {
+            self.report.error = Some((e.sqlstate().to_string(), e.to_string()));
+            let _ = self
+                .tx
+                .blocking_send(Err(DataFusionError::External(Box::new(e))));
+        }
+    }
+
+    fn fetch(&mut self, connection: &PooledConnection) -> Result<(), ConnectorError> {
+        let classify = |e: odbc_api::Error| connection.pool().classify(e, false);
+        let cursor = connection
+            .connection()
+            .execute(&self.query, (), None)
+            .map_err(classify)?
+            .ok_or_else(|| ConnectorError::Remote {
+                source_name: self.source_name.clone(),
+                sqlstate: "XX000".into(),
+                message: format!("the remote query returned no result set: {}", self.query),
+            })?;
+        let read = read_schema(&self.planned);
+        let reader = OdbcReaderBuilder::new()
+            .with_schema(Arc::clone(&read))
+            .with_max_num_rows_per_batch(self.options.batch_size)
+            .with_max_text_size(self.options.max_text_bytes)
+            .with_max_binary_size(self.options.max_text_bytes)
+            .with_fallibale_allocations(true)
+            .build(cursor)
+            .map_err(|e| self.reader_error(e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| self.fetch_error(e, &read, connection))?;
+            self.report.rows += batch.num_rows() as u64;
+            self.report.bytes += batch.get_array_memory_size() as u64;
+            let batch = self.to_planned(batch)?;
+            if self.tx.blocking_send(Ok(batch)).is_err() {
+                // The consumer stopped reading (a LIMIT reached in fedsql);
+                // dropping the cursor closes it at the source.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Casts what arrow-odbc read to the planned types (zones put back,
+    /// text parsed into the types it stands for).
+    fn to_planned(&self, batch: RecordBatch) -> Result<RecordBatch, ConnectorError> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+        for (array, field) in batch.columns().iter().zip(self.planned.fields()) {
+            let array = match (array.data_type(), field.data_type()) {
+                (a, b) if a == b => Arc::clone(array),
+                (
+                    DataType::Timestamp(TimeUnit::Microsecond, None),
+                    DataType::Timestamp(TimeUnit::Microsecond, Some(tz)),
+                ) => {
+                    // Sessions run in UTC, so these wall-clock values are UTC.
+                    let values = array
+                        .as_any()
+                        .downcast_ref::<TimestampMicrosecondArray>()
+                        .map(|a| a.clone().with_timezone(Arc::clone(tz)));
+                    match values {
+                        Some(v) => Arc::new(v) as ArrayRef,
+                        None => cast(array, field.data_type())?,
+                    }
+                }
+                _ => cast(array, field.data_type()).map_err(|e| ConnectorError::Remote {
+                    source_name: self.source_name.clone(),
+                    sqlstate: "22P02".into(),
+                    message: format!("column {}: {e}", field.name()),
+                })?,
+            };
+            columns.push(array);
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.planned), columns)?)
+    }
+
+    fn reader_error(&self, e: arrow_odbc::Error) -> ConnectorError {
+        ConnectorError::Remote {
+            source_name: self.source_name.clone(),
+            sqlstate: "XX000".into(),
+            message: e.to_string(),
+        }
+    }
+
+    fn fetch_error(
+        &self,
+        e: ArrowError,
+        read: &SchemaRef,
+        connection: &PooledConnection,
+    ) -> ConnectorError {
+        if let ArrowError::ExternalError(inner) = e {
+            match inner.downcast::<odbc_api::Error>() {
+                Ok(odbc) => {
+                    if let odbc_api::Error::TooLargeValueForBuffer {
+                        indicator,
+                        buffer_index,
+                    } = *odbc
+                    {
+                        return ConnectorError::ValueTooLong {
+                            source_name: self.source_name.clone(),
+                            column: read
+                                .fields()
+                                .get(buffer_index)
+                                .map_or_else(|| format!("#{buffer_index}"), |f| f.name().clone()),
+                            limit: self.options.max_text_bytes,
+                            actual: indicator.map_or_else(String::new, |n| format!(", it has {n}")),
+                        };
+                    }
+                    return connection.pool().classify(*odbc, false);
+                }
+                Err(other) => {
+                    return ConnectorError::Remote {
+                        source_name: self.source_name.clone(),
+                        sqlstate: "22000".into(),
+                        message: other.to_string(),
+                    }
+                }
+            }
+        }
+        ConnectorError::Arrow(e)
+    }
+}
+
+/// DataFusion's SQLite dialect quotes identifiers with backticks, inside
+/// which the SQLite ODBC driver still splits statements at `;`. SQLite takes
+/// ANSI double quotes too, and the driver honours those.
+struct SqliteOdbcDialect;
+
+impl Dialect for SqliteOdbcDialect {
+    fn identifier_quote_style(&self, _: &str) -> Option<char> {
+        Some('"')
+    }
+
+    fn supports_qualify(&self) -> bool {
+        false
+    }
+
+    fn character_length_style(&self) -> CharacterLengthStyle {
+        CharacterLengthStyle::Length
+    }
+
+    fn distinct_from_style(&self) -> DistinctFromStyle {
+        DistinctFromStyle::FullText
+    }
+
+    fn supports_column_alias_in_table_alias(&self) -> bool {
+        false
+    }
+}
+
+/// Runs blocking ODBC work on tokio's blocking pool.
+async fn run_blocking<T: Send + 'static>(
+    source_name: &str,
+    work: impl FnOnce() -> Result<T, ConnectorError> + Send + 'static,
+) -> Result<T, ConnectorError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ConnectorError::ConnectionLost {
+            source_name: source_name.to_string(),
+            message: format!("the ODBC call failed: {e}"),
+        })?
+}
+
+#[async_trait]
+impl SQLExecutor for OdbcExecutor {
+    fn name(&self) -> &str {
+        &self.source_name
+    }
+
+    fn compute_context(&self) -> Option<String> {
+        Some(self.context.clone())
+    }
+
+    fn dialect(&self) -> Arc<dyn Dialect> {
+        match self.options.dialect {
+            SourceDialect::Postgres => Arc::new(PostgreSqlDialect {}),
+            SourceDialect::MySql => Arc::new(MySqlDialect {}),
+            SourceDialect::Sqlite => Arc::new(SqliteOdbcDialect),
+            // ANSI double-quoted identifiers, always quoted.
+            SourceDialect::Generic => Arc::new(
+                CustomDialectBuilder::new()
+                    .with_identifier_quote_style('"')
+                    .build(),
+            ),
+        }
+    }
+
+    fn execute(
+        &self,
+        query: &str,
+        schema: SchemaRef,
+        _filters: &[Arc<dyn PhysicalExpr>],
+    ) -> DfResult<SendableRecordBatchStream> {
+        Ok(self.stream(query, schema))
+    }
+
+    async fn table_names(&self) -> DfResult<Vec<String>> {
+        let (tables, _) = self
+            .discover()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(tables
+            .into_iter()
+            .map(|t| format!("{}.{}", t.schema, t.name))
+            .collect())
+    }
+
+    async fn get_table_schema(&self, table_name: &str) -> DfResult<SchemaRef> {
+        let (tables, _) = self
+            .discover()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        tables
+            .into_iter()
+            .find(|t| format!("{}.{}", t.schema, t.name) == table_name || t.name == table_name)
+            .ok_or_else(|| DataFusionError::Plan(format!("table '{table_name}' not found")))?
+            .arrow_schema()
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}

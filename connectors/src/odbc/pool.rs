@@ -1,0 +1,249 @@
+//! A small pool of ODBC connections to one source.
+//!
+//! Opening an ODBC connection costs a login round trip (and for some drivers
+//! much more), so connections are kept and reused. The pool also bounds how
+//! many queries run against the source at once (`max_connections`): the
+//! warehouse is touched as little as possible. Every ODBC call blocks, so
+//! connecting happens on tokio's blocking pool.
+
+use std::sync::{Arc, Mutex};
+
+use odbc_api::{Connection, ConnectionOptions};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::OdbcOptions;
+use crate::error::ConnectorError;
+use crate::pushdown::SourceDialect;
+
+/// Open connections to one ODBC source, at most `max_connections` in use.
+pub struct ConnectionPool {
+    source_name: String,
+    options: OdbcOptions,
+    idle: Mutex<Vec<Connection<'static>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for ConnectionPool {
+    // The connection string may carry a user name worth keeping out of logs;
+    // the password never is in it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPool")
+            .field("source_name", &self.source_name)
+            .field("address", &self.options.address())
+            .finish()
+    }
+}
+
+impl ConnectionPool {
+    /// A pool for `options`; no connection is opened until one is needed.
+    pub fn new(source_name: &str, options: OdbcOptions) -> Self {
+        ConnectionPool {
+            source_name: source_name.to_string(),
+            permits: Arc::new(Semaphore::new(options.max_connections)),
+            options,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A connection for one query; waits while `max_connections` are in use.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, ConnectorError> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ConnectorError::ConnectionLost {
+                source_name: self.source_name.clone(),
+                message: "the connection pool was closed".into(),
+            })?;
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let connection = match idle {
+            Some(c) => c,
+            None => {
+                let pool = Arc::clone(self);
+                tokio::task::spawn_blocking(move || pool.connect())
+                    .await
+                    .map_err(|e| ConnectorError::ConnectionLost {
+                        source_name: self.source_name.clone(),
+                        message: format!("connecting failed: {e}"),
+                    })??
+            }
+        };
+        Ok(PooledConnection {
+            connection: Some(connection),
+            pool: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    /// Opens a new connection and prepares its session (blocking).
+    fn connect(&self) -> Result<Connection<'static>, ConnectorError> {
+        let environment = odbc_api::environment().map_err(|e| self.classify(e, true))?;
+        let connection_string = self.options.connection_string_with_password()?;
+        let connection = environment
+            .connect_with_connection_string(&connection_string, ConnectionOptions::default())
+            .map_err(|e| self.classify(e, true))?;
+        // Timestamps with a time zone come back as UTC wall-clock times, which
+        // fedsql labels UTC: the instant is kept whatever the server's zone.
+        let setup: &[&str] = match self.options.dialect {
+            SourceDialect::Postgres => &["SET TIME ZONE 'UTC'"],
+            SourceDialect::MySql => &["SET time_zone = '+00:00'"],
+            SourceDialect::Sqlite | SourceDialect::Generic => &[],
+        };
+        for statement in setup {
+            connection
+                .execute(statement, (), None)
+                .map_err(|e| self.classify(e, false))?;
+        }
+        Ok(connection)
+    }
+
+    /// Maps an ODBC error to what the client should see. `connecting` tells
+    /// a failure to reach the source from one during a query.
+    pub fn classify(&self, error: odbc_api::Error, connecting: bool) -> ConnectorError {
+        classify(&self.source_name, &self.options, error, connecting)
+    }
+
+    fn give_back(&self, connection: Connection<'static>) {
+        // A connection the driver reports dead (or cannot tell) is dropped,
+        // so the next query opens a fresh one.
+        if matches!(connection.is_dead(), Ok(false)) {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(connection);
+        }
+    }
+}
+
+/// A connection checked out of a [`ConnectionPool`]; returned when dropped.
+pub struct PooledConnection {
+    connection: Option<Connection<'static>>,
+    pool: Arc<ConnectionPool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConnection {
+    /// The connection.
+    pub fn connection(&self) -> &Connection<'static> {
+        // Only `drop` takes it out.
+        self.connection
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a pooled connection is present until dropped"))
+    }
+
+    /// The pool it came from (for error classification).
+    pub fn pool(&self) -> &ConnectionPool {
+        &self.pool
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.pool.give_back(connection);
+        }
+    }
+}
+
+/// The SQLSTATE classes that mean "the source is not there".
+fn is_connection_state(state: &str) -> bool {
+    state.starts_with("08") || state == "HYT00" || state == "HYT01"
+}
+
+/// Maps an ODBC error to a [`ConnectorError`] with an actionable message.
+pub(crate) fn classify(
+    source_name: &str,
+    options: &OdbcOptions,
+    error: odbc_api::Error,
+    connecting: bool,
+) -> ConnectorError {
+    let source_name = source_name.to_string();
+    let odbc_api::Error::Diagnostics { record, .. } = &error else {
+        return ConnectorError::Remote {
+            source_name,
+            sqlstate: "58000".into(),
+            message: error.to_string(),
+        };
+    };
+    let state = record.state.as_str().to_string();
+    let message = diagnostic_message(record);
+    let addr = options.address();
+    if state == "IM002" || state == "01000" && message.contains("file not found") {
+        let driver = options.driver().unwrap_or_else(|| "(none named)".into());
+        return ConnectorError::DriverMissing {
+            source_name,
+            driver: driver.clone(),
+            hint: install_hint(&driver),
+        };
+    }
+    let lower = message.to_ascii_lowercase();
+    if state.starts_with("28")
+        || lower.contains("password authentication failed")
+        || lower.contains("access denied")
+    {
+        return ConnectorError::AuthFailed {
+            source_name,
+            addr,
+            message,
+        };
+    }
+    if is_connection_state(&state) || (connecting && state.starts_with("HY")) {
+        return if connecting {
+            ConnectorError::Unreachable {
+                source_name,
+                addr,
+                message,
+            }
+        } else {
+            ConnectorError::ConnectionLost {
+                source_name,
+                message,
+            }
+        };
+    }
+    ConnectorError::Remote {
+        source_name,
+        sqlstate: state,
+        message,
+    }
+}
+
+/// The driver's message without unixODBC's `[vendor][driver]` prefixes.
+fn diagnostic_message(record: &odbc_api::handles::Record) -> String {
+    let text = record.to_string();
+    // Display is "State: XXXXX, Native error: N, Message: …".
+    let message = text
+        .split_once("Message: ")
+        .map_or(text.as_str(), |(_, m)| m)
+        .trim();
+    let mut rest = message;
+    while let Some(stripped) = rest.strip_prefix('[') {
+        match stripped.split_once(']') {
+            Some((_, after)) => rest = after,
+            None => break,
+        }
+    }
+    let rest = rest.trim();
+    if rest.is_empty() { message } else { rest }.to_string()
+}
+
+/// How to install the driver a connection string names (Debian package names).
+fn install_hint(driver: &str) -> String {
+    let lower = driver.to_ascii_lowercase();
+    let package = if lower.contains("postgres") {
+        Some("odbc-postgresql")
+    } else if lower.contains("mariadb") || lower.contains("mysql") {
+        Some("odbc-mariadb")
+    } else if lower.contains("sqlite") {
+        Some("libsqliteodbc")
+    } else {
+        None
+    };
+    match package {
+        Some(p) => format!(
+            "install it (Debian: apt-get install {p}) and check that /etc/odbcinst.ini lists [{driver}] (odbcinst -q -d)"
+        ),
+        None => format!(
+            "install the vendor's ODBC driver and register it as [{driver}] in /etc/odbcinst.ini (odbcinst -q -d lists the registered drivers)"
+        ),
+    }
+}
