@@ -21,6 +21,7 @@
 //!             └─ Scan┘
 //! ```
 
+mod names;
 mod policy;
 mod rule;
 

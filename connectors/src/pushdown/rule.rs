@@ -255,7 +255,7 @@ impl Pass {
                 };
 
                 // If this is the root plan node; federate the entire plan
-                let optimized = optimizer.optimize(plan.clone(), _config, |_, _| {})?;
+                let optimized = federate(&optimizer, plan.clone(), _config)?;
                 return Ok((Some(optimized), ScanResult::None));
             }
         }
@@ -295,7 +295,7 @@ impl Pass {
 
                 // Replace the input with the federated counterpart
                 let wrapped = wrap_projection(original_input)?;
-                let optimized = optimizer.optimize(wrapped, _config, |_, _| {})?;
+                let optimized = federate(&optimizer, wrapped, _config)?;
 
                 Ok(optimized)
             })
@@ -387,6 +387,21 @@ fn get_leaf_provider(plan: &LogicalPlan) -> Result<Option<FederationProviderRef>
             Ok(Some(federated_source.federation_provider()))
         }
         _ => Ok(None),
+    }
+}
+
+/// Federates `plan` with generated names in the source's terms (fedsql:
+/// see [`super::names`]), its output renamed back for the outer plan.
+fn federate(
+    optimizer: &Optimizer,
+    plan: LogicalPlan,
+    config: &dyn OptimizerConfig,
+) -> Result<LogicalPlan> {
+    let (plan, restore) = super::names::with_remote_names(plan)?;
+    let federated = optimizer.optimize(plan, config, |_, _| {})?;
+    match restore {
+        Some(restore) => restore.apply(federated),
+        None => Ok(federated),
     }
 }
 
