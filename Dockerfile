@@ -1,12 +1,15 @@
 # fedsql: build the release binary, ship it on a slim Debian.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends pkg-config && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends pkg-config unixodbc-dev && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked --bin fedsql
 
 FROM debian:bookworm-slim
+# unixODBC is linked by the ODBC connector; the three drivers fedsql is tested
+# with are included (add your warehouse's driver to /etc/odbcinst.ini).
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates postgresql-client \
+       unixodbc odbc-postgresql odbc-mariadb libsqliteodbc \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /data fedsql && mkdir -p /data && chown fedsql /data
 COPY --from=build /src/target/release/fedsql /usr/local/bin/fedsql

@@ -554,3 +554,37 @@ async fn errors_are_actionable_and_the_server_keeps_serving() {
     let ok: Rows = try_text_rows(&f, "SELECT 1").await.unwrap();
     assert_eq!(ok, vec![vec![s("1")]]);
 }
+
+#[tokio::test]
+async fn config_file_declares_an_odbc_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.sqlite");
+    let conn = format!("Driver={{SQLite3}};Database={};", file.display());
+    odbc_execute(
+        &conn,
+        &[
+            "CREATE TABLE branches (id INTEGER, city TEXT)",
+            "INSERT INTO branches VALUES (1, 'Lyon'), (2, 'Porto')",
+        ],
+    );
+    let config = dir.path().join("fedsql.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\nname = \"branches_db\"\ntype = \"odbc\"\nconnection_string = \"{conn}\"\n\
+             dialect = \"sqlite\"\nmax_connections = 1\nbatch_size = 1\n"
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config_arg = config.display().to_string();
+    let server = FedsqlServer::start_with(data.path(), &["--config", &config_arg]);
+    let f = server.connect("demo").await;
+    // batch_size 1: every row is its own fetch, and all arrive.
+    let got = rows(
+        &f,
+        "SELECT id, city FROM branches_db.main.branches ORDER BY id",
+    )
+    .await;
+    assert_eq!(got, vec![vec![s("1"), s("Lyon")], vec![s("2"), s("Porto")]]);
+}

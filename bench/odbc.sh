@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# ODBC scan throughput: 1M rows x (int8, text, float8, timestamp) read from
+# MariaDB (MariaDB Connector/ODBC) and PostgreSQL (psqlODBC) through a fedsql
+# ODBC source, read back over fedsql's Flight SQL, vs Python arrow-odbc
+# reading the same query with the same driver; one run, one table.
+#
+#   bench/odbc.sh [ROWS]      (default 1000000)
+#
+# Needs the Debian packages scripts/test installs (unixodbc, odbc-postgresql,
+# odbc-mariadb, mariadb-server, postgresql). Builds fedsql in release,
+# installs arrow-odbc and pyarrow from PyPI into the bench venv, starts
+# throw-away MariaDB and PostgreSQL servers and fedsql on loopback ports
+# 55460-55463 and stops them when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS="${1:-1000000}"
+. bench/lib.sh
+bench_venv 'import pyarrow.flight, psycopg, arrow_odbc' \
+  "pyarrow==26.0.1" "psycopg[binary]==3.3.9" "arrow-odbc==10.6.2"
+build_release
+
+WORK="$(mktemp -d /tmp/fedsql-odbc-bench.XXXXXX)"
+chmod 755 "$WORK"
+PG_PORT=55460 MARIA_PORT=55461
+PGBIN=/usr/lib/postgresql/15/bin
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  [ -f "$WORK/maria/pid" ] && kill "$(cat "$WORK/maria/pid")" 2>/dev/null || true
+  sleep 1
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "starting PostgreSQL and MariaDB, loading $ROWS rows into each"
+mkdir -p "$WORK/pg" "$WORK/maria"
+chown postgres "$WORK/pg"
+chown mysql "$WORK/maria"
+runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 -N >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c fsync=off" start >/dev/null
+psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c \
+  "CREATE TABLE t (id int8, name text, amount float8, ts timestamp);
+   INSERT INTO t SELECT i, 'customer-' || i, i * 0.25, timestamp '2024-01-01' + i * interval '1 second'
+   FROM generate_series(1, $ROWS) i; VACUUM ANALYZE t;"
+mariadb-install-db --no-defaults --user=mysql --datadir="$WORK/maria/data" \
+  --auth-root-authentication-method=normal --skip-test-db >/dev/null
+mariadbd --no-defaults --user=mysql --datadir="$WORK/maria/data" --port="$MARIA_PORT" \
+  --bind-address=127.0.0.1 --socket="$WORK/maria/s.sock" --pid-file="$WORK/maria/pid" \
+  --skip-log-bin --character-set-server=utf8mb4 >"$WORK/maria/log" 2>&1 &
+for _ in $(seq 100); do
+  mariadb-admin -h127.0.0.1 -P"$MARIA_PORT" -uroot ping >/dev/null 2>&1 && break
+  sleep 0.2
+done
+mariadb -h127.0.0.1 -P"$MARIA_PORT" -uroot -e \
+  "CREATE DATABASE bench; CREATE TABLE bench.t (id BIGINT, name VARCHAR(40), amount DOUBLE, ts DATETIME(6));
+   INSERT INTO bench.t SELECT seq, CONCAT('customer-', seq), seq * 0.25, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq SECOND
+   FROM seq_1_to_$ROWS;"
+
+MARIA_ODBC="Driver={MariaDB Unicode};Server=127.0.0.1;Port=$MARIA_PORT;Database=bench;Uid=root;Pwd=;"
+PG_ODBC="Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=$PG_PORT;Database=postgres;Uid=postgres;Pwd=;"
+
+"$FEDSQL" serve --no-demo --data-dir "$WORK/fedsql" \
+  --pg-listen 127.0.0.1:55462 --flight-listen 127.0.0.1:55463 > "$WORK/fedsql.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 600); do
+  grep -q "^  psql " "$WORK/fedsql.log" 2>/dev/null && break
+  sleep 0.1
+done
+psql -q -h 127.0.0.1 -p 55462 -U fedsql -d fedsql \
+  -c "CREATE SOURCE mdb TYPE odbc OPTIONS (connection_string '$MARIA_ODBC')" \
+  -c "CREATE SOURCE pgo TYPE odbc OPTIONS (connection_string '$PG_ODBC')"
+
+"$VENV/bin/python" bench/odbc_bench.py --flight 55463 --rows "$ROWS" \
+  --driver "MariaDB Unicode|mdb.bench.t|$MARIA_ODBC|SELECT id, name, amount, ts FROM t" \
+  --driver "PostgreSQL Unicode|pgo.public.t|$PG_ODBC|SELECT id, name, amount, ts FROM t"
