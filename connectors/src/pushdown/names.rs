@@ -23,7 +23,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, TableReference};
 use datafusion::error::Result;
 use datafusion::logical_expr::expr::Alias;
-use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
+use datafusion::logical_expr::{Expr, Filter, LogicalPlan, Projection, SubqueryAlias};
 use datafusion_federation::get_table_source;
 use datafusion_federation::sql::SQLTableSource;
 
@@ -31,6 +31,7 @@ use datafusion_federation::sql::SQLTableSource;
 /// projection that gives its output back its original names (`None` when no
 /// name changes).
 pub fn with_remote_names(plan: LogicalPlan) -> Result<(LogicalPlan, Option<RestoreNames>)> {
+    let plan = filters_above_aliases(plan)?;
     let renames = remote_names(&plan)?;
     if renames.is_empty() {
         return Ok((plan, None));
@@ -65,6 +66,45 @@ pub fn with_remote_names(plan: LogicalPlan) -> Result<(LogicalPlan, Option<Resto
             .collect(),
     };
     Ok((renamed, Some(restore)))
+}
+
+/// Moves each filter that sits between a table alias and its scan above the
+/// alias, with its columns requalified by the alias.
+///
+/// Both mean the same rows, but DataFusion 55's unparser writes a filter
+/// under an alias with the table's own name (`FROM accounts AS a WHERE
+/// accounts.balance > 0`), which databases reject. Such filters exist once
+/// `push_down_filter` has run — which is what sends the remote side of a
+/// cross-source join its filters.
+fn filters_above_aliases(plan: LogicalPlan) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up(|node| {
+            let LogicalPlan::SubqueryAlias(alias) = node else {
+                return Ok(Transformed::no(node));
+            };
+            let LogicalPlan::Filter(filter) = alias.input.as_ref() else {
+                return Ok(Transformed::no(LogicalPlan::SubqueryAlias(alias)));
+            };
+            let LogicalPlan::TableScan(scan) = filter.input.as_ref() else {
+                return Ok(Transformed::no(LogicalPlan::SubqueryAlias(alias)));
+            };
+            let table = scan.table_name.clone();
+            let alias_name = alias.alias.clone();
+            let predicate = filter
+                .predicate
+                .clone()
+                .transform(|e| match e {
+                    Expr::Column(c) if c.relation.as_ref() == Some(&table) => Ok(Transformed::yes(
+                        Expr::Column(Column::new(Some(alias_name.clone()), c.name)),
+                    )),
+                    other => Ok(Transformed::no(other)),
+                })?
+                .data;
+            let aliased = SubqueryAlias::try_new(Arc::clone(&filter.input), alias_name)?;
+            let filter = Filter::try_new(predicate, Arc::new(LogicalPlan::SubqueryAlias(aliased)))?;
+            Ok(Transformed::yes(LogicalPlan::Filter(filter)))
+        })?
+        .data)
 }
 
 /// The projection that restores a federated plan's original output names.
