@@ -174,6 +174,16 @@ async fn sqlite_types_quoting_and_pushdown() {
         "{sent}"
     );
 
+    // Generated names over the source's own table names: an aggregate of an
+    // expression, and a scalar subquery over the same table, plan and run.
+    let having = rows(
+        &f,
+        "SELECT flag, sum(qty * (1 - id)) AS s FROM lite.main.items GROUP BY flag \
+         HAVING sum(qty * (1 - id)) < (SELECT max(qty * (1 - id)) FROM lite.main.items) ORDER BY flag",
+    )
+    .await;
+    assert_eq!(having, vec![vec![s("t"), s("-12")], vec![None, s("0")]]);
+
     // Pushdown off: the same answers from plain scans.
     f.simple_query("SET fedsql.pushdown = off").await.unwrap();
     let agg_off = rows(
@@ -439,12 +449,15 @@ async fn federated_join_mariadb_and_postgres_equals_one_database() {
     assert_eq!(got, want);
     assert_eq!(got.len(), 3, "{got:?}");
 
-    // Each source was sent SQL for its own table only, in its own dialect.
+    // Each source was sent SQL for its own table only, in its own dialect,
+    // Postgres with the filter on its side of the join (MariaDB's is on text,
+    // which its collation compares differently: it stays in fedsql).
     let pg_sql = last_remote_query(&f, "pg").await;
     assert!(
         pg_sql.contains("\"transactions\"") && !pg_sql.contains("customers"),
         "{pg_sql}"
     );
+    assert!(pg_sql.contains("> 100"), "{pg_sql}");
     let wh_sql = last_remote_query(&f, "wh").await;
     assert!(
         wh_sql.contains("`customers`") && !wh_sql.contains("transactions"),

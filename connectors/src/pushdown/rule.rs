@@ -23,20 +23,24 @@ use super::FedsqlOptions;
 pub struct PolicyFederationRule;
 
 impl PolicyFederationRule {
-    /// DataFusion's default optimizer rules with this rule where
-    /// datafusion-federation puts its own: right after scalar subqueries
-    /// become joins, before filters are pushed down.
+    /// DataFusion's default optimizer rules with this rule right after
+    /// `push_down_filter`: by then comma joins have become keyed joins and
+    /// every filter sits on the input it restricts, so the remote side of a
+    /// cross-source join gets its filters and a same-source join inside a
+    /// larger query is sent whole. Two shapes the DataFusion 55 unparser
+    /// gets wrong at that point stay local: semi/anti joins over a filter
+    /// (see the policy) and nodes with subquery expressions (see `allowed`).
     ///
-    /// Running it after `push_down_filter` would also send a filter on the
-    /// remote side of a local-vs-remote join to the source, but DataFusion 55's
-    /// unparser then writes filters under a table alias with the table's own
-    /// name (`FROM accounts AS a WHERE accounts.balance > …`), which Postgres
-    /// rejects. Until that is fixed such filters run in fedsql.
+    /// Columns are not pruned before federation: `optimize_projections`
+    /// ahead of this rule made the unparser write derived tables that join
+    /// conditions cannot name, and gave a wrong TPC-H q15 once worked
+    /// around, so sources are asked for whole rows of the tables a
+    /// cross-source query reads.
     pub fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         let mut rules = Optimizer::new().rules;
         let position = rules
             .iter()
-            .position(|r| r.name() == "scalar_subquery_to_join")
+            .position(|r| r.name() == "push_down_filter")
             .map_or(rules.len(), |p| p + 1);
         rules.insert(position, Arc::new(PolicyFederationRule));
         rules
@@ -78,6 +82,21 @@ fn allowed(provider: &FederationProviderRef, plan: &LogicalPlan, pushdown: bool)
     }
     if !pushdown {
         return matches!(plan, LogicalPlan::TableScan(_));
+    }
+    // A node with a subquery in its expressions runs in fedsql; the subquery
+    // is federated on its own. Sent whole, the subquery's generated names
+    // are not renamed consistently (a `42703` at planning).
+    let has_subquery = plan.expressions().iter().any(|e| {
+        e.exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+            ))
+        })
+        .unwrap_or(true)
+    });
+    if has_subquery {
+        return false;
     }
     match provider.compute_context() {
         Some(context) => match SourceDialect::from_compute_context(&context) {
