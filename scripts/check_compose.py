@@ -45,6 +45,19 @@ else:
 for name, service in services.items():
     if "image" not in service and "build" not in service:
         errors.append(f"service {name} has neither image nor build")
+    for port in service.get("ports", []):
+        if not str(port).startswith("127.0.0.1:"):
+            errors.append(f"service {name}: port {port} is not bound to loopback")
+    for dependency in service.get("depends_on") or {}:
+        if dependency not in services:
+            errors.append(f"service {name} depends on {dependency}, which is not defined")
+    for volume in service.get("volumes", []):
+        volume_name = str(volume).split(":")[0]
+        if not volume_name.startswith((".", "/")) and volume_name not in (compose.get("volumes") or {}):
+            errors.append(f"service {name}: volume {volume_name} is used but not declared")
+kafka = services.get("kafka")
+if not kafka or not str(kafka.get("image", "")).startswith("apache/kafka:"):
+    errors.append("a kafka service with Apache's official image (apache/kafka) is expected")
 
 dockerfile_text = (root / "Dockerfile").read_text()
 if len(re.findall(r"^FROM ", dockerfile_text, re.M)) < 2:

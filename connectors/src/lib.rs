@@ -8,6 +8,7 @@
 pub mod demo;
 pub mod error;
 pub mod fsutil;
+pub mod kafka;
 pub mod odbc;
 pub mod postgres;
 pub mod pushdown;

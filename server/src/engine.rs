@@ -22,6 +22,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use fedsql_connectors::demo::{open_demo_catalog, DemoManifest, DEMO_CATALOG};
+use fedsql_connectors::kafka::{open_kafka_catalog, KafkaTableFactory};
 use fedsql_connectors::odbc::open_odbc_catalog;
 use fedsql_connectors::postgres::open_postgres_catalog;
 use fedsql_connectors::pushdown::{FedsqlOptions, PolicyFederationRule};
@@ -205,6 +206,10 @@ impl Engine {
             .with_optimizer_rules(PolicyFederationRule::optimizer_rules())
             .with_query_planner(Arc::new(datafusion_federation::FederatedQueryPlanner::new()))
             .with_default_features()
+            .with_table_factory(
+                "KAFKA".to_string(),
+                Arc::new(KafkaTableFactory::new(Some(self.observer()))),
+            )
             .build();
         let ctx = SessionContext::new_with_state(state);
         setup_pg_catalog(&ctx, database, EmptyContextProvider)
@@ -558,6 +563,9 @@ async fn open_source(
         }
         Some(SourceKind::Odbc) => {
             Ok(open_odbc_catalog(&entry.name, &entry.options, Some(observer)).await?)
+        }
+        Some(SourceKind::Kafka) => {
+            Ok(open_kafka_catalog(&entry.name, &entry.options, Some(observer)).await?)
         }
         Some(kind) => Err(source_not_supported(kind)),
         None => Err(ServerError::Config(format!(

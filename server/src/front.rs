@@ -38,6 +38,19 @@ impl Engine {
     ///
     /// Errors carry positions relative to `sql`.
     pub async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+        if is_create_external_table(sql) {
+            // DataFusion's own parser takes any `STORED AS` name (`KAFKA`);
+            // the Postgres-dialect parser knows only Hive's file formats.
+            let statement = ctx
+                .state()
+                .sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)
+                .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+            return ctx
+                .state()
+                .statement_to_plan(statement)
+                .await
+                .map_err(|e| ServerError::from_datafusion(&e, sql));
+        }
         let rewritten = rewrite_catalog_query(sql);
         let statements = PostgresCompatibilityParser::new()
             .parse(rewritten.as_deref().unwrap_or(sql))
@@ -109,4 +122,21 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether `sql` is `CREATE [OR REPLACE] [UNBOUNDED] EXTERNAL TABLE …`.
+pub(crate) fn is_create_external_table(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(6)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    matches!(
+        words.as_slice(),
+        ["create", "external", "table", ..]
+            | ["create", "unbounded", "external", "table", ..]
+            | ["create", "or", "replace", "external", "table", ..]
+            | ["create", "or", "replace", "unbounded", "external", ..]
+    )
 }

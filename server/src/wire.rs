@@ -365,6 +365,23 @@ impl SimpleQueryHandler for FedsqlService {
                         savepoint_tag(text).unwrap_or("SAVEPOINT"),
                     ))])
                 }
+                // datafusion-postgres's parser knows only Hive's file formats
+                // for `STORED AS`; fedsql's front parses these with
+                // DataFusion's own (`STORED AS KAFKA`).
+                fedsql_sql::Statement::Sql { text, .. }
+                    if crate::front::is_create_external_table(text) =>
+                {
+                    let created = async {
+                        let plan = self.engine.plan_sql(&session.ctx, text).await?;
+                        self.engine
+                            .execute_plan(&session.ctx, &session.database, text, plan)
+                            .await
+                    };
+                    match created.await {
+                        Ok(_) => Ok(vec![Response::Execution(Tag::new("CREATE EXTERNAL TABLE"))]),
+                        Err(e) => Err(Err(e)),
+                    }
+                }
                 fedsql_sql::Statement::Sql { text, .. } => {
                     let rewritten = rewrite_catalog_query(text);
                     let sql = rewritten.as_deref().unwrap_or(text);

@@ -353,3 +353,84 @@ pub fn postgres_odbc_string(database: &str) -> String {
     let (host, port) = addr.rsplit_once(':').expect("FEDSQL_TEST_PG is host:port");
     format!("Driver={{PostgreSQL Unicode}};Server={host};Port={port};Database={database};Uid=postgres;Pwd=;")
 }
+
+/// The Kafka-protocol broker the Kafka tests use, from `$FEDSQL_TEST_KAFKA`
+/// (`host:port`), which `scripts/test` starts (tansu with SQLite storage).
+pub fn test_kafka() -> String {
+    std::env::var("FEDSQL_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "FEDSQL_TEST_KAFKA is not set: these tests need a Kafka-protocol broker. Run \
+             scripts/test (it builds and starts tansu on loopback), or start one yourself and set \
+             FEDSQL_TEST_KAFKA=127.0.0.1:PORT and FEDSQL_TANSU=/path/to/tansu (see shared SERVICES.md)"
+        )
+    })
+}
+
+/// Creates `topic` with `partitions` partitions on the test broker (with
+/// tansu's own CLI: `$FEDSQL_TANSU topic create`).
+pub fn create_topic(topic: &str, partitions: u32) {
+    let tansu = std::env::var("FEDSQL_TANSU").unwrap_or_else(|_| "tansu".to_string());
+    let broker = format!("tcp://{}", test_kafka());
+    let out = Command::new(&tansu)
+        .args([
+            "topic",
+            "create",
+            topic,
+            "--broker",
+            &broker,
+            "--partitions",
+        ])
+        .arg(partitions.to_string())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tansu} ({e}): set FEDSQL_TANSU (scripts/test does)")
+        });
+    assert!(
+        out.status.success(),
+        "tansu topic create {topic}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One message to produce: (partition, timestamp ms, key, payload).
+pub type TestMessage = (i32, i64, Option<String>, String);
+
+/// Produces `messages` to `topic` on the test broker and waits until all
+/// are acknowledged.
+pub fn produce(topic: &str, messages: &[TestMessage]) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer: rdkafka::producer::BaseProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", test_kafka())
+        .set("linger.ms", "5")
+        .create()
+        .expect("a Kafka producer");
+    for (partition, timestamp, key, payload) in messages {
+        let mut record = BaseRecord::<String, String>::to(topic)
+            .partition(*partition)
+            .timestamp(*timestamp)
+            .payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        let mut record = Some(record);
+        while let Some(r) = record.take() {
+            if let Err((e, r)) = producer.send(r) {
+                // A full queue drains as the broker acknowledges.
+                producer.poll(std::time::Duration::from_millis(50));
+                if !matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ) {
+                    panic!("producing to {topic}: {e}");
+                }
+                record = Some(r);
+            }
+        }
+        producer.poll(std::time::Duration::ZERO);
+    }
+    producer
+        .flush(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("flushing to {topic}: {e}"));
+}
