@@ -72,7 +72,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,fedsql=info,odbc_api=error")
+                tracing_subscriber::EnvFilter::new(
+                    // Driver and broker clients log what fedsql reports as
+                    // errors itself (with a SQLSTATE).
+                    "warn,fedsql=info,odbc_api=error,librdkafka=off,rdkafka=off",
+                )
             }),
         )
         .with_writer(std::io::stderr)

@@ -47,6 +47,8 @@ def test_psycopg_errors_carry_sqlstate(server):
         with pytest.raises(psycopg.errors.UndefinedTable):
             conn.execute("SELECT * FROM bank.nope")
         with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("CREATE SOURCE f TYPE flightsql OPTIONS (url 'http://127.0.0.1:1')")
+        with pytest.raises(psycopg.errors.SqlclientUnableToEstablishSqlconnection):
             conn.execute("CREATE SOURCE k TYPE kafka OPTIONS (brokers '127.0.0.1:1')")
         assert conn.execute("SELECT 1 + 1").fetchone()[0] == 2
 

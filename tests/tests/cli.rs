@@ -75,13 +75,24 @@ fn errors_exit_non_zero_with_sqlstate() {
     assert!(err.contains("ERROR 42P01"), "{err}");
     let (ok, _, err) = query(
         dir.path(),
-        &["CREATE SOURCE k TYPE kafka OPTIONS (brokers '127.0.0.1:1')"],
+        &["CREATE SOURCE f TYPE flightsql OPTIONS (url 'http://127.0.0.1:1')"],
     );
     assert!(!ok);
     assert!(
         err.contains("ERROR 0A000") && err.contains("CREATE SOURCE"),
         "{err}"
     );
+    // An unreachable Kafka broker: one clear error, not librdkafka's log.
+    let (ok, _, err) = query(
+        dir.path(),
+        &["CREATE SOURCE k TYPE kafka OPTIONS (brokers '127.0.0.1:1')"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("ERROR 08001") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("librdkafka"), "{err}");
 }
 
 #[test]

@@ -205,7 +205,7 @@ async fn fedsql_statements_run_or_say_what_is_missing() {
         "TRAIN MODEL fraud USING logistic_regression PREDICT is_fraud \
          FROM (SELECT amount, is_fraud, c.region FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id)) \
          FEDERATED ON SITES ('eu', 'us')",
-        "CREATE SOURCE k TYPE kafka OPTIONS (brokers '127.0.0.1:1')",
+        "CREATE SOURCE f TYPE flightsql OPTIONS (url 'http://127.0.0.1:1')",
     ] {
         let err = client.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&err), "0A000", "{sql}: {err:?}");
