@@ -43,7 +43,7 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
 psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c \
   "CREATE TABLE t (id int8, name text, amount float8, ts timestamp);
    INSERT INTO t SELECT i, 'customer-' || i, i * 0.25, timestamp '2024-01-01' + i * interval '1 second'
-   FROM generate_series(1, $ROWS) i; VACUUM ANALYZE t;"
+   FROM generate_series(1, $ROWS) i;" -c "VACUUM ANALYZE t"
 mariadb-install-db --no-defaults --user=mysql --datadir="$WORK/maria/data" \
   --auth-root-authentication-method=normal --skip-test-db >/dev/null
 mariadbd --no-defaults --user=mysql --datadir="$WORK/maria/data" --port="$MARIA_PORT" \
@@ -55,7 +55,7 @@ for _ in $(seq 100); do
 done
 mariadb -h127.0.0.1 -P"$MARIA_PORT" -uroot -e \
   "CREATE DATABASE bench; CREATE TABLE bench.t (id BIGINT, name VARCHAR(40), amount DOUBLE, ts DATETIME(6));
-   INSERT INTO bench.t SELECT seq, CONCAT('customer-', seq), seq * 0.25, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq SECOND
+   USE bench; INSERT INTO bench.t SELECT seq, CONCAT('customer-', seq), seq * 0.25, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq SECOND
    FROM seq_1_to_$ROWS;"
 
 MARIA_ODBC="Driver={MariaDB Unicode};Server=127.0.0.1;Port=$MARIA_PORT;Database=bench;Uid=root;Pwd=;"

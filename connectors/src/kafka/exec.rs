@@ -35,8 +35,9 @@ use crate::remote_log::QueryReport;
 const BATCH_MESSAGES: usize = 8192;
 /// How long a partition may stay silent below its end offset before the
 /// broker counts as gone (the bounded retry: librdkafka reconnects and
-/// refetches in the meantime).
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// refetches in the meantime). Generous, because a slow broker's first fetch
+/// of a large partition can take many seconds.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The offsets one partition is read over.
 #[derive(Debug, Clone, PartialEq, Eq)]
