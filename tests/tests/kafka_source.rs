@@ -377,6 +377,13 @@ async fn malformed_messages_empty_and_missing_topics_and_an_unreachable_broker()
             vec![s("5"), s("5.5"), s("4")]
         ]
     );
+    // A limit counts rows, not offsets, when messages are skipped.
+    assert_eq!(
+        rows(&f, "SELECT id FROM payments_clean LIMIT 2")
+            .await
+            .len(),
+        2
+    );
     let skipped = rows(
         &f,
         &format!(

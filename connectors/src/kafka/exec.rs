@@ -229,9 +229,12 @@ impl PartitionReader {
         report: &mut QueryReport,
     ) -> Result<u64, ConnectorError> {
         let r = &self.range;
-        let end = match self.limit {
-            Some(limit) => r.end.min(r.start.saturating_add(limit as i64)),
-            None => r.end,
+        // With a limit, `limit` offsets hold enough rows — unless malformed
+        // messages are skipped, in which case reading stops on the count of
+        // rows instead.
+        let end = match (self.limit, self.client.options.on_error) {
+            (Some(limit), super::OnError::Fail) => r.end.min(r.start.saturating_add(limit as i64)),
+            _ => r.end,
         };
         if r.start >= end {
             return Ok(0);
@@ -283,9 +286,12 @@ impl PartitionReader {
                             .map(|k| String::from_utf8_lossy(k).into_owned()),
                         payload: message.payload().map(<[u8]>::to_vec),
                     });
-                    if buffer.len() >= BATCH_MESSAGES {
+                    let limit_reached = self
+                        .limit
+                        .is_some_and(|l| report.rows + buffer.len() as u64 >= l as u64);
+                    if buffer.len() >= BATCH_MESSAGES || limit_reached {
                         skipped += self.flush(&mut buffer, tx, report)?;
-                        if tx.is_closed() {
+                        if tx.is_closed() || self.limit.is_some_and(|l| report.rows >= l as u64) {
                             return Ok(skipped);
                         }
                     }
