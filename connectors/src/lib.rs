@@ -17,3 +17,12 @@ pub mod remote_log;
 
 pub use error::ConnectorError;
 pub use remote_log::{RemoteQuery, RemoteQueryObserver};
+
+/// `(key, value)` option pairs, as `CREATE SOURCE` hands them over.
+#[cfg(test)]
+pub(crate) fn test_options(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

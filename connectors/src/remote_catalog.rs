@@ -55,6 +55,25 @@ impl RemoteTableInfo {
     }
 }
 
+/// `schema.table` for each table (datafusion-federation's `table_names`).
+pub fn qualified_names(tables: Vec<RemoteTableInfo>) -> Vec<String> {
+    tables
+        .into_iter()
+        .map(|t| format!("{}.{}", t.schema, t.name))
+        .collect()
+}
+
+/// The schema of `table_name` (`schema.table` or a bare name) among
+/// `tables` (datafusion-federation's `get_table_schema`).
+pub fn schema_of(tables: Vec<RemoteTableInfo>, table_name: &str) -> DfResult<SchemaRef> {
+    tables
+        .into_iter()
+        .find(|t| format!("{}.{}", t.schema, t.name) == table_name || t.name == table_name)
+        .ok_or_else(|| DataFusionError::Plan(format!("table '{table_name}' not found")))?
+        .arrow_schema()
+        .map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
 /// A remote database as a catalog: `<source>.<schema>.<table>`.
 #[derive(Debug)]
 pub struct RemoteCatalog {

@@ -263,6 +263,16 @@ pub async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Op
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// The rows of `EXPLAIN sql`, one line per row.
+pub async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
+    text_rows(client, &format!("EXPLAIN {sql}"))
+        .await
+        .into_iter()
+        .map(|r| r.into_iter().flatten().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A server with a Postgres source `pg` over a fresh database `database`
 /// prepared by `setup` (SQL run in that database first).
 pub async fn server_with_postgres_source(

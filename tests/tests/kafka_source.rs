@@ -2,8 +2,8 @@
 //! Kafka-protocol broker (tansu with SQLite storage, started by scripts/test).
 
 use fedsql_tests::{
-    create_topic, error_message as message, fresh_postgres_database, produce, sqlstate as code,
-    test_kafka, text_rows as rows, FedsqlServer, TestMessage,
+    create_topic, error_message as message, explain, fresh_postgres_database, produce,
+    sqlstate as code, test_kafka, text_rows as rows, FedsqlServer, TestMessage,
 };
 
 /// 2024-01-01T00:00:00Z in milliseconds.
@@ -56,15 +56,6 @@ async fn one(client: &tokio_postgres::Client, sql: &str) -> Vec<Option<String>> 
     let mut all = rows(client, sql).await;
     assert_eq!(all.len(), 1, "{sql}: {all:?}");
     all.remove(0)
-}
-
-async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
-    rows(client, &format!("EXPLAIN {sql}"))
-        .await
-        .into_iter()
-        .map(|r| r.into_iter().flatten().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[tokio::test]

@@ -3,9 +3,9 @@
 //! against the test MariaDB (both started by scripts/test).
 
 use fedsql_tests::{
-    error_message as message, fresh_mariadb_database, fresh_postgres_database, odbc_execute,
-    postgres_odbc_string, sqlstate as code, test_mariadb, text_rows as rows, try_text_rows,
-    FedsqlServer,
+    error_message as message, explain, fresh_mariadb_database, fresh_postgres_database,
+    odbc_execute, postgres_odbc_string, sqlstate as code, test_mariadb, text_rows as rows,
+    try_text_rows, FedsqlServer,
 };
 
 type Rows = Vec<Vec<Option<String>>>;
@@ -34,15 +34,6 @@ async fn last_remote_query(client: &tokio_postgres::Client, source: &str) -> Str
         .await
         .pop()
         .unwrap_or_else(|| panic!("no query was sent to {source}"))
-}
-
-async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
-    rows(client, &format!("EXPLAIN {sql}"))
-        .await
-        .into_iter()
-        .map(|r| r.into_iter().flatten().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 async fn server_with_odbc_source(

@@ -1,19 +1,10 @@
 //! `CREATE SOURCE … TYPE postgres` against a real PostgreSQL 15.
 
 use fedsql_tests::{
-    error_message as message, fresh_postgres_database, server_with_postgres_source,
+    error_message as message, explain, fresh_postgres_database, server_with_postgres_source,
     server_with_postgres_source_options, sqlstate as code, test_postgres, text_rows as rows,
     FedsqlServer,
 };
-
-async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
-    rows(client, &format!("EXPLAIN {sql}"))
-        .await
-        .into_iter()
-        .map(|r| r.into_iter().flatten().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[tokio::test]
 async fn types_round_trip_and_the_source_is_a_catalog() {

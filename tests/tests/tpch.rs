@@ -90,8 +90,15 @@ async fn load_postgres(
     pg.batch_execute(&std::fs::read_to_string(tpch_dir().join("schema.sql")).unwrap())
         .await
         .unwrap();
+    copy_tables(&pg, data.path(), tables).await;
+    (pg, url, data)
+}
+
+/// Loads `tables` from tpchgen-cli's CSV files in `dir` with `COPY`, then
+/// `ANALYZE`s.
+async fn copy_tables(pg: &tokio_postgres::Client, dir: &Path, tables: &[&str]) {
     for table in tables {
-        let bytes = std::fs::read(data.path().join(format!("{table}.csv"))).unwrap();
+        let bytes = std::fs::read(dir.join(format!("{table}.csv"))).unwrap();
         let sink = pg
             .copy_in(&format!(
                 "COPY {table} FROM STDIN (FORMAT csv, HEADER true)"
@@ -103,7 +110,6 @@ async fn load_postgres(
         sink.as_mut().finish().await.unwrap();
     }
     pg.batch_execute("ANALYZE").await.unwrap();
-    (pg, url, data)
 }
 
 /// Runs the 22 queries on `reference` and on fedsql with pushdown on and
@@ -218,19 +224,7 @@ async fn tpch_split_between_postgres_and_mariadb_over_odbc() {
     let (pg, url) = fresh_postgres_database("fedsql_tpch_split").await;
     let schema = std::fs::read_to_string(tpch_dir().join("schema.sql")).unwrap();
     pg.batch_execute(&schema).await.unwrap();
-    for table in IN_POSTGRES {
-        let bytes = std::fs::read(data.path().join(format!("{table}.csv"))).unwrap();
-        let sink = pg
-            .copy_in(&format!(
-                "COPY {table} FROM STDIN (FORMAT csv, HEADER true)"
-            ))
-            .await
-            .unwrap();
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(bytes)).await.unwrap();
-        sink.as_mut().finish().await.unwrap();
-    }
-    pg.batch_execute("ANALYZE").await.unwrap();
+    copy_tables(&pg, data.path(), &IN_POSTGRES).await;
 
     // The warehouse: the same DDL (MariaDB reads it as is), loaded with the
     // MariaDB client's LOAD DATA.

@@ -316,10 +316,7 @@ impl SQLExecutor for OdbcExecutor {
             .discover()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(tables
-            .into_iter()
-            .map(|t| format!("{}.{}", t.schema, t.name))
-            .collect())
+        Ok(crate::remote_catalog::qualified_names(tables))
     }
 
     async fn get_table_schema(&self, table_name: &str) -> DfResult<SchemaRef> {
@@ -327,11 +324,6 @@ impl SQLExecutor for OdbcExecutor {
             .discover()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        tables
-            .into_iter()
-            .find(|t| format!("{}.{}", t.schema, t.name) == table_name || t.name == table_name)
-            .ok_or_else(|| DataFusionError::Plan(format!("table '{table_name}' not found")))?
-            .arrow_schema()
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+        crate::remote_catalog::schema_of(tables, table_name)
     }
 }

@@ -124,12 +124,7 @@ pub async fn open_postgres_catalog(
 mod tests {
     use super::*;
 
-    fn opts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_options as opts;
 
     #[test]
     fn options_are_checked() {
