@@ -28,18 +28,11 @@ trap cleanup EXIT
 echo "writing $ROWS rows to Parquet"
 "$VENV/bin/python" bench/flight_bench.py --make-parquet "$WORK/bench.parquet" --rows "$ROWS"
 
-"$FEDSQL" serve --no-demo --data-dir "$WORK/fedsql" \
-  --pg-listen 127.0.0.1:55450 --flight-listen 127.0.0.1:55451 > "$WORK/fedsql.log" 2>&1 &
-PIDS+=($!)
+start_fedsql "$WORK" 55450 55451 --no-demo
 "$VENV/bin/roapi" -t "bench=$WORK/bench.parquet" \
   --addr-flight-sql 127.0.0.1:55452 --addr-http 127.0.0.1:55453 --addr-postgres 127.0.0.1:55454 \
   > "$WORK/roapi.log" 2>&1 &
 PIDS+=($!)
-
-for _ in $(seq 1 600); do
-  grep -q "^  psql " "$WORK/fedsql.log" 2>/dev/null && break
-  sleep 0.1
-done
 psql -q -h 127.0.0.1 -p 55450 -U fedsql -d fedsql \
   -c "CREATE EXTERNAL TABLE bench STORED AS PARQUET LOCATION '$WORK/bench.parquet'"
 for _ in $(seq 1 600); do

@@ -47,10 +47,7 @@ for _ in $(seq 100); do grep -q "ready in" "$WORK/tansu.log" 2>/dev/null && brea
 echo "producing $N messages"
 "$COUNT" produce "$BROKERS" payments "$N"
 
-"$FEDSQL" serve --no-demo --data-dir "$WORK/fedsql" \
-  --pg-listen 127.0.0.1:55471 --flight-listen 127.0.0.1:55472 > "$WORK/fedsql.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 600); do grep -q "^  psql " "$WORK/fedsql.log" 2>/dev/null && break; sleep 0.1; done
+start_fedsql "$WORK" 55471 55472 --no-demo
 psql -q -h 127.0.0.1 -p 55471 -U fedsql -d fedsql \
   -c "CREATE SOURCE k TYPE kafka OPTIONS (brokers '$BROKERS', sample 100)"
 

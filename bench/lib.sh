@@ -20,3 +20,20 @@ bench_venv() {
 build_release() {
   cargo build --release --locked --bin fedsql
 }
+
+# start_fedsql WORK PG_PORT FLIGHT_PORT [serve flags…]: starts the release
+# fedsql on loopback (data in WORK/fedsql, log in WORK/fedsql.log), adds its
+# PID to PIDS and waits until it serves.
+start_fedsql() {
+  local work="$1" pg="$2" flight="$3"
+  shift 3
+  "$FEDSQL" serve --data-dir "$work/fedsql" --pg-listen "127.0.0.1:$pg" \
+    --flight-listen "127.0.0.1:$flight" "$@" > "$work/fedsql.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 600); do
+    grep -q "^  psql " "$work/fedsql.log" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "fedsql did not start; see $work/fedsql.log" >&2
+  return 1
+}

@@ -61,13 +61,7 @@ mariadb -h127.0.0.1 -P"$MARIA_PORT" -uroot -e \
 MARIA_ODBC="Driver={MariaDB Unicode};Server=127.0.0.1;Port=$MARIA_PORT;Database=bench;Uid=root;Pwd=;"
 PG_ODBC="Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=$PG_PORT;Database=postgres;Uid=postgres;Pwd=;"
 
-"$FEDSQL" serve --no-demo --data-dir "$WORK/fedsql" \
-  --pg-listen 127.0.0.1:55462 --flight-listen 127.0.0.1:55463 > "$WORK/fedsql.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 600); do
-  grep -q "^  psql " "$WORK/fedsql.log" 2>/dev/null && break
-  sleep 0.1
-done
+start_fedsql "$WORK" 55462 55463 --no-demo
 psql -q -h 127.0.0.1 -p 55462 -U fedsql -d fedsql \
   -c "CREATE SOURCE mdb TYPE odbc OPTIONS (connection_string '$MARIA_ODBC')" \
   -c "CREATE SOURCE pgo TYPE odbc OPTIONS (connection_string '$PG_ODBC')"

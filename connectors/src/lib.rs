@@ -5,6 +5,7 @@
 //! as they land.
 #![warn(rust_2018_idioms)]
 
+mod blocking;
 pub mod demo;
 pub mod error;
 pub mod fsutil;

@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -24,10 +23,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 
 use super::client::KafkaClient;
 use super::decode::{decode, RawMessage};
+use crate::blocking::{blocking_stream, BatchSender};
 use crate::error::ConnectorError;
 use crate::remote_log::QueryReport;
 
@@ -177,12 +176,7 @@ impl ExecutionPlan for KafkaScanExec {
             range,
             limit: self.limit,
         };
-        let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
-        tokio::task::spawn_blocking(move || reader.run(tx));
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|batch| (batch, rx))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        Ok(blocking_stream(schema, move |tx| reader.run(tx)))
     }
 }
 
@@ -198,7 +192,7 @@ struct PartitionReader {
 }
 
 impl PartitionReader {
-    fn run(self, tx: mpsc::Sender<DfResult<RecordBatch>>) {
+    fn run(self, tx: BatchSender) {
         let r = &self.range;
         let mut report = QueryReport::new(
             self.client.observer.clone(),
@@ -223,11 +217,7 @@ impl PartitionReader {
     }
 
     /// Sends the range's rows; returns how many messages were skipped.
-    fn read(
-        &self,
-        tx: &mpsc::Sender<DfResult<RecordBatch>>,
-        report: &mut QueryReport,
-    ) -> Result<u64, ConnectorError> {
+    fn read(&self, tx: &BatchSender, report: &mut QueryReport) -> Result<u64, ConnectorError> {
         let r = &self.range;
         // With a limit, `limit` offsets hold enough rows — unless malformed
         // messages are skipped, in which case reading stops on the count of
@@ -317,7 +307,7 @@ impl PartitionReader {
     fn flush(
         &self,
         buffer: &mut Vec<RawMessage>,
-        tx: &mpsc::Sender<DfResult<RecordBatch>>,
+        tx: &BatchSender,
         report: &mut QueryReport,
     ) -> Result<u64, ConnectorError> {
         if buffer.is_empty() {

@@ -38,6 +38,7 @@ use datafusion::logical_expr::CreateExternalTable;
 pub use client::KafkaClient;
 pub use table::KafkaTable;
 
+use crate::blocking::run_blocking;
 use crate::error::ConnectorError;
 use crate::remote_log::RemoteQueryObserver;
 
@@ -177,12 +178,7 @@ pub async fn open_kafka_catalog(
     let client = Arc::new(KafkaClient::new(name, options, observer)?);
     let topics = {
         let client = Arc::clone(&client);
-        tokio::task::spawn_blocking(move || client.topics())
-            .await
-            .map_err(|e| ConnectorError::ConnectionLost {
-                source_name: name.to_string(),
-                message: e.to_string(),
-            })??
+        run_blocking(name, move || client.topics()).await?
     };
     let schema = Arc::new(KafkaSchema {
         client,
@@ -219,9 +215,9 @@ impl SchemaProvider for KafkaSchema {
         }
         let client = Arc::clone(&self.client);
         let topic = name.to_string();
-        let table = tokio::task::spawn_blocking(move || KafkaTable::sampled(client, &topic))
+        let source = client.source_name.clone();
+        let table = run_blocking(&source, move || KafkaTable::sampled(client, &topic))
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let table = Arc::new(table);
         tables.insert(name.to_string(), Arc::clone(&table));
@@ -293,11 +289,11 @@ impl TableProviderFactory for KafkaTableFactory {
             Arc::new(KafkaClient::new(&name, options, self.observer.clone()).map_err(to_df)?);
         let declared = Arc::new(cmd.schema.as_arrow().clone());
         let topic = topic.to_string();
-        let table =
-            tokio::task::spawn_blocking(move || KafkaTable::declared(client, &topic, declared))
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-                .map_err(to_df)?;
+        let table = run_blocking(&name, move || {
+            KafkaTable::declared(client, &topic, declared)
+        })
+        .await
+        .map_err(to_df)?;
         Ok(Arc::new(table))
     }
 }

@@ -14,6 +14,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::client::KafkaClient;
 use super::exec::{KafkaScanExec, PartitionRange};
 use super::schema::{self, OFFSET, PARTITION, TIMESTAMP};
+use crate::blocking::run_blocking;
 use crate::error::ConnectorError;
 
 /// One topic of a Kafka source (or a Kafka external table).
@@ -316,9 +317,9 @@ impl TableProvider for KafkaTable {
         // is planned: every partition of the scan reads up to them.
         let client = Arc::clone(&self.client);
         let topic = self.topic.clone();
-        let ranges = tokio::task::spawn_blocking(move || plan_ranges(&client, &topic, &seeks))
+        let source = client.source_name.clone();
+        let ranges = run_blocking(&source, move || plan_ranges(&client, &topic, &seeks))
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(Arc::new(KafkaScanExec::new(
             Arc::clone(&self.client),

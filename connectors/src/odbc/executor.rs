@@ -10,18 +10,17 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
 use datafusion::sql::unparser::dialect::{
     CharacterLengthStyle, CustomDialectBuilder, Dialect, DistinctFromStyle, MySqlDialect,
     PostgreSqlDialect,
 };
 use datafusion_federation::sql::SQLExecutor;
-use tokio::sync::mpsc;
 
 use super::pool::{ConnectionPool, PooledConnection};
 use super::types::read_schema;
 use super::OdbcOptions;
+use crate::blocking::{blocking_stream, run_blocking, BatchSender};
 use crate::error::ConnectorError;
 use crate::pushdown::SourceDialect;
 use crate::remote_catalog::RemoteTableInfo;
@@ -45,17 +44,17 @@ impl OdbcExecutor {
         source_name: &str,
         options: OdbcOptions,
         observer: Option<Arc<dyn RemoteQueryObserver>>,
-    ) -> Result<Self, ConnectorError> {
+    ) -> Self {
         let context = options
             .dialect
             .compute_context(&format!("odbc://{source_name}"));
-        Ok(OdbcExecutor {
+        OdbcExecutor {
             source_name: source_name.to_string(),
             pool: Arc::new(ConnectionPool::new(source_name, options.clone())),
             options: Arc::new(options),
             context,
             observer,
-        })
+        }
     }
 
     /// The source's tables and the schema it resolves bare names in.
@@ -71,37 +70,32 @@ impl OdbcExecutor {
 
     /// Streams the rows of `query`, typed as `schema`.
     fn stream(&self, query: &str, schema: SchemaRef) -> SendableRecordBatchStream {
-        let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
         let executor = self.clone();
         let query = query.to_string();
         let planned = Arc::clone(&schema);
-        tokio::spawn(async move {
+        // The whole fetch, checkout included, blocks in the driver.
+        blocking_stream(schema, move |tx| {
             let mut report =
                 QueryReport::new(executor.observer.clone(), &executor.source_name, &query);
             tracing::debug!(source = %executor.source_name, sql = %query, "odbc query");
-            let connection = match executor.pool.checkout().await {
+            let connection = match executor.pool.checkout_blocking() {
                 Ok(c) => c,
                 Err(e) => {
                     report.error = Some((e.sqlstate().to_string(), e.to_string()));
-                    let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
+                    let _ = tx.blocking_send(Err(DataFusionError::External(Box::new(e))));
                     return;
                 }
             };
-            let fetch = FetchJob {
+            FetchJob {
                 source_name: executor.source_name.clone(),
                 options: Arc::clone(&executor.options),
                 query,
                 planned,
                 report,
                 tx,
-            };
-            // The fetch loop blocks in the driver: keep it off the runtime.
-            let _ = tokio::task::spawn_blocking(move || fetch.run(connection)).await;
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|batch| (batch, rx))
-        });
-        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+            }
+            .run(connection)
+        })
     }
 }
 
@@ -112,7 +106,7 @@ struct FetchJob {
     query: String,
     planned: SchemaRef,
     report: QueryReport,
-    tx: mpsc::Sender<DfResult<RecordBatch>>,
+    tx: BatchSender,
 }
 
 impl FetchJob {
@@ -263,19 +257,6 @@ impl Dialect for SqliteOdbcDialect {
     fn supports_column_alias_in_table_alias(&self) -> bool {
         false
     }
-}
-
-/// Runs blocking ODBC work on tokio's blocking pool.
-async fn run_blocking<T: Send + 'static>(
-    source_name: &str,
-    work: impl FnOnce() -> Result<T, ConnectorError> + Send + 'static,
-) -> Result<T, ConnectorError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ConnectorError::ConnectionLost {
-            source_name: source_name.to_string(),
-            message: format!("the ODBC call failed: {e}"),
-        })?
 }
 
 #[async_trait]

@@ -221,7 +221,7 @@ pub async fn open_odbc_catalog(
     observer: Option<Arc<dyn RemoteQueryObserver>>,
 ) -> Result<Arc<dyn CatalogProvider>, ConnectorError> {
     let options = OdbcOptions::from_options(options)?;
-    let executor = Arc::new(OdbcExecutor::new(name, options, observer)?);
+    let executor = Arc::new(OdbcExecutor::new(name, options, observer));
     let (tables, bare_schema) = executor.discover().await?;
     let provider = Arc::new(SQLFederationProvider::new(executor));
     Ok(Arc::new(RemoteCatalog::new(

@@ -12,6 +12,7 @@ use odbc_api::{Connection, ConnectionOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::OdbcOptions;
+use crate::blocking::run_blocking;
 use crate::error::ConnectorError;
 use crate::pushdown::SourceDialect;
 
@@ -59,12 +60,7 @@ impl ConnectionPool {
             Some(c) => c,
             None => {
                 let pool = Arc::clone(self);
-                tokio::task::spawn_blocking(move || pool.connect())
-                    .await
-                    .map_err(|e| ConnectorError::ConnectionLost {
-                        source_name: self.source_name.clone(),
-                        message: format!("connecting failed: {e}"),
-                    })??
+                run_blocking(&self.source_name, move || pool.connect()).await?
             }
         };
         Ok(PooledConnection {
@@ -72,6 +68,12 @@ impl ConnectionPool {
             pool: Arc::clone(self),
             _permit: permit,
         })
+    }
+
+    /// [`checkout`](Self::checkout) from a thread of tokio's blocking pool
+    /// (where a fetch loop runs), waiting there for a free connection.
+    pub fn checkout_blocking(self: &Arc<Self>) -> Result<PooledConnection, ConnectorError> {
+        tokio::runtime::Handle::current().block_on(self.checkout())
     }
 
     /// Opens a new connection and prepares its session (blocking).
