@@ -3,7 +3,8 @@
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fedsql-target}"
 VENV="${FEDSQL_BENCH_VENV:-$HOME/.cache/fedsql-bench-venv}"
-FEDSQL="$CARGO_TARGET_DIR/release/fedsql"
+# FEDSQL_BIN: a fedsql binary to measure instead of building one.
+FEDSQL="${FEDSQL_BIN:-$CARGO_TARGET_DIR/release/fedsql}"
 
 # bench_venv CHECK PACKAGE...: makes the venv and installs the pinned
 # packages unless `python -c CHECK` already succeeds in it.
@@ -18,7 +19,7 @@ bench_venv() {
 
 # Builds fedsql in release (the first cold build takes ~35 min on 2 cores).
 build_release() {
-  cargo build --release --locked --bin fedsql
+  [ -n "${FEDSQL_BIN:-}" ] || cargo build --release --locked --bin fedsql
 }
 
 # start_fedsql WORK PG_PORT FLIGHT_PORT [serve flags…]: starts the release

@@ -17,7 +17,7 @@ pub mod remote_catalog;
 pub mod remote_log;
 
 pub use error::ConnectorError;
-pub use remote_log::{RemoteQuery, RemoteQueryObserver};
+pub use remote_log::{ReadPurpose, RemoteQuery, RemoteQueryObserver};
 
 /// `(key, value)` option pairs, as `CREATE SOURCE` hands them over.
 #[cfg(test)]

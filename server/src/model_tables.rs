@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
@@ -37,6 +37,11 @@ pub fn models_schema() -> SchemaRef {
         Field::new("clients", DataType::Int64, false),
         Field::new("created_at", timestamp(), false),
         Field::new("metrics", DataType::Utf8, false),
+        Field::new(
+            "input_reads",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
     ]))
 }
 
@@ -52,6 +57,7 @@ pub fn models_batch(versions: &[(ModelVersion, bool)]) -> DfResult<RecordBatch> 
     let mut clients = Int64Builder::new();
     let mut created = TimestampMicrosecondBuilder::new();
     let mut metrics = StringBuilder::new();
+    let mut reads = ListBuilder::new(StringBuilder::new());
     for (m, is_active) in versions {
         model.append_value(&m.model);
         version.append_value(m.version as i64);
@@ -63,6 +69,7 @@ pub fn models_batch(versions: &[(ModelVersion, bool)]) -> DfResult<RecordBatch> 
         clients.append_value(m.clients.len() as i64);
         created.append_value(m.created_at_us);
         metrics.append_value(metrics_json(&m.metrics));
+        reads.append_value(m.input_reads.iter().map(Some));
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(model.finish()),
@@ -75,6 +82,7 @@ pub fn models_batch(versions: &[(ModelVersion, bool)]) -> DfResult<RecordBatch> 
         Arc::new(clients.finish()),
         Arc::new(created.finish()),
         Arc::new(metrics.finish()),
+        Arc::new(reads.finish()),
     ];
     Ok(RecordBatch::try_new(models_schema(), columns)?)
 }

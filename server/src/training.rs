@@ -33,6 +33,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::engine::{quote_literal, Engine, FedsqlOutcome};
 use crate::error::{Result, ServerError};
+use fedsql_connectors::ReadPurpose;
 
 tokio::task_local! {
     /// Where progress lines of the statement running on this task go (the
@@ -308,9 +309,18 @@ impl Engine {
             }
         };
 
-        // The input: any fedsql query, planned in the caller's session.
+        // The input: any fedsql query, planned in the caller's session. Its
+        // source reads are labelled with the version being made, so what a
+        // version was trained on (e.g. the Kafka offsets) can be traced.
         let sql = tm.input.to_sql();
-        let all = self.query_rows(ctx, &sql).await?;
+        let version = registry.next_version(&tm.name);
+        let purpose = Arc::new(ReadPurpose::new(format!(
+            "model {} version {version}",
+            tm.name
+        )));
+        let all = self
+            .query_rows(&with_purpose(ctx, Arc::clone(&purpose)), &sql)
+            .await?;
         let schema = all.schema();
         let find = |name: &str, role: &str| {
             schema
@@ -496,7 +506,6 @@ impl Engine {
             outputs: if classify { labels.len() } else { 1 },
             activation,
         };
-        let version = registry.next_version(&tm.name);
         let (weights, mut history, mut metrics) =
             self.run_rounds(&tm.name, &arch, &clients, &options).await?;
         // RMSE in the target's own units.
@@ -531,6 +540,7 @@ impl Engine {
                 .map(|d| d.as_micros() as i64)
                 .unwrap_or(0),
             history,
+            input_reads: purpose.reads(),
         };
         registry.save(&meta, &weights).map_err(udf_error)?;
         Ok(FedsqlOutcome::Query(format!(
@@ -730,6 +740,18 @@ impl Engine {
         exchange.stop().await;
         Ok((global, history, summarize(&last_eval)))
     }
+}
+
+/// A session like `ctx` (same catalogs and settings) whose scans label what
+/// they read with `purpose`.
+fn with_purpose(ctx: &SessionContext, purpose: Arc<ReadPurpose>) -> SessionContext {
+    let state = ctx.state();
+    let config = state.config().clone().with_extension(purpose);
+    SessionContext::new_with_state(
+        datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .build(),
+    )
 }
 
 /// Example-weighted validation metrics over all clients; R² from the

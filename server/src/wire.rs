@@ -288,7 +288,9 @@ where
 /// Waits for a query's first row inside `do_query`, which pgwire races
 /// against cancel requests; without this, blocking work (aggregates, sorts)
 /// would run later while rows stream out, where a cancel cannot reach it.
-async fn start_rows(response: Response) -> PgWireResult<Response> {
+/// An error after the first row (a source lost mid-scan) gets its SQLSTATE
+/// like one before it.
+async fn start_rows(response: Response, sql: &str) -> PgWireResult<Response> {
     let Response::Query(mut query) = response else {
         return Ok(response);
     };
@@ -296,7 +298,9 @@ async fn start_rows(response: Response) -> PgWireResult<Response> {
     if let Some(Err(e)) = first {
         return Err(e);
     }
-    let rest = std::mem::replace(query.data_rows(), Box::pin(stream::empty()));
+    let sql = sql.to_string();
+    let rest = std::mem::replace(query.data_rows(), Box::pin(stream::empty()))
+        .map(move |row| row.map_err(|e| to_wire(classify(e, &sql), 0).0));
     let tag = query.command_tag().to_string();
     let mut started = QueryResponse::new(query.row_schema(), stream::iter(first).chain(rest));
     started.set_command_tag(&tag);
@@ -399,7 +403,7 @@ impl SimpleQueryHandler for FedsqlService {
                     let mut started_rows = Vec::with_capacity(rs.len());
                     let mut failure = None;
                     for r in rs {
-                        match start_rows(r).await {
+                        match start_rows(r, &text).await {
                             Ok(r) => started_rows.push(r),
                             Err(e) => {
                                 failure = Some(classify(e, &text));
@@ -472,7 +476,7 @@ impl ExtendedQueryHandler for FedsqlService {
                 .await
             {
                 Ok(r) => match self.engine.after_statement(&session.database, &text) {
-                    Ok(()) => start_rows(with_ddl_tag(vec![r], &text).remove(0))
+                    Ok(()) => start_rows(with_ddl_tag(vec![r], &text).remove(0), &text)
                         .await
                         .map_err(|e| classify(e, &text)),
                     Err(e) => Err(Err(e)),

@@ -64,7 +64,31 @@ impl FedsqlServer {
     }
 
     /// Starts a server with extra arguments and environment variables.
+    ///
+    /// Tests run in parallel and a port from [`free_port`] is only free
+    /// until someone binds it, so a server that exits during start-up is
+    /// started again on other ports (twice at most).
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> FedsqlServer {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(data_dir, extra, env) {
+                Ok(server) => return server,
+                Err(status) if attempt < 3 => {
+                    eprintln!(
+                        "fedsql serve exited during start-up ({status}); retrying on other ports"
+                    );
+                    attempt += 1;
+                }
+                Err(status) => panic!("fedsql serve exited during start-up: {status}"),
+            }
+        }
+    }
+
+    fn try_start(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<FedsqlServer, std::process::ExitStatus> {
         let port = free_port();
         let flight_port = free_port();
         let mut child = Command::new(fedsql_bin())
@@ -101,19 +125,19 @@ impl FedsqlServer {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("fedsql serve exited during start-up: {status}");
+                return Err(status);
             }
             assert!(
                 Instant::now() < deadline,
                 "fedsql serve did not start within 60 s"
             );
         }
-        FedsqlServer {
+        Ok(FedsqlServer {
             child,
             port,
             flight_port,
             data_dir: data_dir.to_path_buf(),
-        }
+        })
     }
 
     /// A libpq connection string for `database`.
@@ -379,8 +403,13 @@ pub fn test_kafka() -> String {
 /// Creates `topic` with `partitions` partitions on the test broker (with
 /// tansu's own CLI: `$FEDSQL_TANSU topic create`).
 pub fn create_topic(topic: &str, partitions: u32) {
-    let tansu = std::env::var("FEDSQL_TANSU").unwrap_or_else(|_| "tansu".to_string());
-    let broker = format!("tcp://{}", test_kafka());
+    create_topic_at(&test_kafka(), topic, partitions)
+}
+
+/// Creates `topic` on the broker at `brokers` (`host:port`).
+pub fn create_topic_at(brokers: &str, topic: &str, partitions: u32) {
+    let tansu = tansu_bin();
+    let broker = format!("tcp://{brokers}");
     let out = Command::new(&tansu)
         .args([
             "topic",
@@ -408,9 +437,14 @@ pub type TestMessage = (i32, i64, Option<String>, String);
 /// Produces `messages` to `topic` on the test broker and waits until all
 /// are acknowledged.
 pub fn produce(topic: &str, messages: &[TestMessage]) {
+    produce_at(&test_kafka(), topic, messages)
+}
+
+/// Produces `messages` to `topic` on the broker at `brokers`.
+pub fn produce_at(brokers: &str, topic: &str, messages: &[TestMessage]) {
     use rdkafka::producer::{BaseRecord, Producer};
     let producer: rdkafka::producer::BaseProducer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", test_kafka())
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .create()
         .expect("a Kafka producer");
@@ -443,4 +477,75 @@ pub fn produce(topic: &str, messages: &[TestMessage]) {
     producer
         .flush(std::time::Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("flushing to {topic}: {e}"));
+}
+
+/// The tansu binary (`$FEDSQL_TANSU`, which scripts/test sets).
+fn tansu_bin() -> String {
+    std::env::var("FEDSQL_TANSU").unwrap_or_else(|_| "tansu".to_string())
+}
+
+/// A tansu broker of the test's own (SQLite storage in a temporary folder,
+/// on a free loopback port), for tests that stop a broker; killed when
+/// dropped.
+pub struct PrivateBroker {
+    child: Child,
+    /// `127.0.0.1:port`.
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateBroker {
+    /// Starts the broker and waits until it is ready.
+    pub fn start() -> PrivateBroker {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let address = format!("127.0.0.1:{}", free_port());
+        let url = format!("tcp://{address}");
+        let log = std::fs::File::create(dir.path().join("log")).expect("a log file");
+        // tansu reads a .env from its working directory: an empty one.
+        let child = Command::new(tansu_bin())
+            .current_dir(dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): set FEDSQL_TANSU (scripts/test does)",
+                    tansu_bin()
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+            if log.contains("ready in") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "tansu did not start: {log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateBroker {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// Kills the broker at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

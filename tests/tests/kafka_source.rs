@@ -419,3 +419,155 @@ async fn malformed_messages_empty_and_missing_topics_and_an_unreachable_broker()
     // The server keeps serving.
     assert_eq!(one(&f, "SELECT 1").await, vec![s("1")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_trained_on_a_topic_records_the_offsets_it_read() {
+    let (_server, _dir, f) = server_with_kafka_source().await;
+    // Created after the source: a topic joins when a query first names it.
+    let t = topic("labelled");
+    create_topic(&t, 3);
+    let messages: Vec<TestMessage> = (0..600)
+        .map(|i: i64| {
+            let amount = (i * 37 % 100) as f64;
+            (
+                (i % 3) as i32,
+                BASE_MS + i,
+                None,
+                format!(
+                    r#"{{"amount": {amount}, "region": "{}", "label": {}}}"#,
+                    if i % 2 == 0 { "north" } else { "south" },
+                    amount > 50.0
+                ),
+            )
+        })
+        .collect();
+    produce(&t, &messages);
+
+    let trained = rows(
+        &f,
+        &format!(
+            "TRAIN MODEL kmodel USING logistic_regression PREDICT label \
+             FROM (SELECT amount, region, label FROM k.public.{t}) FEDERATED BY region \
+             WITH (rounds = 2, learning_rate = 0.5)"
+        ),
+    )
+    .await;
+    assert_eq!(trained[0][1], s("1"), "{trained:?}");
+
+    // Each partition's read is in the query log with the model version.
+    let logged = rows(
+        &f,
+        &format!(
+            "SELECT query FROM fedsql.system.queries WHERE protocol = 'source' \
+             AND query LIKE 'kafka topic {t} %' ORDER BY query"
+        ),
+    )
+    .await;
+    let logged: Vec<String> = logged.into_iter().filter_map(|mut r| r.remove(0)).collect();
+    let expected: Vec<String> = (0..3)
+        .map(|p| {
+            format!(
+                "kafka topic {t} partition {p} offsets 0..200 (planned 0..200, high watermark 200) \
+                 for model kmodel version 1"
+            )
+        })
+        .collect();
+    assert_eq!(logged, expected);
+
+    // And stored with the version, so they outlive the log.
+    let reads = one(
+        &f,
+        "SELECT array_to_string(input_reads, ' | ') FROM fedsql.system.models \
+         WHERE model = 'kmodel' AND version = 1",
+    )
+    .await;
+    let want: Vec<String> = expected
+        .iter()
+        .map(|q| {
+            q.trim_end_matches(" for model kmodel version 1")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(reads, vec![Some(want.join(" | "))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_goes_away_mid_scan_fails_the_query_with_08006() {
+    use futures::StreamExt;
+    let mut broker = fedsql_tests::PrivateBroker::start();
+    let t = "big";
+    fedsql_tests::create_topic_at(&broker.address, t, 1);
+    // ~30 MB: more than the pipeline and the sockets buffer, so the scan is
+    // still reading from the broker when it goes away.
+    let filler = "x".repeat(1000);
+    let messages: Vec<TestMessage> = (0..30_000)
+        .map(|i| {
+            (
+                0,
+                BASE_MS + i,
+                None,
+                format!(r#"{{"id": {i}, "filler": "{filler}"}}"#),
+            )
+        })
+        .collect();
+    fedsql_tests::produce_at(&broker.address, t, &messages);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let f = server.connect("demo").await;
+    f.simple_query(&format!(
+        "CREATE SOURCE doomed TYPE kafka OPTIONS (brokers '{}', sample 10, stall_timeout 3, \
+         'queued.max.messages.kbytes' '256', 'max.partition.fetch.bytes' '65536', \
+         'fetch.max.bytes' '1048576')",
+        broker.address
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("CREATE SOURCE: {}", message(&e)));
+
+    // The simple protocol streams rows as fedsql sends them.
+    let stream = f
+        .simple_query_raw(&format!("SELECT id, filler FROM doomed.public.{t}"))
+        .await
+        .unwrap();
+    futures::pin_mut!(stream);
+    loop {
+        match stream.next().await.expect("a first row") {
+            Ok(tokio_postgres::SimpleQueryMessage::Row(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("first row: {}", message(&e)),
+        }
+    }
+    broker.kill();
+
+    let mut rows_read = 1;
+    let error = loop {
+        match stream.next().await {
+            Some(Ok(tokio_postgres::SimpleQueryMessage::Row(_))) => rows_read += 1,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break e,
+            None => panic!("the scan ended without an error after {rows_read} rows"),
+        }
+    };
+    assert!(rows_read < 30_000);
+    assert_eq!(code(&error), "08006", "{}", message(&error));
+    assert!(
+        message(&error).contains(&format!("topic {t} partition 0")),
+        "{}",
+        message(&error)
+    );
+
+    // The failed read is logged with how far it got; the server goes on.
+    let other = server.connect("demo").await;
+    let logged = one(
+        &other,
+        "SELECT query, sqlstate FROM fedsql.system.queries WHERE protocol = 'source' \
+         AND database = 'doomed' AND query LIKE 'kafka topic big %'",
+    )
+    .await;
+    assert_eq!(logged[1], s("08006"));
+    assert!(
+        !logged[0].as_deref().unwrap().contains("offsets 0..0 "),
+        "{logged:?}"
+    );
+    assert_eq!(one(&other, "SELECT 1").await, vec![s("1")]);
+}

@@ -50,6 +50,11 @@ pub struct ModelVersion {
     pub created_at_us: i64,
     /// One entry per round × client × phase.
     pub history: Vec<RoundRecord>,
+    /// What the training input read from sources that record it (a Kafka
+    /// scan's topic, partition and offsets), so a version can be traced to
+    /// its exact input.
+    #[serde(default)]
+    pub input_reads: Vec<String>,
 }
 
 /// One client's part in one round: a row of `fedsql.system.training_rounds`.

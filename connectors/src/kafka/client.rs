@@ -168,6 +168,14 @@ impl KafkaClient {
     /// Maps a librdkafka error to what the client should see.
     pub(crate) fn classify(&self, error: KafkaError, connecting: bool) -> ConnectorError {
         let source_name = self.source_name.clone();
+        // librdkafka connects lazily: creating a client fails only on its
+        // configuration (e.g. `fetch.max.bytes` below `message.max.bytes`).
+        if let KafkaError::ClientCreation(message) = &error {
+            return ConnectorError::InvalidOption {
+                option: "options".into(),
+                message: message.clone(),
+            };
+        }
         let message = error.to_string();
         let transport = matches!(
             error.rdkafka_error_code(),
@@ -179,10 +187,7 @@ impl KafkaClient {
                     | RDKafkaErrorCode::NetworkException
                     | RDKafkaErrorCode::Resolve
             )
-        ) || matches!(
-            error,
-            KafkaError::MetadataFetch(_) | KafkaError::ClientCreation(_)
-        );
+        ) || matches!(error, KafkaError::MetadataFetch(_));
         if transport && connecting {
             ConnectorError::Unreachable {
                 source_name,

@@ -28,15 +28,14 @@ use super::client::KafkaClient;
 use super::decode::{decode, RawMessage};
 use crate::blocking::{blocking_stream, BatchSender};
 use crate::error::ConnectorError;
-use crate::remote_log::QueryReport;
+use crate::remote_log::{QueryReport, ReadPurpose};
 
-/// Messages decoded per Arrow batch.
+/// Messages decoded per Arrow batch, at most.
 const BATCH_MESSAGES: usize = 8192;
-/// How long a partition may stay silent below its end offset before the
-/// broker counts as gone (the bounded retry: librdkafka reconnects and
-/// refetches in the meantime). Generous, because a slow broker's first fetch
-/// of a large partition can take many seconds.
-const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Payload bytes per Arrow batch, at most: large messages make smaller
+/// batches, so what a scan holds in memory stays bounded.
+const BATCH_BYTES: usize = 2 << 20;
 
 /// The offsets one partition is read over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +156,7 @@ impl ExecutionPlan for KafkaScanExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = Arc::clone(&self.schema);
         let Some(range) = self.ranges.get(partition).cloned() else {
@@ -175,6 +174,7 @@ impl ExecutionPlan for KafkaScanExec {
             schema: Arc::clone(&schema),
             range,
             limit: self.limit,
+            purpose: context.session_config().get_extension::<ReadPurpose>(),
         };
         Ok(blocking_stream(schema, move |tx| reader.run(tx)))
     }
@@ -189,20 +189,29 @@ struct PartitionReader {
     schema: SchemaRef,
     range: PartitionRange,
     limit: Option<usize>,
+    purpose: Option<Arc<ReadPurpose>>,
 }
 
 impl PartitionReader {
-    fn run(self, tx: BatchSender) {
+    /// What the query log shows for this partition: the offsets read.
+    fn describe(&self, read_until: i64) -> String {
         let r = &self.range;
+        format!(
+            "kafka topic {} partition {} offsets {}..{} (planned {}..{}, high watermark {})",
+            self.topic, r.partition, r.start, read_until, r.start, r.end, r.high_watermark
+        )
+    }
+
+    fn run(self, tx: BatchSender) {
         let mut report = QueryReport::new(
             self.client.observer.clone(),
             &self.client.source_name,
-            &format!(
-                "kafka topic {} partition {} offsets {}..{} (high watermark {})",
-                self.topic, r.partition, r.start, r.end, r.high_watermark
-            ),
-        );
-        let outcome = self.read(&tx, &mut report);
+            &self.describe(self.range.start),
+        )
+        .with_purpose(self.purpose.clone());
+        let mut next = self.range.start;
+        let outcome = self.read(&tx, &mut report, &mut next);
+        report.set_sql(self.describe(next));
         let skipped = outcome.as_ref().map_or(0, |s| *s);
         if skipped > 0 {
             report.error = Some((
@@ -217,7 +226,13 @@ impl PartitionReader {
     }
 
     /// Sends the range's rows; returns how many messages were skipped.
-    fn read(&self, tx: &BatchSender, report: &mut QueryReport) -> Result<u64, ConnectorError> {
+    /// `next` is kept at one past the last offset read, also on failure.
+    fn read(
+        &self,
+        tx: &BatchSender,
+        report: &mut QueryReport,
+        next: &mut i64,
+    ) -> Result<u64, ConnectorError> {
         let r = &self.range;
         // With a limit, `limit` offsets hold enough rows — unless malformed
         // messages are skipped, in which case reading stops on the count of
@@ -237,11 +252,12 @@ impl PartitionReader {
         consumer
             .assign(&assignment)
             .map_err(|e| self.client.classify(e, true))?;
-        let mut next = r.start;
         let mut buffer: Vec<RawMessage> = Vec::with_capacity(BATCH_MESSAGES);
+        let mut buffered_bytes = 0;
         let mut skipped = 0;
         let mut last_progress = Instant::now();
-        while next < end {
+        let stall_timeout = self.client.options.stall_timeout;
+        while *next < end {
             match consumer.poll(Duration::from_millis(200)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => {
@@ -259,11 +275,12 @@ impl PartitionReader {
                     if offset >= end {
                         break;
                     }
-                    if offset < next {
+                    if offset < *next {
                         continue;
                     }
-                    next = offset + 1;
+                    *next = offset + 1;
                     report.bytes += message.payload_len() as u64;
+                    buffered_bytes += message.payload_len();
                     buffer.push(RawMessage {
                         partition: r.partition,
                         offset,
@@ -279,22 +296,26 @@ impl PartitionReader {
                     let limit_reached = self
                         .limit
                         .is_some_and(|l| report.rows + buffer.len() as u64 >= l as u64);
-                    if buffer.len() >= BATCH_MESSAGES || limit_reached {
+                    if buffer.len() >= BATCH_MESSAGES
+                        || buffered_bytes >= BATCH_BYTES
+                        || limit_reached
+                    {
                         skipped += self.flush(&mut buffer, tx, report)?;
+                        buffered_bytes = 0;
                         if tx.is_closed() || self.limit.is_some_and(|l| report.rows >= l as u64) {
                             return Ok(skipped);
                         }
                     }
                 }
             }
-            if last_progress.elapsed() > STALL_TIMEOUT {
+            if last_progress.elapsed() > stall_timeout {
                 return Err(ConnectorError::ConnectionLost {
                     source_name: self.client.source_name.clone(),
                     message: format!(
                         "topic {} partition {}: no message for {}s at offset {next} (reading up to {end}): the broker at {} stopped answering",
                         self.topic,
                         r.partition,
-                        STALL_TIMEOUT.as_secs(),
+                        stall_timeout.as_secs(),
                         self.client.options.brokers
                     ),
                 });

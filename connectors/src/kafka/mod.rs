@@ -71,7 +71,13 @@ pub struct KafkaOptions {
     pub client_settings: Vec<(String, String)>,
     /// The environment variable holding `sasl.password`.
     pub sasl_password_env: Option<String>,
+    /// How long a scan waits for the next message below its captured end
+    /// (librdkafka retries meanwhile) before failing with 08006.
+    pub stall_timeout: std::time::Duration,
 }
+
+/// The default of [`KafkaOptions::stall_timeout`].
+const DEFAULT_STALL_TIMEOUT_SECS: u64 = 30;
 
 const CLIENT_SETTINGS: &[&str] = &[
     "security.protocol",
@@ -81,6 +87,13 @@ const CLIENT_SETTINGS: &[&str] = &[
     "ssl.certificate.location",
     "ssl.key.location",
     "client.id",
+    // Tuning: how much a scan prefetches and how it waits for a broker.
+    "queued.max.messages.kbytes",
+    "fetch.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.wait.max.ms",
+    "socket.timeout.ms",
+    "reconnect.backoff.max.ms",
 ];
 
 impl KafkaOptions {
@@ -97,7 +110,8 @@ impl KafkaOptions {
         let mut client_settings = Vec::new();
         for (key, value) in &map {
             match key.as_str() {
-                "brokers" | "format" | "sample" | "on_error" | "sasl_password_env" => {}
+                "brokers" | "format" | "sample" | "on_error" | "sasl_password_env"
+                | "stall_timeout" => {}
                 k if CLIENT_SETTINGS.contains(&k) => {
                     client_settings.push((k.to_string(), value.to_string()))
                 }
@@ -111,7 +125,7 @@ impl KafkaOptions {
                     return Err(invalid(
                         key,
                         format!(
-                            "unknown option for a kafka source (expected brokers, format, sample, on_error, sasl_password_env, {})",
+                            "unknown option for a kafka source (expected brokers, format, sample, on_error, stall_timeout, sasl_password_env, {})",
                             CLIENT_SETTINGS.join(", ")
                         ),
                     ))
@@ -156,7 +170,17 @@ impl KafkaOptions {
                 ))
             }
         };
+        let stall_timeout = match map.get("stall_timeout") {
+            None => DEFAULT_STALL_TIMEOUT_SECS,
+            Some(v) => v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                invalid(
+                    "stall_timeout",
+                    format!("must be a positive number of seconds, got {v}"),
+                )
+            })?,
+        };
         Ok(KafkaOptions {
+            stall_timeout: std::time::Duration::from_secs(stall_timeout),
             brokers,
             format,
             sample,
@@ -182,7 +206,7 @@ pub async fn open_kafka_catalog(
     };
     let schema = Arc::new(KafkaSchema {
         client,
-        topics,
+        topics: std::sync::Mutex::new(topics),
         tables: Default::default(),
     });
     let catalog = datafusion::catalog::MemoryCatalogProvider::new();
@@ -195,18 +219,23 @@ pub async fn open_kafka_catalog(
 #[derive(Debug)]
 struct KafkaSchema {
     client: Arc<KafkaClient>,
-    topics: Vec<String>,
+    /// Listed at `CREATE SOURCE` (and start-up); a topic created later joins
+    /// when a query first names it.
+    topics: std::sync::Mutex<Vec<String>>,
     tables: tokio::sync::Mutex<BTreeMap<String, Arc<KafkaTable>>>,
 }
 
 #[async_trait]
 impl SchemaProvider for KafkaSchema {
     fn table_names(&self) -> Vec<String> {
-        self.topics.clone()
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if !self.topics.iter().any(|t| t == name) {
+        if !self.table_exist(name) && !self.topic_appeared(name).await? {
             return Ok(None);
         }
         let mut tables = self.tables.lock().await;
@@ -225,7 +254,35 @@ impl SchemaProvider for KafkaSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.topics.iter().any(|t| t == name)
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|t| t == name)
+    }
+}
+
+impl KafkaSchema {
+    /// Whether `topic`, unknown when the topics were listed, exists now (a
+    /// topic created after `CREATE SOURCE`); if so it joins the list.
+    async fn topic_appeared(&self, topic: &str) -> DfResult<bool> {
+        let client = Arc::clone(&self.client);
+        let name = topic.to_string();
+        let source = client.source_name.clone();
+        let exists = run_blocking(&source, move || {
+            let consumer = client.consumer()?;
+            Ok(client.partitions(&consumer, &name)?.is_some())
+        })
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if exists {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            if !topics.iter().any(|t| t == topic) {
+                topics.push(topic.to_string());
+                topics.sort();
+            }
+        }
+        Ok(exists)
     }
 }
 

@@ -24,6 +24,7 @@
 mod names;
 mod policy;
 mod rule;
+mod semi_join;
 
 use datafusion::common::extensions_options;
 use datafusion::config::ConfigExtension;

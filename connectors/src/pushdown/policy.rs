@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::DFSchema;
-use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator};
 
 /// Decides whether a plan node may run at a source.
 ///
@@ -215,22 +215,9 @@ impl PushdownPolicy for DialectPolicy {
             // would make the source stream |A|×|B| rows. It goes only as part
             // of a larger pushed plan (with the filter that makes it a join).
             LogicalPlan::Join(join) if join.on.is_empty() && join.filter.is_none() => false,
-            // DataFusion 55's unparser writes a semi/anti join as `WHERE
-            // [NOT] EXISTS (…)` on its left input and, when that input is a
-            // filter, drops the filter: wrong rows. Such joins run in fedsql.
-            LogicalPlan::Join(join)
-                if matches!(
-                    join.join_type,
-                    JoinType::LeftSemi
-                        | JoinType::LeftAnti
-                        | JoinType::RightSemi
-                        | JoinType::RightAnti
-                        | JoinType::LeftMark
-                        | JoinType::RightMark
-                ) && (contains_filter(&join.left) || contains_filter(&join.right)) =>
-            {
-                false
-            }
+            // DataFusion 55's unparser loses filters under some semi/anti
+            // joins; the ones it cannot be helped with run in fedsql.
+            LogicalPlan::Join(join) if !super::semi_join::unparses_correctly(join) => false,
             // The unparser writes a constant grouping key as a literal, which
             // Postgres reads as "GROUP BY <column position>" or rejects.
             LogicalPlan::Aggregate(agg)
@@ -261,16 +248,6 @@ impl PushdownPolicy for DialectPolicy {
             }
             _ => false,
         }
-    }
-}
-
-/// Whether `plan` is a filter, or a projection or alias over one.
-fn contains_filter(plan: &LogicalPlan) -> bool {
-    match plan {
-        LogicalPlan::Filter(_) => true,
-        LogicalPlan::Projection(p) => contains_filter(&p.input),
-        LogicalPlan::SubqueryAlias(a) => contains_filter(&a.input),
-        _ => false,
     }
 }
 

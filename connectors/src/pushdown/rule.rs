@@ -28,8 +28,9 @@ impl PolicyFederationRule {
     /// every filter sits on the input it restricts, so the remote side of a
     /// cross-source join gets its filters and a same-source join inside a
     /// larger query is sent whole. Two shapes the DataFusion 55 unparser
-    /// gets wrong at that point stay local: semi/anti joins over a filter
-    /// (see the policy) and nodes with subquery expressions (see `allowed`).
+    /// gets wrong at that point stay local: semi/anti joins whose filters
+    /// hide under a projection (see `semi_join`) and nodes with subquery
+    /// expressions (see `allowed`).
     ///
     /// Columns are not pruned before federation: `optimize_projections`
     /// ahead of this rule made the unparser write derived tables that join
@@ -410,12 +411,15 @@ fn get_leaf_provider(plan: &LogicalPlan) -> Result<Option<FederationProviderRef>
 }
 
 /// Federates `plan` with generated names in the source's terms (fedsql:
-/// see [`super::names`]), its output renamed back for the outer plan.
+/// see [`super::names`]), its output renamed back for the outer plan, and
+/// its semi/anti joins in a shape the unparser writes correctly (see
+/// [`super::semi_join`]).
 fn federate(
     optimizer: &Optimizer,
     plan: LogicalPlan,
     config: &dyn OptimizerConfig,
 ) -> Result<LogicalPlan> {
+    let plan = super::semi_join::reshape(plan)?;
     let (plan, restore) = super::names::with_remote_names(plan)?;
     let federated = optimizer.optimize(plan, config, |_, _| {})?;
     match restore {

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# TPC-H through fedsql vs PostgreSQL alone, one run, same machine:
+#   - every table in one Postgres source (issue 2's measurement);
+#   - split: lineitem and orders in Postgres, the other six in MariaDB read
+#     over ODBC (issue 3's measurement);
+# against PostgreSQL running the same 22 queries on all eight tables. Each
+# query is capped at 60 s (a capped query counts as 60 s); every fedsql
+# answer is checked against Postgres's.
+#
+#   bench/tpch.sh [SCALE]      (default 1)
+#
+# Needs the Debian packages scripts/test installs (postgresql, mariadb-server,
+# unixodbc, odbc-mariadb). Builds fedsql in release, installs tpchgen-cli and
+# psycopg from PyPI into the bench venv, starts throw-away PostgreSQL and
+# MariaDB servers and fedsql on loopback ports 55470-55473 and stops them
+# when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE="${1:-1}"
+. bench/lib.sh
+bench_venv 'import psycopg, tpchgen' \
+  "pyarrow==26.0.1" "psycopg[binary]==3.3.9" "tpchgen-cli==4.0.0"
+"$VENV/bin/python" -c 'import tpchgen' 2>/dev/null ||
+  "$VENV/bin/pip" install -q --disable-pip-version-check "tpchgen-cli==4.0.0"
+build_release
+
+WORK="$(mktemp -d /tmp/fedsql-tpch-bench.XXXXXX)"
+chmod 755 "$WORK"
+PG_PORT=55470 MARIA_PORT=55471 FED_PG=55472 FED_FLIGHT=55473
+PGBIN=/usr/lib/postgresql/15/bin
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/fedsql.pid" ] && kill "$(cat "$WORK/fedsql.pid")" 2>/dev/null || true
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  [ -f "$WORK/maria/pid" ] && kill "$(cat "$WORK/maria/pid")" 2>/dev/null || true
+  sleep 1
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "generating TPC-H SF$SCALE"
+"$VENV/bin/tpchgen-cli" csv -s "$SCALE" --output-dir "$WORK/data" >/dev/null
+chmod -R a+rX "$WORK/data"
+
+echo "starting PostgreSQL and MariaDB"
+mkdir -p "$WORK/pg" "$WORK/maria"
+chown postgres "$WORK/pg"
+chown mysql "$WORK/maria"
+runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 -N >/dev/null
+# Settings a DBA would give an analytics box with this much memory.
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c fsync=off \
+      -c shared_buffers=2GB -c work_mem=256MB -c effective_cache_size=8GB \
+      -c max_parallel_workers_per_gather=2" start >/dev/null
+mariadb-install-db --no-defaults --user=mysql --datadir="$WORK/maria/data" \
+  --auth-root-authentication-method=normal --skip-test-db >/dev/null
+mariadbd --no-defaults --user=mysql --datadir="$WORK/maria/data" --port="$MARIA_PORT" \
+  --bind-address=127.0.0.1 --socket="$WORK/maria/s.sock" --pid-file="$WORK/maria/pid" \
+  --skip-log-bin --character-set-server=utf8mb4 --innodb-buffer-pool-size=2G \
+  --local-infile=1 >"$WORK/maria/log" 2>&1 &
+for _ in $(seq 100); do
+  mariadb-admin -h127.0.0.1 -P"$MARIA_PORT" -uroot ping >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+TABLES="region nation part supplier partsupp customer orders lineitem"
+load_pg() { # DATABASE TABLE...
+  local db="$1"
+  shift
+  psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE $db"
+  psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$db" -f tests/tpch/schema.sql
+  for t in "$@"; do
+    psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$db" \
+      -c "\\copy $t FROM '$WORK/data/$t.csv' (FORMAT csv, HEADER true)"
+  done
+  psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$db" -c "VACUUM ANALYZE"
+}
+echo "loading all eight tables into Postgres (database tpch)"
+load_pg tpch $TABLES
+echo "loading lineitem and orders into Postgres (database split)"
+load_pg split orders lineitem
+echo "loading the other six tables into MariaDB (database tpch_wh)"
+{
+  echo "CREATE DATABASE tpch_wh; USE tpch_wh;"
+  for t in region nation part supplier partsupp customer; do
+    grep "^CREATE TABLE $t " tests/tpch/schema.sql
+    echo "LOAD DATA LOCAL INFILE '$WORK/data/$t.csv' INTO TABLE $t CHARACTER SET utf8mb4
+          FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' IGNORE 1 LINES;"
+  done
+  echo "ANALYZE TABLE region, nation, part, supplier, partsupp, customer;"
+} | mariadb --local-infile=1 -h127.0.0.1 -P"$MARIA_PORT" -uroot >/dev/null
+
+WH_ODBC="Driver={MariaDB Unicode};Server=127.0.0.1;Port=$MARIA_PORT;Database=tpch_wh;Uid=root;Pwd=;"
+"$VENV/bin/python" bench/tpch_bench.py \
+  --fedsql "$FEDSQL" --work "$WORK" --fedsql-pg "$FED_PG" --fedsql-flight "$FED_FLIGHT" \
+  --postgres "host=127.0.0.1 port=$PG_PORT user=postgres dbname=tpch" \
+  --source "tpch|CREATE SOURCE tpch TYPE postgres OPTIONS (url 'postgres://postgres@127.0.0.1:$PG_PORT/tpch')" \
+  --source "pg|CREATE SOURCE pg TYPE postgres OPTIONS (url 'postgres://postgres@127.0.0.1:$PG_PORT/split')" \
+  --source "wh|CREATE SOURCE wh TYPE odbc OPTIONS (connection_string '$WH_ODBC', dialect 'mysql')" \
+  --scale "$SCALE"
