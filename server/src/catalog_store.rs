@@ -1,4 +1,5 @@
-//! Persisted catalog state: sources and views, in `<data dir>/catalog.json`.
+//! Persisted catalog state: sources, views and external tables, in
+//! `<data dir>/catalog.json`.
 //!
 //! Each change rewrites the whole file atomically (temp file, fsync, rename),
 //! so a crash leaves the previous or the new state, never a torn one.
@@ -9,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServerError};
 
-/// A view created with `CREATE VIEW`, replayed at start-up.
+/// A view (`CREATE VIEW`) or an external table (`CREATE EXTERNAL TABLE`),
+/// replayed at start-up by running its statement again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ViewEntry {
     /// `catalog.schema.view`, normalized the way DataFusion resolves it.
@@ -17,7 +19,7 @@ pub struct ViewEntry {
     /// The database (catalog) the statement ran in, which resolves its
     /// unqualified names.
     pub database: String,
-    /// The `CREATE VIEW` statement as written.
+    /// The `CREATE VIEW` / `CREATE EXTERNAL TABLE` statement as written.
     pub sql: String,
 }
 

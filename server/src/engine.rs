@@ -613,6 +613,9 @@ fn parse_ddl(sql: &str) -> Option<Statement> {
 /// The Postgres command tag of a DDL statement (DataFusion answers DDL with
 /// an empty result set, which psql would print as "(0 rows)").
 pub fn ddl_tag(sql: &str) -> Option<&'static str> {
+    if crate::front::is_create_external_table(sql) {
+        return Some("CREATE EXTERNAL TABLE");
+    }
     Some(match parse_ddl(sql)? {
         Statement::CreateView(_) => "CREATE VIEW",
         Statement::CreateTable(_) => "CREATE TABLE",
@@ -627,14 +630,28 @@ pub fn ddl_tag(sql: &str) -> Option<&'static str> {
     })
 }
 
-/// Whether `sql` creates or drops views, with their fully-qualified names.
+/// Whether `sql` creates or drops a definition that is replayed at start-up
+/// (a view or an external table), with the fully-qualified names.
 fn view_change(database: &str, sql: &str) -> Option<ViewChange> {
+    if crate::front::is_create_external_table(sql) {
+        // DataFusion's own parser: it takes any `STORED AS` name (`KAFKA`).
+        let parsed =
+            datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+                .ok()?;
+        let Some(datafusion::sql::parser::Statement::CreateExternalTable(create)) = parsed.front()
+        else {
+            return None;
+        };
+        return Some(ViewChange::Created(qualify(database, &create.name)?));
+    }
     match parse_ddl(sql)? {
         Statement::CreateView(view) if !view.materialized => {
             Some(ViewChange::Created(qualify(database, &view.name)?))
         }
+        // Dropping a table forgets an external table of that name (other
+        // tables were never persisted).
         Statement::Drop {
-            object_type: ObjectType::View,
+            object_type: ObjectType::View | ObjectType::Table,
             names,
             ..
         } => Some(ViewChange::Dropped(
@@ -689,6 +706,17 @@ mod tests {
         };
         assert_eq!(n, ["demo.bank.V", "fedsql.public.w"]);
         assert!(view_change("demo", "SELECT 1").is_none());
+        let Some(ViewChange::Created(n)) = view_change(
+            "demo",
+            "CREATE EXTERNAL TABLE k.Pay (id BIGINT) STORED AS KAFKA LOCATION 'kafka://h:1/t'",
+        ) else {
+            panic!()
+        };
+        assert_eq!(n, "demo.k.pay");
+        let Some(ViewChange::Dropped(n)) = view_change("fedsql", "DROP TABLE IF EXISTS pay") else {
+            panic!()
+        };
+        assert_eq!(n, ["fedsql.public.pay"]);
     }
 
     #[test]

@@ -333,7 +333,7 @@ async fn malformed_messages_empty_and_missing_topics_and_an_unreachable_broker()
     );
     let empty = topic("empty");
     create_topic(&empty, 2);
-    let (_server, _dir, f) = server_with_kafka_source().await;
+    let (server, dir, f) = server_with_kafka_source().await;
 
     // Fail (the default): the error names topic, partition and offset.
     let e = f
@@ -418,6 +418,26 @@ async fn malformed_messages_empty_and_missing_topics_and_an_unreachable_broker()
 
     // The server keeps serving.
     assert_eq!(one(&f, "SELECT 1").await, vec![s("1")]);
+
+    // The external table survives a restart; DROP TABLE forgets it.
+    drop(f);
+    server.stop();
+    let server = FedsqlServer::start(dir.path());
+    let f = server.connect("demo").await;
+    assert_eq!(
+        one(&f, "SELECT count(*) FROM payments_clean").await,
+        vec![s("2")]
+    );
+    f.simple_query("DROP TABLE payments_clean").await.unwrap();
+    drop(f);
+    server.stop();
+    let server = FedsqlServer::start(dir.path());
+    let f = server.connect("demo").await;
+    let e = f
+        .simple_query("SELECT * FROM payments_clean")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42P01", "{}", message(&e));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
