@@ -22,6 +22,7 @@
 //! ```
 
 mod names;
+mod needed;
 mod policy;
 mod rule;
 mod semi_join;

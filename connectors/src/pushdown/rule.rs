@@ -11,10 +11,11 @@ use std::sync::Arc;
 use datafusion::common::not_impl_err;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, Projection, TableScan};
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, TableScan};
 use datafusion::optimizer::optimizer::{Optimizer, OptimizerConfig, OptimizerRule};
 use datafusion_federation::{get_table_source, FederationProvider, FederationProviderRef};
 
+use super::needed::{needed_from_inputs, project_needed, Needed};
 use super::policy::{DialectPolicy, PushdownPolicy, SourceDialect};
 use super::FedsqlOptions;
 
@@ -27,16 +28,15 @@ impl PolicyFederationRule {
     /// `push_down_filter`: by then comma joins have become keyed joins and
     /// every filter sits on the input it restricts, so the remote side of a
     /// cross-source join gets its filters and a same-source join inside a
-    /// larger query is sent whole. Two shapes the DataFusion 55 unparser
-    /// gets wrong at that point stay local: semi/anti joins whose filters
-    /// hide under a projection (see `semi_join`) and nodes with subquery
-    /// expressions (see `allowed`).
+    /// larger query is sent whole. Semi/anti joins are reshaped for the
+    /// DataFusion 55 unparser (see `semi_join`); nodes with subquery
+    /// expressions stay local (see `allowed`).
     ///
-    /// Columns are not pruned before federation: `optimize_projections`
-    /// ahead of this rule made the unparser write derived tables that join
-    /// conditions cannot name, and gave a wrong TPC-H q15 once worked
-    /// around, so sources are asked for whole rows of the tables a
-    /// cross-source query reads.
+    /// `optimize_projections` does not run ahead of this rule (it made the
+    /// unparser write derived tables that join conditions cannot name, and
+    /// gave a wrong TPC-H q15 once worked around); instead the walk tracks
+    /// which columns the local plan uses and each remote query selects only
+    /// those (see `needed`).
     pub fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         let mut rules = Optimizer::new().rules;
         let position = rules
@@ -60,7 +60,7 @@ impl OptimizerRule for PolicyFederationRule {
             .get::<FedsqlOptions>()
             .is_none_or(FedsqlOptions::pushdown_enabled);
         let pass = Pass { pushdown };
-        match pass.optimize_plan_recursively(&plan, true, config)? {
+        match pass.optimize_plan_recursively(&plan, true, &None, config)? {
             (Some(optimized_plan), _) => Ok(Transformed::yes(optimized_plan)),
             (None, _) => Ok(Transformed::no(plan)),
         }
@@ -193,10 +193,14 @@ impl Pass {
     /// Returns a plan if a sub-tree was federated, otherwise None.
     ///
     /// Returns a ScanResult of all FederationProviders in the subtree.
+    ///
+    /// fedsql: `needed` is what the nodes above use of `plan`'s output; an
+    /// input cut off as a remote query selects only what is needed of it.
     fn optimize_plan_recursively(
         &self,
         plan: &LogicalPlan,
         is_root: bool,
+        needed: &Needed,
         _config: &dyn OptimizerConfig,
     ) -> Result<(Option<LogicalPlan>, ScanResult)> {
         let mut sole_provider: ScanResult = ScanResult::None;
@@ -230,9 +234,11 @@ impl Pass {
         }
 
         // Recursively optimize inputs
+        let input_needs = needed_from_inputs(plan, needed);
         let input_results = inputs
             .iter()
-            .map(|i| self.optimize_plan_recursively(i, false, _config))
+            .zip(&input_needs)
+            .map(|(i, need)| self.optimize_plan_recursively(i, false, need, _config))
             .collect::<Result<Vec<_>>>()?;
 
         // Aggregate the input providers
@@ -313,8 +319,9 @@ impl Pass {
                     return Ok(original_input);
                 };
 
-                // Replace the input with the federated counterpart
-                let wrapped = wrap_projection(original_input)?;
+                // Replace the input with the federated counterpart (fedsql:
+                // selecting only the columns needed above).
+                let wrapped = project_needed(original_input, &input_needs[i])?;
                 let optimized = federate(&optimizer, wrapped, _config)?;
 
                 Ok(optimized)
@@ -363,7 +370,7 @@ impl Pass {
             Expr::ScalarSubquery(ref subquery) => {
                 // Optimize as root to force federating the sub-query
                 let (new_subquery, _) =
-                    self.optimize_plan_recursively(&subquery.subquery, true, _config)?;
+                    self.optimize_plan_recursively(&subquery.subquery, true, &None, _config)?;
                 let Some(new_subquery) = new_subquery else {
                     return Ok(Transformed::no(expr));
                 };
@@ -425,24 +432,6 @@ fn federate(
     match restore {
         Some(restore) => restore.apply(federated),
         None => Ok(federated),
-    }
-}
-
-fn wrap_projection(plan: LogicalPlan) -> Result<LogicalPlan> {
-    match plan {
-        LogicalPlan::Projection(_) => Ok(plan),
-        _ => {
-            let expr = plan
-                .schema()
-                .columns()
-                .iter()
-                .map(|c| Expr::Column(c.clone()))
-                .collect::<Vec<Expr>>();
-            Ok(LogicalPlan::Projection(Projection::try_new(
-                expr,
-                Arc::new(plan),
-            )?))
-        }
     }
 }
 
