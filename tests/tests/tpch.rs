@@ -5,8 +5,10 @@
 //!
 //! Needs `tpchgen-cli` (PyPI; scripts/test installs it and sets
 //! `FEDSQL_TPCHGEN`) and the test PostgreSQL (`FEDSQL_TEST_PG`). The scale
-//! is `FEDSQL_TPCH_SCALE` (default 0.01: with pushdown off, a debug build
-//! computes every query locally, and SF0.1 takes many minutes on 2 cores).
+//! is `FEDSQL_TPCH_SCALE`: scripts/test (and so CI) runs SF0.1, the scale
+//! the issue asks for (about 4 minutes for both tests on 2 cores in a debug
+//! build, which computes every query itself with pushdown off); a plain
+//! `cargo test` defaults to SF0.01.
 
 use std::path::{Path, PathBuf};
 
@@ -175,6 +177,21 @@ async fn tpch_22_queries_match_postgres_with_pushdown_on_and_off() {
     )
     .await;
     assert!(!sent.is_empty(), "q4 was not sent whole");
+
+    // q9's six-table join goes whole, selecting only the six columns fedsql
+    // computes with (not every column of every table).
+    let sent = rows_of(
+        &admin,
+        "SELECT query FROM fedsql.system.queries WHERE protocol = 'source' \
+         AND query LIKE '%green%' AND query LIKE '%JOIN%'",
+    )
+    .await;
+    assert!(!sent.is_empty(), "q9's join was not sent whole");
+    assert!(
+        sent.iter()
+            .all(|q| !q.contains("l_comment") && !q.contains("p_comment")),
+        "{sent:?}"
+    );
 }
 
 /// Tables that stay in Postgres in the split; the rest live in MariaDB.

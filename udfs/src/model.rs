@@ -135,6 +135,27 @@ impl Network {
         Ok(flat)
     }
 
+    /// The network as a Burn record (the burnpack format), for storage.
+    pub fn to_record_bytes(self) -> Result<Vec<u8>> {
+        let bytes = self
+            .into_record()
+            .into_bytes()
+            .map_err(|e| UdfError::Training(format!("encoding the Burn record: {e}")))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The network stored by [`Network::to_record_bytes`], checked against
+    /// `arch` (each layer's shape must match).
+    pub fn from_record_bytes(arch: &Architecture, bytes: Vec<u8>) -> Result<Network> {
+        let record =
+            burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                .map_err(|e| UdfError::Training(format!("decoding the Burn record: {e}")))?;
+        let empty = vec![0.0; arch.parameter_count()];
+        let net = Network::from_weights(arch, &empty, &Device::flex())?;
+        net.try_load_record(record)
+            .map_err(|e| UdfError::Training(format!("the Burn record does not fit the model: {e}")))
+    }
+
     /// The raw outputs (logits, or the regression value) for a batch.
     pub fn forward(&self, mut x: Tensor<2>, activation: Activation) -> Tensor<2> {
         let last = self.layers.len().saturating_sub(1);
@@ -196,5 +217,15 @@ mod tests {
         let out = net.forward(Tensor::zeros([5, 3], &Device::flex()), Activation::Relu);
         assert_eq!(out.dims(), [5, 2]);
         assert!(Network::from_weights(&arch, &w[1..], &Device::flex()).is_err());
+
+        // A Burn record holds the same weights, and refuses another shape.
+        let bytes = net.to_record_bytes().unwrap();
+        let back = Network::from_record_bytes(&arch, bytes.clone()).unwrap();
+        assert_eq!(back.weights().unwrap(), w);
+        let other = Architecture {
+            inputs: 4,
+            ..arch.clone()
+        };
+        assert!(Network::from_record_bytes(&other, bytes).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The model registry: every `TRAIN MODEL` adds a version under
 //! `<data dir>/models/<name>/<version>/` (`model.json` with the features,
-//! transform, classes, options and metrics, and `weights.f32`, the flat
-//! weight vector in little-endian `f32`), and `<name>/active.json` names
+//! transform, classes, options and metrics, and `model.bpk`, the network as
+//! a Burn record in the burnpack format), and `<name>/active.json` names
 //! the active version. Every file is written to a temporary name, synced and
 //! renamed, so a crash leaves the previous state.
 
@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, UdfError};
 use crate::features::FeatureTransform;
-use crate::model::Architecture;
+use crate::model::{Architecture, Network};
+use burn::tensor::Device;
 
 /// What a model predicts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,9 +210,9 @@ impl ModelRegistry {
                 meta.model, meta.version
             )));
         }
-        let bytes: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let network = Network::from_weights(&meta.architecture, weights, &Device::flex())?;
         // Weights first: a version is visible only once model.json exists.
-        write_atomic(&dir.join("weights.f32"), &bytes)?;
+        write_atomic(&dir.join(RECORD_FILE), &network.to_record_bytes()?)?;
         let json = serde_json::to_vec_pretty(meta)
             .map_err(|e| UdfError::Training(format!("encoding model metadata: {e}")))?;
         write_atomic(&dir.join("model.json"), &json)?;
@@ -262,12 +263,7 @@ impl ModelRegistry {
         })?;
         let meta: ModelVersion = serde_json::from_str(&text)
             .map_err(|e| UdfError::Training(format!("{}: {e}", meta_path.display())))?;
-        let weights_path = dir.join("weights.f32");
-        let bytes = fs::read(&weights_path).map_err(|e| io(&weights_path, e))?;
-        let weights: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let (weights_path, weights) = read_weights(&dir, &meta.architecture)?;
         if weights.len() != meta.architecture.parameter_count() {
             return Err(UdfError::Training(format!(
                 "{}: {} weights for a model of {}",
@@ -316,5 +312,34 @@ impl ModelRegistry {
                 Ok(true)
             }
         }
+    }
+}
+
+/// The Burn record (burnpack) of a version's weights, next to `model.json`.
+const RECORD_FILE: &str = "model.bpk";
+
+/// The flat weight file of versions saved before weights became a Burn record.
+const LEGACY_WEIGHTS_FILE: &str = "weights.f32";
+
+/// A version's weights, flat, from its Burn record (or from the flat `f32`
+/// file older versions have), with the file they came from.
+fn read_weights(dir: &Path, arch: &Architecture) -> Result<(PathBuf, Vec<f32>)> {
+    let record = dir.join(RECORD_FILE);
+    match fs::read(&record) {
+        Ok(bytes) => {
+            let network = Network::from_record_bytes(arch, bytes)
+                .map_err(|e| UdfError::Training(format!("{}: {e}", record.display())))?;
+            Ok((record, network.weights()?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let legacy = dir.join(LEGACY_WEIGHTS_FILE);
+            let bytes = fs::read(&legacy).map_err(|e| io(&legacy, e))?;
+            let weights = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Ok((legacy, weights))
+        }
+        Err(e) => Err(io(&record, e)),
     }
 }
