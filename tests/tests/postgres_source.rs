@@ -487,6 +487,15 @@ async fn partitioned_scans_read_key_ranges_in_parallel() {
         .map(|r| r[1].as_deref().unwrap().parse::<i64>().unwrap())
         .sum();
     assert_eq!(total, 10_000, "the ranges are disjoint and cover the table");
+
+    // DataFusion reads the scan as 4 partitions (4 Flight endpoints), one
+    // range each; with pushdown on a plain filtered scan splits too.
+    f.simple_query("SET fedsql.pushdown = on").await.unwrap();
+    let sql = "SELECT id, amount FROM pg.public.events WHERE amount > 100";
+    let plan = fedsql_tests::explain(&f, sql).await;
+    assert!(plan.contains("PartitionedScanExec: partitions=4"), "{plan}");
+    let got = rows(&f, &format!("SELECT count(*), min(id) FROM ({sql}) t")).await;
+    assert_eq!(got[0], vec![Some("9800".into()), Some("201".into())]);
 }
 
 #[tokio::test]

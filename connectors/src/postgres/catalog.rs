@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion_federation::sql::SQLFederationProvider;
 use tokio_postgres::types::Type;
 
 use super::executor::PostgresExecutor;
@@ -104,7 +103,10 @@ pub async fn discover_catalog(
 ) -> Result<RemoteCatalog, ConnectorError> {
     let tables = discover_tables(&executor).await?;
     executor.set_split_keys(discover_split_keys(&executor).await?);
-    let provider = Arc::new(SQLFederationProvider::new(executor));
+    let provider = Arc::new(crate::pushdown::partitioned::federation_provider(
+        Arc::clone(&executor) as _,
+        Some(executor as _),
+    ));
     Ok(RemoteCatalog::new(
         "Postgres",
         tables,

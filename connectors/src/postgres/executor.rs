@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
 use datafusion::sql::unparser::dialect::{Dialect, PostgreSqlDialect};
@@ -20,6 +22,7 @@ use super::split::{self, SplittableScan};
 use super::types::{array_text_to_list, arrow_type, ColumnBuilder, RawValue, TextCast};
 use super::PostgresOptions;
 use crate::error::ConnectorError;
+use crate::pushdown::partitioned::{self, PartitionTask, ScanPartitioner};
 use crate::pushdown::SourceDialect;
 use crate::remote_log::{QueryReport, RemoteQueryObserver};
 use datafusion::sql::sqlparser::ast::Ident;
@@ -98,15 +101,21 @@ impl PostgresExecutor {
     fn split_key(&self, scan: &SplittableScan) -> Option<(String, usize)> {
         let keys = self.split_keys.read().unwrap_or_else(|p| p.into_inner());
         let (key, estimated_rows) = keys.get(&scan.qualified)?;
-        let n = match self.partitions {
+        let n = self.partition_count(*estimated_rows);
+        (n > 1).then(|| (key.clone(), n))
+    }
+
+    /// Key ranges a scan of a table of about `estimated_rows` rows is read
+    /// in: the `partitions` option, or for large tables one per core, so
+    /// decoding keeps them busy.
+    fn partition_count(&self, estimated_rows: f64) -> usize {
+        match self.partitions {
             Some(n) => n,
-            // Large tables: one range per core, so decoding keeps them busy.
-            None if *estimated_rows > AUTO_SPLIT_ROWS => {
+            None if estimated_rows > AUTO_SPLIT_ROWS => {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             }
             None => 1,
-        };
-        (n > 1).then(|| (key.clone(), n))
+        }
     }
 
     /// Reads `scan` as `partitions` key ranges in parallel, each its own
@@ -164,6 +173,54 @@ impl PostgresExecutor {
             });
         }
         Ok(Box::pin(rx))
+    }
+
+    /// Reads partition `task.partition` of `task.partitions` key ranges of
+    /// `scan`; the key's bounds are read once for all partitions.
+    async fn fetch_partition(
+        self: Arc<Self>,
+        scan: SplittableScan,
+        key: String,
+        task: PartitionTask,
+        schema: SchemaRef,
+    ) -> Result<futures::stream::BoxStream<'static, DfResult<RecordBatch>>, ConnectorError> {
+        let bounds = task
+            .shared
+            .bounds
+            .get_or_try_init(|| async {
+                let client = self.connect().await?;
+                let bounds = format!(
+                    "SELECT min({k})::int8, max({k})::int8 FROM {t}",
+                    k = Ident::with_quote('"', key.as_str()),
+                    t = scan.table
+                );
+                let row = client
+                    .query_one(bounds.as_str(), &[])
+                    .await
+                    .map_err(|e| self.classify(e))?;
+                Ok::<_, ConnectorError>(
+                    match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+                        (Some(min), Some(max)) => Some((min, max)),
+                        _ => None,
+                    },
+                )
+            })
+            .await?;
+        let range = match *bounds {
+            // An empty table: the first partition's plain scan answers it.
+            None => (task.partition == 0).then_some((i64::MIN, None)),
+            Some((min, max)) => split::ranges(min, max, task.partitions)
+                .get(task.partition)
+                // The first range also takes rows below the minimum seen,
+                // should any arrive after the bounds were read.
+                .map(|&(lo, hi)| (if lo == min { i64::MIN } else { lo }, hi)),
+        };
+        let Some((lo, hi)) = range else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let sql = scan.with_range(&key, lo, hi);
+        let report = QueryReport::new(self.observer.clone(), &self.source_name, &sql);
+        Ok(Box::pin(self.fetch(sql, schema, report).await?))
     }
 
     /// The source this executor serves.
@@ -418,6 +475,58 @@ impl BatchState {
     }
 }
 
+/// A federated sub-plan that reads one table's rows, and nothing else that
+/// would make key ranges unequal to the whole: only column projections,
+/// filters and aliases over one scan without a limit. Its split matches
+/// what [`SplittableScan::parse`] accepts of the SQL.
+impl ScanPartitioner for PostgresExecutor {
+    fn partitions(&self, plan: &LogicalPlan) -> usize {
+        if !self.may_split() {
+            return 1;
+        }
+        let mut scans = Vec::new();
+        let mut plain = true;
+        let _ = plan.apply(|node| {
+            match node {
+                LogicalPlan::TableScan(scan) if scan.fetch.is_none() => {
+                    scans.push(scan.table_name.clone())
+                }
+                LogicalPlan::Projection(p) => {
+                    plain &= p.expr.iter().all(|e| {
+                        matches!(e.clone().unalias(), datafusion::prelude::Expr::Column(_))
+                    })
+                }
+                LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {}
+                _ => plain = false,
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let [table] = scans.as_slice() else {
+            return 1;
+        };
+        if !plain {
+            return 1;
+        }
+        let keys = self.split_keys.read().unwrap_or_else(|p| p.into_inner());
+        let found = match table.schema() {
+            Some(schema) => keys.get(&format!("{schema}.{}", table.table())),
+            // Unqualified: the one discovered table of that name, if unique.
+            None => {
+                let suffix = format!(".{}", table.table());
+                let mut matching = keys.iter().filter(|(k, _)| k.ends_with(&suffix));
+                match (matching.next(), matching.next()) {
+                    (Some((_, v)), None) => Some(v),
+                    _ => None,
+                }
+            }
+        };
+        match found {
+            Some((_, estimated_rows)) => self.partition_count(*estimated_rows),
+            None => 1,
+        }
+    }
+}
+
 #[async_trait]
 impl SQLExecutor for PostgresExecutor {
     fn name(&self) -> &str {
@@ -439,6 +548,33 @@ impl SQLExecutor for PostgresExecutor {
         _filters: &[Arc<dyn PhysicalExpr>],
     ) -> DfResult<SendableRecordBatchStream> {
         let executor = Arc::new(self.clone());
+        // One partition of a scan planned as several (see
+        // `pushdown::partitioned`): this partition's key range only.
+        if let Some(task) = partitioned::current_task() {
+            let split = SplittableScan::parse(query)
+                .and_then(|scan| self.split_key(&scan).map(|(key, _)| (scan, key)));
+            match split {
+                Some((scan, key)) => {
+                    let fetch = executor.fetch_partition(scan, key, task, Arc::clone(&schema));
+                    let stream = futures::stream::once(async move {
+                        fetch
+                            .await
+                            .map_err(|e| DataFusionError::External(Box::new(e)))
+                    })
+                    .try_flatten();
+                    return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+                }
+                // Planned as splittable but the SQL is not: the first
+                // partition reads everything, the others nothing.
+                None if task.partition > 0 => {
+                    return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                        schema,
+                        futures::stream::empty(),
+                    )));
+                }
+                None => {}
+            }
+        }
         // Parsing the query is only worth it when some table can be split.
         let scan = self
             .may_split()

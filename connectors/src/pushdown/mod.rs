@@ -23,6 +23,7 @@
 
 mod names;
 mod needed;
+pub mod partitioned;
 mod policy;
 mod rule;
 mod semi_join;
