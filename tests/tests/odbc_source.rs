@@ -320,19 +320,40 @@ async fn mariadb_types_and_mysql_dialect() {
     assert!(got[1][2..5].iter().all(Option::is_none), "{:?}", got[1]);
     assert_eq!(got[2][3], s("-1e300"));
 
-    // MariaDB compares text case- and trailing-space-insensitively: equality
-    // on text stays in fedsql, which finds exactly 'bob'.
+    // MariaDB compares text case- and trailing-space-insensitively: it is
+    // sent `name = 'bob'` as a loose filter (its 'Bob' and 'bob ' match
+    // too) and fedsql applies the exact one, finding only 'bob'.
     let exact = rows(
         &f,
-        "SELECT id FROM wh.fedsql_odbc_types.items WHERE name = 'bob'",
+        "SELECT id FROM wh.fedsql_odbc_types.items WHERE name = 'bob' ORDER BY id",
     )
     .await;
     assert_eq!(exact, vec![vec![s("4")]]);
     let sent = last_remote_query(&f, "wh").await;
     assert!(
-        !sent.contains("'bob'"),
-        "text equality must not reach MariaDB: {sent}"
+        sent.contains("= 'bob'"),
+        "the loose filter reaches MariaDB: {sent}"
     );
+    let received = rows(
+        &f,
+        "SELECT rows FROM fedsql.system.queries WHERE protocol = 'source' \
+         AND database = 'wh' AND query LIKE '%= ''bob''%' ORDER BY query_id DESC LIMIT 1",
+    )
+    .await;
+    assert_eq!(
+        received,
+        vec![vec![s("3")]],
+        "MariaDB matched 'Bob', 'bob ' and 'bob'"
+    );
+    // A negation is never loosened: MariaDB would drop 'Bob' and 'bob '.
+    let others = rows(
+        &f,
+        "SELECT count(*) FROM wh.fedsql_odbc_types.items WHERE name <> 'bob'",
+    )
+    .await;
+    let sent = last_remote_query(&f, "wh").await;
+    assert!(!sent.contains("'bob'"), "{sent}");
+    assert_eq!(others[0][0].as_deref().map(|n| n != "0"), Some(true));
 
     // Numeric filters and aggregates go, in MySQL quoting.
     let sql = "SELECT count(*), sum(qty), max(price) FROM wh.fedsql_odbc_types.items WHERE qty >= 0 AND day > DATE '1999-01-01'";

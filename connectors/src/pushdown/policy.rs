@@ -274,6 +274,58 @@ fn is_temporal(expr: &Expr, schema: &DFSchema) -> bool {
     })
 }
 
+impl DialectPolicy {
+    /// Whether `predicate` — one conjunct of a filter this source may not
+    /// run exactly — selects at the source a superset of the rows DataFusion
+    /// keeps, so sending it cuts what comes back without losing a row (the
+    /// exact filter still runs in fedsql). Under MySQL's case- and
+    /// pad-insensitive collations `text = 'x'`, `text IN ('x', …)` and
+    /// `text LIKE 'p'` match every row that matches byte by byte, and maybe
+    /// more. Negations would lose rows and are never loose.
+    pub fn loose_filter_ok(&self, predicate: &Expr, schema: &DFSchema) -> bool {
+        if self.0 != SourceDialect::MySql {
+            return false;
+        }
+        let text_column = |e: &Expr| matches!(e, Expr::Column(_)) && is_text(e, schema);
+        let is_text_literal = |e: &Expr| text_literal(e).is_some();
+        match predicate {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => {
+                (text_column(left) && is_text_literal(right))
+                    || (is_text_literal(left) && text_column(right))
+            }
+            Expr::InList(list) => {
+                !list.negated && text_column(&list.expr) && list.list.iter().all(is_text_literal)
+            }
+            // A backslash escapes in MySQL's LIKE, not in DataFusion's.
+            Expr::Like(like) => {
+                !like.negated
+                    && !like.case_insensitive
+                    && like.escape_char.is_none()
+                    && text_column(&like.expr)
+                    && text_literal(&like.pattern).is_some_and(|p| !p.contains('\\'))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The value of a text literal.
+fn text_literal(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Literal(
+            datafusion::common::ScalarValue::Utf8(Some(v))
+            | datafusion::common::ScalarValue::Utf8View(Some(v))
+            | datafusion::common::ScalarValue::LargeUtf8(Some(v)),
+            _,
+        ) => Some(v),
+        _ => None,
+    }
+}
+
 /// Whether every node of `expr` is safe to run at a source of `dialect`.
 fn expr_ok(dialect: SourceDialect, expr: &Expr, schema: &DFSchema) -> bool {
     let text_equality_ok = |e: &Expr| dialect.exact_text_equality() || !is_text(e, schema);

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use datafusion::common::not_impl_err;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, TableScan};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{Expr, Extension, Filter, LogicalPlan, TableScan};
 use datafusion::optimizer::optimizer::{Optimizer, OptimizerConfig, OptimizerRule};
 use datafusion_federation::{get_table_source, FederationProvider, FederationProviderRef};
 
@@ -320,7 +321,10 @@ impl Pass {
                 };
 
                 // Replace the input with the federated counterpart (fedsql:
-                // selecting only the columns needed above).
+                // selecting only the columns needed above, and with what
+                // the source can run of a filter it may not run exactly).
+                let original_input =
+                    with_prefilter(plan, &provider, original_input, self.pushdown)?;
                 let wrapped = project_needed(original_input, &input_needs[i])?;
                 let optimized = federate(&optimizer, wrapped, _config)?;
 
@@ -382,6 +386,43 @@ impl Pass {
             _ => Ok(Transformed::no(expr)),
         }
     }
+}
+
+/// fedsql: under a filter its source may not run exactly, the filter's
+/// conjuncts the source runs exactly or loosely (a superset of the rows:
+/// see [`DialectPolicy::loose_filter_ok`]) go to the source with `input`;
+/// the whole filter still runs in fedsql above, so only fewer rows move.
+fn with_prefilter(
+    plan: &LogicalPlan,
+    provider: &FederationProviderRef,
+    input: LogicalPlan,
+    pushdown: bool,
+) -> Result<LogicalPlan> {
+    let LogicalPlan::Filter(filter) = plan else {
+        return Ok(input);
+    };
+    let dialect = provider
+        .compute_context()
+        .and_then(|c| SourceDialect::from_compute_context(&c));
+    let (true, Some(dialect)) = (pushdown, dialect) else {
+        return Ok(input);
+    };
+    let policy = DialectPolicy(dialect);
+    let schema = Arc::clone(input.schema());
+    let input = Arc::new(input);
+    let mut kept = Vec::new();
+    for conjunct in split_conjunction(&filter.predicate) {
+        let exact = Filter::try_new(conjunct.clone(), Arc::clone(&input))
+            .map(LogicalPlan::Filter)
+            .is_ok_and(|f| allowed(provider, &f, pushdown));
+        if exact || policy.loose_filter_ok(conjunct, &schema) {
+            kept.push(conjunct.clone());
+        }
+    }
+    Ok(match conjunction(kept) {
+        Some(predicate) => LogicalPlan::Filter(Filter::try_new(predicate, input)?),
+        None => Arc::unwrap_or_clone(input),
+    })
 }
 
 /// Stands for tables DataFusion scans itself (not federated).
