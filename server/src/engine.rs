@@ -277,6 +277,27 @@ impl Engine {
                 self.catalogs.register_catalog(create.name.clone(), catalog);
                 Ok(FedsqlOutcome::Command("CREATE SOURCE".into()))
             }
+            FedsqlStatement::RefreshSource { name } => {
+                // Declared by CREATE SOURCE or in the config file.
+                let entry = self
+                    .lock_state()
+                    .sources
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .cloned()
+                    .or_else(|| self.config_source(name));
+                let Some(entry) = entry else {
+                    return Err(ServerError::UndefinedObject {
+                        kind: "source",
+                        name: name.clone(),
+                    });
+                };
+                // Discovered anew, then swapped in whole: queries planned
+                // meanwhile see the old tables or the new, never a mix.
+                let catalog = open_source(&entry, self.observer()).await?;
+                self.catalogs.register_catalog(name.clone(), catalog);
+                Ok(FedsqlOutcome::Command("REFRESH SOURCE".into()))
+            }
             FedsqlStatement::DropSource { name, if_exists } => {
                 if [DEMO_CATALOG, SYSTEM_CATALOG].contains(&name.as_str()) {
                     return Err(ServerError::NotSupported {
@@ -411,6 +432,15 @@ impl Engine {
     /// the config file. A source that cannot be reached now is logged and
     /// skipped (it stays declared), so one unreachable database does not keep
     /// the server from starting.
+    /// The source `name` declared in the config file, if any.
+    fn config_source(&self, name: &str) -> Option<SourceEntry> {
+        self.settings
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .map(config_entry)
+    }
+
     async fn open_sources(&self) -> Result<()> {
         let mut entries = self.lock_state().sources.clone();
         for source in &self.settings.sources {
@@ -420,22 +450,7 @@ impl Engine {
                     source.name, source.kind
                 )));
             }
-            entries.push(SourceEntry {
-                name: source.name.clone(),
-                kind: source.kind.clone(),
-                options: source
-                    .options
-                    .iter()
-                    .map(|(k, v)| {
-                        let text = match v {
-                            toml::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (k.clone(), text)
-                    })
-                    .collect(),
-                created_at_us: now_us(),
-            });
+            entries.push(config_entry(source));
         }
         for entry in entries {
             match open_source(&entry, self.observer()).await {
@@ -581,6 +596,26 @@ fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// A `[[sources]]` entry of the config file as a catalog entry.
+fn config_entry(source: &crate::config::SourceConfig) -> SourceEntry {
+    SourceEntry {
+        name: source.name.clone(),
+        kind: source.kind.clone(),
+        options: source
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect(),
+        created_at_us: now_us(),
+    }
 }
 
 fn source_not_supported(kind: SourceKind) -> ServerError {

@@ -14,6 +14,8 @@ pub enum FedsqlStatement {
     DropSource { name: String, if_exists: bool },
     /// `SHOW SOURCES`
     ShowSources,
+    /// `REFRESH SOURCE name`: discover the source's tables again.
+    RefreshSource { name: String },
     /// `TRAIN MODEL …` or its synonym `CREATE [OR REPLACE] MODEL …`
     TrainModel(TrainModel),
     /// `EVALUATE MODEL name [VERSION n] ON ( query ) [FEDERATED BY column]`
@@ -42,6 +44,7 @@ impl FedsqlStatement {
             FedsqlStatement::CreateSource(_) => "CREATE SOURCE",
             FedsqlStatement::DropSource { .. } => "DROP SOURCE",
             FedsqlStatement::ShowSources => "SHOW SOURCES",
+            FedsqlStatement::RefreshSource { .. } => "REFRESH SOURCE",
             FedsqlStatement::TrainModel(_) => "TRAIN MODEL",
             FedsqlStatement::EvaluateModel(_) => "EVALUATE MODEL",
             FedsqlStatement::ShowModels => "SHOW MODELS",

@@ -126,6 +126,7 @@ fn is_fedsql_statement(words: &[String]) -> bool {
             | ("DROP", "SOURCE")
             | ("DROP", "MODEL")
             | ("SHOW", "SOURCES")
+            | ("REFRESH", "SOURCE")
             | ("SHOW", "MODELS")
             | ("SHOW", "VERSIONS")
             | ("EVALUATE", "MODEL")
@@ -248,6 +249,11 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
             if_exists,
             version,
         });
+    }
+    if parse_word(p, "REFRESH") {
+        expect_word(p, "SOURCE")?;
+        let name = parse_name(p)?;
+        return Ok(FedsqlStatement::RefreshSource { name });
     }
     if p.parse_keyword(Keyword::SHOW) {
         if parse_word(p, "SOURCES") {
@@ -597,6 +603,10 @@ mod tests {
             }
         );
         assert_eq!(one("SHOW SOURCES"), FedsqlStatement::ShowSources);
+        assert_eq!(
+            one("refresh source \"Pg\""),
+            FedsqlStatement::RefreshSource { name: "Pg".into() }
+        );
     }
 
     #[test]

@@ -527,3 +527,43 @@ async fn large_tables_are_split_without_being_asked() {
         assert_eq!(sent[0][0].as_deref(), Some("0"), "one core: no split");
     }
 }
+
+#[tokio::test]
+async fn refresh_source_discovers_new_tables() {
+    let (pg, _server, _dir, f) = server_with_postgres_source(
+        "fedsql_refresh",
+        "CREATE TABLE first (id int8 PRIMARY KEY);",
+    )
+    .await;
+    pg.batch_execute(
+        "CREATE TABLE later (id int8, note text); INSERT INTO later VALUES (1, 'new')",
+    )
+    .await
+    .unwrap();
+    // Discovered at CREATE SOURCE: the new table is not there yet.
+    let e = f
+        .simple_query("SELECT note FROM pg.public.later")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42P01", "{}", message(&e));
+
+    let done = f.simple_query("REFRESH SOURCE pg").await.unwrap();
+    assert!(matches!(
+        done.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
+    ));
+    assert_eq!(
+        rows(&f, "SELECT note FROM pg.public.later").await,
+        vec![vec![Some("new".into())]]
+    );
+    let listed = rows(
+        &f,
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'pg' \
+         AND table_name IN ('first', 'later')",
+    )
+    .await;
+    assert_eq!(listed, vec![vec![Some("2".into())]]);
+
+    let e = f.simple_query("REFRESH SOURCE nope").await.unwrap_err();
+    assert_eq!(code(&e), "42704", "{}", message(&e));
+}
