@@ -43,11 +43,6 @@ use crate::error::{Result, UdfError};
 const CHUNK: usize = 256 * 1024;
 /// gRPC message limit on both ends; chunks stay far below it.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-/// HTTP/2 flow-control windows. hyper's defaults (64 KiB per stream) make
-/// the sender wait for a window update every 64 KiB, which caps a loopback
-/// transfer of tens of MB far below memory speed.
-const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 fn weights_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("w", DataType::Float32, false)]))
@@ -260,8 +255,6 @@ impl ExchangeServer {
                 let _ = stopped.await;
             };
             if let Err(e) = Server::builder()
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
@@ -325,9 +318,6 @@ impl ExchangeClient {
     pub async fn connect(endpoint: &str) -> Result<ExchangeClient> {
         let channel = Channel::from_shared(endpoint.to_string())
             .map_err(|e| UdfError::Training(format!("weight exchange {endpoint}: {e}")))?
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .tcp_nodelay(true)
             .connect()
             .await
             .map_err(|e| UdfError::Training(format!("weight exchange {endpoint}: {e}")))?;
