@@ -251,6 +251,17 @@ impl PushdownPolicy for DialectPolicy {
     }
 }
 
+/// Decimal digits the largest value of an integer type has.
+fn integer_digits(t: &DataType) -> i32 {
+    match t {
+        DataType::Int8 | DataType::UInt8 => 3,
+        DataType::Int16 | DataType::UInt16 => 5,
+        DataType::Int32 | DataType::UInt32 => 10,
+        DataType::Int64 => 19,
+        _ => 20,
+    }
+}
+
 fn is_text_type(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
@@ -386,6 +397,12 @@ fn expr_ok(dialect: SourceDialect, expr: &Expr, schema: &DFSchema) -> bool {
                 let to = cast.field.data_type();
                 match from {
                     Ok(from) if from == *to => true,
+                    // An integer into a decimal with room for all its
+                    // digits is exact in MySQL too.
+                    Ok(from) if dialect == SourceDialect::MySql && from.is_integer() => {
+                        matches!(to, DataType::Decimal128(p, s)
+                            if i32::from(*p) - i32::from(*s) >= integer_digits(&from))
+                    }
                     // Other dialects spell and round casts their own way.
                     _ if dialect != SourceDialect::Postgres => false,
                     Ok(from) if from.is_integer() => to.is_numeric(),

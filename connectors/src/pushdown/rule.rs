@@ -45,6 +45,10 @@ impl PolicyFederationRule {
             .position(|r| r.name() == "push_down_filter")
             .map_or(rules.len(), |p| p + 1);
         rules.insert(position, Arc::new(PolicyFederationRule));
+        rules.insert(
+            position,
+            Arc::new(super::partial_aggregate::PartialAggregateRule),
+        );
         rules
     }
 }
@@ -55,12 +59,9 @@ impl OptimizerRule for PolicyFederationRule {
         plan: LogicalPlan,
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let pushdown = config
-            .options()
-            .extensions
-            .get::<FedsqlOptions>()
-            .is_none_or(FedsqlOptions::pushdown_enabled);
-        let pass = Pass { pushdown };
+        let pass = Pass {
+            pushdown: pushdown_enabled(config),
+        };
         match pass.optimize_plan_recursively(&plan, true, &None, config)? {
             (Some(optimized_plan), _) => Ok(Transformed::yes(optimized_plan)),
             (None, _) => Ok(Transformed::no(plan)),
@@ -108,6 +109,25 @@ fn allowed(provider: &FederationProviderRef, plan: &LogicalPlan, pushdown: bool)
         },
         None => matches!(plan, LogicalPlan::TableScan(_)),
     }
+}
+
+/// The one source that may run all of `plan` (policy included), if any; a
+/// plan over local tables or several sources has none.
+pub(super) fn sole_source(plan: &LogicalPlan) -> Result<Option<FederationProviderRef>> {
+    let pass = Pass { pushdown: true };
+    Ok(pass
+        .scan_plan_recursively(plan)?
+        .provider()
+        .filter(|p| p.name() != NopFederationProvider::NAME))
+}
+
+/// Whether fedsql's `fedsql.pushdown` setting is on in `config`.
+pub(super) fn pushdown_enabled(config: &dyn OptimizerConfig) -> bool {
+    config
+        .options()
+        .extensions
+        .get::<FedsqlOptions>()
+        .is_none_or(FedsqlOptions::pushdown_enabled)
 }
 
 /// One optimization of one plan, with the session's setting.
