@@ -23,7 +23,6 @@
 
 mod names;
 mod needed;
-mod partial_aggregate;
 pub mod partitioned;
 mod policy;
 mod rule;
