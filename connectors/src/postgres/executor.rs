@@ -118,6 +118,30 @@ impl PostgresExecutor {
         }
     }
 
+    /// `(min, max)` of `key` in `scan`'s table; `None` when it is empty.
+    async fn key_bounds(
+        &self,
+        scan: &SplittableScan,
+        key: &str,
+    ) -> Result<Option<(i64, i64)>, ConnectorError> {
+        let client = self.connect().await?;
+        let bounds = format!(
+            "SELECT min({k})::int8, max({k})::int8 FROM {t}",
+            k = Ident::with_quote('"', key),
+            t = scan.table
+        );
+        let row = client
+            .query_one(bounds.as_str(), &[])
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(
+            match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+                (Some(min), Some(max)) => Some((min, max)),
+                _ => None,
+            },
+        )
+    }
+
     /// Reads `scan` as `partitions` key ranges in parallel, each its own
     /// `COPY`, merged into one stream as batches arrive.
     async fn fetch_split(
@@ -127,18 +151,7 @@ impl PostgresExecutor {
         partitions: usize,
         schema: SchemaRef,
     ) -> Result<futures::stream::BoxStream<'static, DfResult<RecordBatch>>, ConnectorError> {
-        let client = self.connect().await?;
-        let bounds = format!(
-            "SELECT min({k})::int8, max({k})::int8 FROM {t}",
-            k = Ident::with_quote('"', key.as_str()),
-            t = scan.table
-        );
-        let row = client
-            .query_one(bounds.as_str(), &[])
-            .await
-            .map_err(|e| self.classify(e))?;
-        let (Some(min), Some(max)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1))
-        else {
+        let Some((min, max)) = self.key_bounds(&scan, &key).await? else {
             // An empty table: one plain scan answers it.
             let sql = scan.with_range(&key, i64::MIN, None);
             let report = QueryReport::new(self.observer.clone(), &self.source_name, &sql);
@@ -146,9 +159,6 @@ impl PostgresExecutor {
         };
         let (tx, rx) = futures::channel::mpsc::channel::<DfResult<RecordBatch>>(2);
         for (lo, hi) in split::ranges(min, max, partitions) {
-            // The first range also takes rows below the minimum seen, should
-            // any arrive between the two queries.
-            let lo = if lo == min { i64::MIN } else { lo };
             let sql = scan.with_range(&key, lo, hi);
             let executor = Arc::clone(&self);
             let schema = Arc::clone(&schema);
@@ -187,33 +197,14 @@ impl PostgresExecutor {
         let bounds = task
             .shared
             .bounds
-            .get_or_try_init(|| async {
-                let client = self.connect().await?;
-                let bounds = format!(
-                    "SELECT min({k})::int8, max({k})::int8 FROM {t}",
-                    k = Ident::with_quote('"', key.as_str()),
-                    t = scan.table
-                );
-                let row = client
-                    .query_one(bounds.as_str(), &[])
-                    .await
-                    .map_err(|e| self.classify(e))?;
-                Ok::<_, ConnectorError>(
-                    match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
-                        (Some(min), Some(max)) => Some((min, max)),
-                        _ => None,
-                    },
-                )
-            })
+            .get_or_try_init(|| self.key_bounds(&scan, &key))
             .await?;
         let range = match *bounds {
             // An empty table: the first partition's plain scan answers it.
             None => (task.partition == 0).then_some((i64::MIN, None)),
             Some((min, max)) => split::ranges(min, max, task.partitions)
                 .get(task.partition)
-                // The first range also takes rows below the minimum seen,
-                // should any arrive after the bounds were read.
-                .map(|&(lo, hi)| (if lo == min { i64::MIN } else { lo }, hi)),
+                .copied(),
         };
         let Some((lo, hi)) = range else {
             return Ok(Box::pin(futures::stream::empty()));

@@ -112,7 +112,9 @@ impl SplittableScan {
     }
 }
 
-/// `n` half-open ranges covering `[min, max]`; the last is unbounded above.
+/// `n` half-open ranges covering `[min, max]` — the first unbounded below
+/// (it starts at `i64::MIN`, taking rows below the minimum seen should any
+/// arrive after the bounds were read), the last unbounded above.
 pub(crate) fn ranges(min: i64, max: i64, n: usize) -> Vec<(i64, Option<i64>)> {
     let n = n.max(1) as i128;
     let span = (max as i128 - min as i128 + 1).max(1);
@@ -127,6 +129,9 @@ pub(crate) fn ranges(min: i64, max: i64, n: usize) -> Vec<(i64, Option<i64>)> {
         }
         out.push((lo as i64, Some(hi as i64)));
         lo = hi;
+    }
+    if let Some(first) = out.first_mut() {
+        first.0 = i64::MIN;
     }
     out
 }
@@ -160,9 +165,9 @@ mod tests {
     fn ranges_cover_the_keys_once() {
         assert_eq!(
             ranges(1, 10, 3),
-            vec![(1, Some(5)), (5, Some(9)), (9, None)]
+            vec![(i64::MIN, Some(5)), (5, Some(9)), (9, None)]
         );
-        assert_eq!(ranges(7, 7, 4), vec![(7, None)]);
+        assert_eq!(ranges(7, 7, 4), vec![(i64::MIN, None)]);
         assert_eq!(ranges(i64::MIN, i64::MAX, 2).len(), 2);
     }
 }
