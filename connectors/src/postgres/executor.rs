@@ -466,6 +466,24 @@ impl BatchState {
     }
 }
 
+/// The batches of `fetch` (which connects and sends the query when first
+/// polled, not when the plan is built), as DataFusion's stream.
+fn lazy_stream<S>(
+    schema: SchemaRef,
+    fetch: impl std::future::Future<Output = Result<S, ConnectorError>> + Send + 'static,
+) -> SendableRecordBatchStream
+where
+    S: futures::Stream<Item = DfResult<RecordBatch>> + Send + 'static,
+{
+    let stream = futures::stream::once(async move {
+        fetch
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    })
+    .try_flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+}
+
 /// A federated sub-plan that reads one table's rows, and nothing else that
 /// would make key ranges unequal to the whole: only column projections,
 /// filters and aliases over one scan without a limit. Its split matches
@@ -547,13 +565,7 @@ impl SQLExecutor for PostgresExecutor {
             match split {
                 Some((scan, key)) => {
                     let fetch = executor.fetch_partition(scan, key, task, Arc::clone(&schema));
-                    let stream = futures::stream::once(async move {
-                        fetch
-                            .await
-                            .map_err(|e| DataFusionError::External(Box::new(e)))
-                    })
-                    .try_flatten();
-                    return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+                    return Ok(lazy_stream(schema, fetch));
                 }
                 // Planned as splittable but the SQL is not: the first
                 // partition reads everything, the others nothing.
@@ -574,24 +586,12 @@ impl SQLExecutor for PostgresExecutor {
         if let Some(scan) = scan {
             if let Some((key, partitions)) = self.split_key(&scan) {
                 let fetch = executor.fetch_split(scan, key, partitions, Arc::clone(&schema));
-                let stream = futures::stream::once(async move {
-                    fetch
-                        .await
-                        .map_err(|e| DataFusionError::External(Box::new(e)))
-                })
-                .try_flatten();
-                return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+                return Ok(lazy_stream(schema, fetch));
             }
         }
         let report = QueryReport::new(executor.observer.clone(), &executor.source_name, query);
         let fetch = executor.fetch(query.to_string(), Arc::clone(&schema), report);
-        let stream = futures::stream::once(async move {
-            fetch
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))
-        })
-        .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        Ok(lazy_stream(schema, fetch))
     }
 
     async fn table_names(&self) -> DfResult<Vec<String>> {
