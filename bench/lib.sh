@@ -38,3 +38,50 @@ start_fedsql() {
   echo "fedsql did not start; see $work/fedsql.log" >&2
   return 1
 }
+
+PGBIN=/usr/lib/postgresql/15/bin
+PIDS=()
+
+# start_postgres PORT [SERVER OPTIONS…]: a throw-away PostgreSQL 15 in
+# $WORK/pg on loopback PORT (trust authentication, fsync off); the options
+# are added to the server's command line ("-c shared_buffers=2GB").
+start_postgres() {
+  local port="$1"
+  shift
+  mkdir -p "$WORK/pg"
+  chown postgres "$WORK/pg"
+  runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 \
+    --locale=C.UTF-8 -N >/dev/null
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
+    -o "-p $port -c listen_addresses=127.0.0.1 -k $WORK/pg -c fsync=off $*" start >/dev/null
+}
+
+# start_mariadb PORT [MARIADBD FLAGS…]: a throw-away MariaDB in $WORK/maria
+# on loopback PORT (root without a password); waits until it answers.
+start_mariadb() {
+  local port="$1"
+  shift
+  mkdir -p "$WORK/maria"
+  chown mysql "$WORK/maria"
+  mariadb-install-db --no-defaults --user=mysql --datadir="$WORK/maria/data" \
+    --auth-root-authentication-method=normal --skip-test-db >/dev/null
+  mariadbd --no-defaults --user=mysql --datadir="$WORK/maria/data" --port="$port" \
+    --bind-address=127.0.0.1 --socket="$WORK/maria/s.sock" --pid-file="$WORK/maria/pid" \
+    --skip-log-bin --character-set-server=utf8mb4 "$@" >"$WORK/maria/log" 2>&1 &
+  for _ in $(seq 100); do
+    mariadb-admin -h127.0.0.1 -P"$port" -uroot ping >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "MariaDB did not start; see $WORK/maria/log" >&2
+  return 1
+}
+
+# bench_cleanup: the EXIT trap of the scripts that use $WORK: stops what
+# they started (PIDS, PostgreSQL, MariaDB) and removes $WORK.
+bench_cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  if [ -f "$WORK/maria/pid" ]; then kill "$(cat "$WORK/maria/pid")" 2>/dev/null || true; fi
+  sleep 1
+  rm -rf "$WORK"
+}

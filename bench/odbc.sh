@@ -22,37 +22,15 @@ build_release
 WORK="$(mktemp -d /tmp/fedsql-odbc-bench.XXXXXX)"
 chmod 755 "$WORK"
 PG_PORT=55460 MARIA_PORT=55461
-PGBIN=/usr/lib/postgresql/15/bin
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  [ -f "$WORK/maria/pid" ] && kill "$(cat "$WORK/maria/pid")" 2>/dev/null || true
-  sleep 1
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 echo "starting PostgreSQL and MariaDB, loading $ROWS rows into each"
-mkdir -p "$WORK/pg" "$WORK/maria"
-chown postgres "$WORK/pg"
-chown mysql "$WORK/maria"
-runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 -N >/dev/null
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c fsync=off" start >/dev/null
+start_postgres "$PG_PORT"
 psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c \
   "CREATE TABLE t (id int8, name text, amount float8, ts timestamp);
    INSERT INTO t SELECT i, 'customer-' || i, i * 0.25, timestamp '2024-01-01' + i * interval '1 second'
    FROM generate_series(1, $ROWS) i;" -c "VACUUM ANALYZE t"
-mariadb-install-db --no-defaults --user=mysql --datadir="$WORK/maria/data" \
-  --auth-root-authentication-method=normal --skip-test-db >/dev/null
-mariadbd --no-defaults --user=mysql --datadir="$WORK/maria/data" --port="$MARIA_PORT" \
-  --bind-address=127.0.0.1 --socket="$WORK/maria/s.sock" --pid-file="$WORK/maria/pid" \
-  --skip-log-bin --character-set-server=utf8mb4 >"$WORK/maria/log" 2>&1 &
-for _ in $(seq 100); do
-  mariadb-admin -h127.0.0.1 -P"$MARIA_PORT" -uroot ping >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_mariadb "$MARIA_PORT"
 mariadb -h127.0.0.1 -P"$MARIA_PORT" -uroot -e \
   "CREATE DATABASE bench; CREATE TABLE bench.t (id BIGINT, name VARCHAR(40), amount DOUBLE, ts DATETIME(6));
    USE bench; INSERT INTO bench.t SELECT seq, CONCAT('customer-', seq), seq * 0.25, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq SECOND

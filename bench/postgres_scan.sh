@@ -23,22 +23,10 @@ build_release
 WORK="$(mktemp -d /tmp/fedsql-pgscan-bench.XXXXXX)"
 chmod 755 "$WORK"
 PG_PORT=55480
-PGBIN=/usr/lib/postgresql/15/bin
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  sleep 1
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 echo "starting PostgreSQL, loading $ROWS rows"
-mkdir -p "$WORK/pg"
-chown postgres "$WORK/pg"
-runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 -N >/dev/null
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c fsync=off -c shared_buffers=1GB" start >/dev/null
+start_postgres "$PG_PORT" -c shared_buffers=1GB
 psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c \
   "CREATE TABLE t (id int8 PRIMARY KEY, name text, amount float8, ts timestamptz);
    INSERT INTO t SELECT i, 'customer-' || i, i * 0.25, timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second'

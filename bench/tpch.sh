@@ -27,42 +27,17 @@ build_release
 WORK="$(mktemp -d /tmp/fedsql-tpch-bench.XXXXXX)"
 chmod 755 "$WORK"
 PG_PORT=55470 MARIA_PORT=55471 FED_PG=55472 FED_FLIGHT=55473
-PGBIN=/usr/lib/postgresql/15/bin
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$WORK/fedsql.pid" ] && kill "$(cat "$WORK/fedsql.pid")" 2>/dev/null || true
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  [ -f "$WORK/maria/pid" ] && kill "$(cat "$WORK/maria/pid")" 2>/dev/null || true
-  sleep 1
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 echo "generating TPC-H SF$SCALE"
 "$VENV/bin/tpchgen-cli" csv -s "$SCALE" --output-dir "$WORK/data" >/dev/null
 chmod -R a+rX "$WORK/data"
 
 echo "starting PostgreSQL and MariaDB"
-mkdir -p "$WORK/pg" "$WORK/maria"
-chown postgres "$WORK/pg"
-chown mysql "$WORK/maria"
-runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 -N >/dev/null
 # Settings a DBA would give an analytics box with this much memory.
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c fsync=off \
-      -c shared_buffers=2GB -c work_mem=256MB -c effective_cache_size=8GB \
-      -c max_parallel_workers_per_gather=2" start >/dev/null
-mariadb-install-db --no-defaults --user=mysql --datadir="$WORK/maria/data" \
-  --auth-root-authentication-method=normal --skip-test-db >/dev/null
-mariadbd --no-defaults --user=mysql --datadir="$WORK/maria/data" --port="$MARIA_PORT" \
-  --bind-address=127.0.0.1 --socket="$WORK/maria/s.sock" --pid-file="$WORK/maria/pid" \
-  --skip-log-bin --character-set-server=utf8mb4 --innodb-buffer-pool-size=2G \
-  --local-infile=1 >"$WORK/maria/log" 2>&1 &
-for _ in $(seq 100); do
-  mariadb-admin -h127.0.0.1 -P"$MARIA_PORT" -uroot ping >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_postgres "$PG_PORT" -c shared_buffers=2GB -c work_mem=256MB \
+  -c effective_cache_size=8GB -c max_parallel_workers_per_gather=2
+start_mariadb "$MARIA_PORT" --innodb-buffer-pool-size=2G --local-infile=1
 
 TABLES="region nation part supplier partsupp customer orders lineitem"
 load_pg() { # DATABASE TABLE...
