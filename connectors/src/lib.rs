@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod pushdown;
 pub mod remote_catalog;
 pub mod remote_log;
+pub mod statistics;
 
 pub use error::ConnectorError;
 pub use remote_log::{ReadPurpose, RemoteQuery, RemoteQueryObserver};

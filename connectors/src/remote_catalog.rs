@@ -12,10 +12,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::TableReference;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLTableSource};
+use datafusion_federation::sql::{SQLFederationProvider, SQLTableSource};
 use datafusion_federation::FederatedTableProviderAdaptor;
 
 use crate::error::ConnectorError;
+use crate::statistics::{SourceTable, TableStatistics};
 
 /// One column as the remote catalog describes it.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct RemoteTableInfo {
     pub schema: String,
     pub name: String,
     pub columns: Vec<RemoteColumn>,
+    /// What the source reports about the table's size.
+    pub statistics: TableStatistics,
 }
 
 impl RemoteTableInfo {
@@ -182,8 +185,8 @@ impl SchemaProvider for RemoteSchema {
         } else {
             TableReference::partial(info.schema.as_str(), info.name.as_str())
         };
-        let remote = RemoteTable::new(reference.into(), schema);
-        let source = SQLTableSource::new_with_table(Arc::clone(&self.provider), Arc::new(remote));
+        let table = SourceTable::new(reference, schema, info.statistics.clone());
+        let source = SQLTableSource::new_with_table(Arc::clone(&self.provider), Arc::new(table));
         Ok(Some(Arc::new(FederatedTableProviderAdaptor::new(
             Arc::new(source),
         ))))

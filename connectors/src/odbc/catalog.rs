@@ -1,10 +1,12 @@
 //! Table discovery through the ODBC catalog functions.
 
-use odbc_api::Connection;
+use odbc_api::buffers::TextRowSet;
+use odbc_api::{Connection, Cursor};
 
 use super::types::{arrow_type, OdbcColumnType};
 use crate::pushdown::SourceDialect;
 use crate::remote_catalog::{RemoteColumn, RemoteTableInfo};
+use crate::statistics::{self, StatisticsRow};
 
 /// Schemas that hold the source's own catalog, never user tables.
 const SYSTEM_SCHEMAS: &[&str] = &[
@@ -64,14 +66,75 @@ pub(crate) fn discover(
                 schema: fedsql_schema,
                 name: table,
                 columns: vec![column],
+                statistics: Default::default(),
             }),
         }
     }
+    statistics::apply(&mut tables, read_statistics(connection, dialect));
     let bare = match dialect {
         SourceDialect::Postgres => "public".to_string(),
         _ => schema_name("", &current),
     };
     Ok((tables, Some(bare)))
+}
+
+/// The source's row and distinct-value estimates, where its dialect has a
+/// catalog fedsql knows how to read (see `statistics`). Statistics only
+/// guide plans, so a query the user may not run leaves them unknown.
+fn read_statistics(connection: &Connection<'_>, dialect: SourceDialect) -> Vec<StatisticsRow> {
+    let queries: &[(&str, bool)] = match dialect {
+        SourceDialect::Postgres => &[(statistics::POSTGRES_STATISTICS_SQL, true)],
+        SourceDialect::MySql => &[
+            (statistics::MYSQL_STATISTICS_SQL, false),
+            (statistics::MARIADB_COLUMN_STATISTICS_SQL, false),
+        ],
+        SourceDialect::Sqlite | SourceDialect::Generic => &[],
+    };
+    let mut rows = Vec::new();
+    for (sql, with_schema) in queries {
+        match text_rows(connection, sql) {
+            Ok(found) => rows.extend(found.into_iter().map(|r| {
+                let number = |i: usize| r.get(i).cloned().flatten().and_then(|v| v.parse().ok());
+                let (schema, rest) = if *with_schema {
+                    (r.first().cloned().flatten(), 1)
+                } else {
+                    (None, 0)
+                };
+                StatisticsRow {
+                    schema,
+                    table: r.get(rest).cloned().flatten().unwrap_or_default(),
+                    rows: number(rest + 1),
+                    column: r.get(rest + 2).cloned().flatten(),
+                    n_distinct: number(rest + 3),
+                }
+            })),
+            Err(e) => tracing::debug!(error = %e, "source statistics not readable"),
+        }
+    }
+    rows
+}
+
+/// Every row of `sql` as text.
+fn text_rows(
+    connection: &Connection<'_>,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, odbc_api::Error> {
+    let Some(mut cursor) = connection.execute(sql, (), None)? else {
+        return Ok(Vec::new());
+    };
+    let mut buffer = TextRowSet::for_cursor(1024, &mut cursor, Some(256))?;
+    let mut block = cursor.bind_buffer(&mut buffer)?;
+    let mut rows = Vec::new();
+    while let Some(batch) = block.fetch()? {
+        for row in 0..batch.num_rows() {
+            rows.push(
+                (0..batch.num_cols())
+                    .map(|col| batch.at_as_str(col, row).ok().flatten().map(str::to_string))
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
 }
 
 /// fedsql's schema name for a remote (schema, catalog).

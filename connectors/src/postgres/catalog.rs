@@ -9,6 +9,7 @@ use super::executor::PostgresExecutor;
 use super::types::arrow_type;
 use crate::error::ConnectorError;
 use crate::remote_catalog::{RemoteCatalog, RemoteColumn, RemoteTableInfo};
+use crate::statistics::{self, StatisticsRow};
 
 /// Reads every user table's columns in one catalog query.
 pub(crate) async fn discover_tables(
@@ -61,6 +62,7 @@ pub(crate) async fn discover_tables(
                 schema,
                 name: table,
                 columns: vec![column],
+                statistics: Default::default(),
             }),
         }
     }
@@ -96,12 +98,34 @@ async fn discover_split_keys(
         .collect())
 }
 
+/// Row and distinct-value estimates of every table (see `statistics`).
+async fn discover_statistics(
+    executor: &PostgresExecutor,
+) -> Result<Vec<StatisticsRow>, ConnectorError> {
+    let client = executor.connect().await?;
+    let rows = client
+        .query(statistics::POSTGRES_STATISTICS_SQL, &[])
+        .await
+        .map_err(|e| executor.classify(e))?;
+    Ok(rows
+        .iter()
+        .map(|r| StatisticsRow {
+            schema: Some(r.get(0)),
+            table: r.get(1),
+            rows: r.get(2),
+            column: r.get(3),
+            n_distinct: r.get(4),
+        })
+        .collect())
+}
+
 /// Discovers a Postgres database's tables now; queries then plan without a
 /// round trip.
 pub async fn discover_catalog(
     executor: Arc<PostgresExecutor>,
 ) -> Result<RemoteCatalog, ConnectorError> {
-    let tables = discover_tables(&executor).await?;
+    let mut tables = discover_tables(&executor).await?;
+    statistics::apply(&mut tables, discover_statistics(&executor).await?);
     executor.set_split_keys(discover_split_keys(&executor).await?);
     let provider = Arc::new(crate::pushdown::partitioned::federation_provider(
         Arc::clone(&executor) as _,

@@ -23,6 +23,7 @@
 
 mod names;
 mod needed;
+mod partial_aggregate;
 pub mod partitioned;
 mod policy;
 mod rule;

@@ -399,9 +399,16 @@ fn expr_ok(dialect: SourceDialect, expr: &Expr, schema: &DFSchema) -> bool {
                     Ok(from) if from == *to => true,
                     // An integer into a decimal with room for all its
                     // digits is exact in MySQL too.
+                    // So is widening one to Int64 (`CAST(x AS SIGNED)`, as
+                    // DataFusion's `sum` over ints asks for).
                     Ok(from) if dialect == SourceDialect::MySql && from.is_integer() => {
-                        matches!(to, DataType::Decimal128(p, s)
-                            if i32::from(*p) - i32::from(*s) >= integer_digits(&from))
+                        match to {
+                            DataType::Decimal128(p, s) => {
+                                i32::from(*p) - i32::from(*s) >= integer_digits(&from)
+                            }
+                            DataType::Int64 => from != DataType::UInt64,
+                            _ => false,
+                        }
                     }
                     // Other dialects spell and round casts their own way.
                     _ if dialect != SourceDialect::Postgres => false,

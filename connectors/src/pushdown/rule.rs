@@ -45,6 +45,10 @@ impl PolicyFederationRule {
             .position(|r| r.name() == "push_down_filter")
             .map_or(rules.len(), |p| p + 1);
         rules.insert(position, Arc::new(PolicyFederationRule));
+        rules.insert(
+            position,
+            Arc::new(super::partial_aggregate::PartialAggregateRule),
+        );
         rules
     }
 }
@@ -107,8 +111,18 @@ fn allowed(provider: &FederationProviderRef, plan: &LogicalPlan, pushdown: bool)
     }
 }
 
+/// The one source that may run all of `plan` (policy included), if any; a
+/// plan over local tables or several sources has none.
+pub(super) fn sole_source(plan: &LogicalPlan) -> Result<Option<FederationProviderRef>> {
+    let pass = Pass { pushdown: true };
+    Ok(pass
+        .scan_plan_recursively(plan)?
+        .provider()
+        .filter(|p| p.name() != NopFederationProvider::NAME))
+}
+
 /// Whether fedsql's `fedsql.pushdown` setting is on in `config`.
-fn pushdown_enabled(config: &dyn OptimizerConfig) -> bool {
+pub(super) fn pushdown_enabled(config: &dyn OptimizerConfig) -> bool {
     config
         .options()
         .extensions
