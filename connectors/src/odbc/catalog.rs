@@ -4,6 +4,9 @@ use odbc_api::buffers::TextRowSet;
 use odbc_api::{Connection, Cursor};
 
 use super::types::{arrow_type, OdbcColumnType};
+use datafusion::arrow::datatypes::DataType;
+
+use crate::pushdown::split::SplitKeys;
 use crate::pushdown::SourceDialect;
 use crate::remote_catalog::{RemoteColumn, RemoteTableInfo};
 use crate::statistics::{self, StatisticsRow};
@@ -18,17 +21,21 @@ const SYSTEM_SCHEMAS: &[&str] = &[
 ];
 
 /// The tables of the connection's current database, and the fedsql schema
-/// whose tables the source resolves without a qualifier.
+/// whose tables the source resolves without a qualifier; `split_keys` gets
+/// the integer primary keys of the tables worth splitting.
 ///
 /// Sources without schemas (MariaDB, SQLite) put their tables under the
 /// database name, or `main` when there is none.
 pub(crate) fn discover(
     connection: &Connection<'_>,
     dialect: SourceDialect,
+    split_keys: &SplitKeys,
 ) -> Result<(Vec<RemoteTableInfo>, Option<String>), odbc_api::Error> {
     let current = connection.current_catalog().unwrap_or_default();
     let mut tables: Vec<RemoteTableInfo> = Vec::new();
     let mut wanted = std::collections::HashSet::new();
+    // fedsql schema → the source's own schema name, for SQLPrimaryKeys.
+    let mut remote_schemas = std::collections::HashMap::new();
     for row in connection.tables(&current, "%", "%", "TABLE,VIEW")? {
         let row = row?;
         let schema = text(&row.schema);
@@ -60,6 +67,7 @@ pub(crate) fn discover(
             nullable: row.nullable != 0,
         };
         let fedsql_schema = schema_name(&schema, &current);
+        remote_schemas.insert(fedsql_schema.clone(), schema.clone());
         match tables.last_mut() {
             Some(t) if t.schema == fedsql_schema && t.name == table => t.columns.push(column),
             _ => tables.push(RemoteTableInfo {
@@ -71,11 +79,55 @@ pub(crate) fn discover(
         }
     }
     statistics::apply(&mut tables, read_statistics(connection, dialect));
+    let mut keys = std::collections::HashMap::new();
+    for table in tables
+        .iter()
+        .filter(|t| split_keys.wanted(t.statistics.rows))
+    {
+        let remote_schema = remote_schemas.get(&table.schema).map(String::as_str);
+        match integer_primary_key(connection, &current, remote_schema, table) {
+            Ok(Some(key)) => {
+                let rows = table.statistics.rows.unwrap_or(0.0);
+                keys.insert(format!("{}.{}", table.schema, table.name), (key, rows));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(table = %table.name, error = %e, "no primary key read"),
+        }
+    }
+    split_keys.set(keys);
     let bare = match dialect {
         SourceDialect::Postgres => "public".to_string(),
         _ => schema_name("", &current),
     };
     Ok((tables, Some(bare)))
+}
+
+/// The first column of `table`'s primary key, when it is an integer
+/// (scans split into ranges of it, which the key's index serves).
+fn integer_primary_key(
+    connection: &Connection<'_>,
+    catalog: &str,
+    schema: Option<&str>,
+    table: &RemoteTableInfo,
+) -> Result<Option<String>, odbc_api::Error> {
+    let catalog = (!catalog.is_empty()).then_some(catalog);
+    let schema = schema.filter(|s| !s.is_empty());
+    let mut first = None;
+    for row in connection.primary_keys(catalog, schema, &table.name)? {
+        let row = row?;
+        if row.key_seq == 1 {
+            first = Some(text(&row.column));
+        }
+    }
+    Ok(first.filter(|key| {
+        table.columns.iter().any(|c| {
+            c.name == *key
+                && matches!(
+                    c.data_type,
+                    Some(DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64)
+                )
+        })
+    }))
 }
 
 /// The source's row and distinct-value estimates, where its dialect has a
@@ -115,7 +167,7 @@ fn read_statistics(connection: &Connection<'_>, dialect: SourceDialect) -> Vec<S
 }
 
 /// Every row of `sql` as text.
-fn text_rows(
+pub(crate) fn text_rows(
     connection: &Connection<'_>,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, odbc_api::Error> {

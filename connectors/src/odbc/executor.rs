@@ -1,7 +1,7 @@
 //! Runs SQL that datafusion-federation unparsed on an ODBC source and
 //! streams the rows back as Arrow through arrow-odbc's columnar bulk fetch.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arrow_odbc::OdbcReaderBuilder;
 use async_trait::async_trait;
@@ -10,7 +10,11 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
+use datafusion::sql::sqlparser;
+use datafusion::sql::sqlparser::dialect::Dialect as ParserDialect;
 use datafusion::sql::unparser::dialect::{
     CharacterLengthStyle, CustomDialectBuilder, Dialect, DistinctFromStyle, MySqlDialect,
     PostgreSqlDialect,
@@ -22,6 +26,8 @@ use super::types::read_schema;
 use super::OdbcOptions;
 use crate::blocking::{blocking_stream, run_blocking, BatchSender};
 use crate::error::ConnectorError;
+use crate::pushdown::partitioned::{self, lazy_stream, PartitionTask, ScanPartitioner};
+use crate::pushdown::split::{SplitKeys, SplittableScan};
 use crate::pushdown::SourceDialect;
 use crate::remote_catalog::RemoteTableInfo;
 use crate::remote_log::{QueryReport, RemoteQueryObserver};
@@ -36,6 +42,10 @@ pub struct OdbcExecutor {
     context: String,
     /// Told about every remote query (fedsql.system.queries).
     observer: Option<Arc<dyn RemoteQueryObserver>>,
+    /// Which tables plain scans are split on, into parallel fetches.
+    split_keys: Arc<SplitKeys>,
+    /// The fedsql schema of tables the remote SQL names without one.
+    bare_schema: Arc<RwLock<String>>,
 }
 
 impl OdbcExecutor {
@@ -51,9 +61,11 @@ impl OdbcExecutor {
         OdbcExecutor {
             source_name: source_name.to_string(),
             pool: Arc::new(ConnectionPool::new(source_name, options.clone())),
+            split_keys: Arc::new(SplitKeys::new(options.partitions)),
             options: Arc::new(options),
             context,
             observer,
+            bare_schema: Arc::default(),
         }
     }
 
@@ -61,11 +73,74 @@ impl OdbcExecutor {
     pub async fn discover(&self) -> Result<(Vec<RemoteTableInfo>, Option<String>), ConnectorError> {
         let connection = self.pool.checkout().await?;
         let dialect = self.options.dialect;
-        run_blocking(&self.source_name, move || {
-            super::catalog::discover(connection.connection(), dialect)
+        let split_keys = Arc::clone(&self.split_keys);
+        let (tables, bare) = run_blocking(&self.source_name, move || {
+            super::catalog::discover(connection.connection(), dialect, &split_keys)
                 .map_err(|e| connection.pool().classify(e, false))
         })
-        .await
+        .await?;
+        if let Some(bare) = &bare {
+            *self.bare_schema.write().unwrap_or_else(|p| p.into_inner()) = bare.clone();
+        }
+        Ok((tables, bare))
+    }
+
+    /// How SQL sent to the source is parsed back (to split scans).
+    fn parser_dialect(&self) -> Box<dyn ParserDialect> {
+        match self.options.dialect {
+            SourceDialect::Postgres => Box::new(sqlparser::dialect::PostgreSqlDialect {}),
+            SourceDialect::MySql => Box::new(sqlparser::dialect::MySqlDialect {}),
+            SourceDialect::Sqlite => Box::new(sqlparser::dialect::SQLiteDialect {}),
+            SourceDialect::Generic => Box::new(sqlparser::dialect::GenericDialect {}),
+        }
+    }
+
+    /// `(min, max)` of `key` in `scan`'s table; `None` when it is empty.
+    async fn key_bounds(
+        &self,
+        scan: &SplittableScan,
+        key: &str,
+    ) -> Result<Option<(i64, i64)>, ConnectorError> {
+        let connection = self.pool.checkout().await?;
+        let sql = format!(
+            "SELECT min({k}), max({k}) FROM {t}",
+            k = scan.quoted(key),
+            t = scan.table
+        );
+        let rows = run_blocking(&self.source_name, move || {
+            super::catalog::text_rows(connection.connection(), &sql)
+                .map_err(|e| connection.pool().classify(e, false))
+        })
+        .await?;
+        let bound = |i: usize| -> Option<i64> {
+            rows.first()?.get(i)?.as_deref()?.trim().parse().ok()
+        };
+        Ok(bound(0).zip(bound(1)))
+    }
+
+    /// One partition of a scan planned as several: its key range, read
+    /// once the shared bounds are known.
+    fn stream_partition(
+        &self,
+        scan: SplittableScan,
+        key: String,
+        task: PartitionTask,
+        schema: SchemaRef,
+    ) -> SendableRecordBatchStream {
+        let executor = self.clone();
+        let planned = Arc::clone(&schema);
+        let fetch = async move {
+            let bounds = task
+                .shared
+                .bounds
+                .get_or_try_init(|| executor.key_bounds(&scan, &key))
+                .await?;
+            Ok::<_, ConnectorError>(match task.key_range(*bounds) {
+                Some((lo, hi)) => executor.stream(&scan.with_range(&key, lo, hi), planned),
+                None => empty_stream(planned),
+            })
+        };
+        lazy_stream(schema, fetch)
     }
 
     /// Streams the rows of `query`, typed as `schema`.
@@ -259,6 +334,20 @@ impl Dialect for SqliteOdbcDialect {
     }
 }
 
+impl ScanPartitioner for OdbcExecutor {
+    fn partitions(&self, plan: &LogicalPlan) -> usize {
+        self.split_keys.plan_partitions(plan)
+    }
+}
+
+/// A stream of no batches.
+fn empty_stream(schema: SchemaRef) -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::empty(),
+    ))
+}
+
 #[async_trait]
 impl SQLExecutor for OdbcExecutor {
     fn name(&self) -> &str {
@@ -289,6 +378,24 @@ impl SQLExecutor for OdbcExecutor {
         schema: SchemaRef,
         _filters: &[Arc<dyn PhysicalExpr>],
     ) -> DfResult<SendableRecordBatchStream> {
+        // One partition of a scan planned as several (see
+        // `pushdown::partitioned`): this partition's key range only.
+        if let Some(task) = partitioned::current_task() {
+            let bare = self
+                .bare_schema
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let split = SplittableScan::parse(query, self.parser_dialect().as_ref(), &bare)
+                .and_then(|scan| self.split_keys.split_key(&scan).map(|(key, _)| (scan, key)));
+            match split {
+                Some((scan, key)) => return Ok(self.stream_partition(scan, key, task, schema)),
+                // Planned as splittable but the SQL is not: the first
+                // partition reads everything, the others nothing.
+                None if task.partition > 0 => return Ok(empty_stream(schema)),
+                None => {}
+            }
+        }
         Ok(self.stream(query, schema))
     }
 

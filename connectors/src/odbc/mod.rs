@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::catalog::CatalogProvider;
-use datafusion_federation::sql::SQLFederationProvider;
 
 pub use executor::OdbcExecutor;
 pub use pool::ConnectionPool;
@@ -57,6 +56,9 @@ pub struct OdbcOptions {
     /// Largest text (or binary) value accepted, in bytes; a longer value is
     /// an error naming the column, never truncated.
     pub max_text_bytes: usize,
+    /// Parallel fetches one plain scan of a table with an integer primary
+    /// key is read in (`None`: one per core above a million rows).
+    pub partitions: Option<usize>,
 }
 
 const OPTIONS: &[&str] = &[
@@ -66,6 +68,7 @@ const OPTIONS: &[&str] = &[
     "max_connections",
     "batch_size",
     "max_text_bytes",
+    "partitions",
 ];
 
 impl OdbcOptions {
@@ -128,6 +131,10 @@ impl OdbcOptions {
             max_connections: positive("max_connections", 4)?,
             batch_size: positive("batch_size", DEFAULT_BATCH_ROWS)?,
             max_text_bytes: positive("max_text_bytes", DEFAULT_MAX_TEXT_BYTES)?,
+            partitions: match map.get("partitions") {
+                None => None,
+                Some(_) => Some(positive("partitions", 1)?),
+            },
         })
     }
 
@@ -223,7 +230,10 @@ pub async fn open_odbc_catalog(
     let options = OdbcOptions::from_options(options)?;
     let executor = Arc::new(OdbcExecutor::new(name, options, observer));
     let (tables, bare_schema) = executor.discover().await?;
-    let provider = Arc::new(SQLFederationProvider::new(executor));
+    let provider = Arc::new(crate::pushdown::partitioned::federation_provider(
+        Arc::clone(&executor) as _,
+        Some(executor as _),
+    ));
     Ok(Arc::new(RemoteCatalog::new(
         "ODBC",
         tables,

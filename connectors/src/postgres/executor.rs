@@ -7,31 +7,31 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
 use datafusion::sql::unparser::dialect::{Dialect, PostgreSqlDialect};
 use datafusion_federation::sql::SQLExecutor;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::{Kind, Type};
 
-use super::split::{self, SplittableScan};
 use super::types::{array_text_to_list, arrow_type, ColumnBuilder, RawValue, TextCast};
 use super::PostgresOptions;
 use crate::error::ConnectorError;
-use crate::pushdown::partitioned::{self, PartitionTask, ScanPartitioner};
+use crate::pushdown::partitioned::{self, lazy_stream, PartitionTask, ScanPartitioner};
+use crate::pushdown::split::{self, SplitKeys, SplittableScan};
 use crate::pushdown::SourceDialect;
 use crate::remote_log::{QueryReport, RemoteQueryObserver};
-use datafusion::sql::sqlparser::ast::Ident;
 use std::collections::HashMap;
+
+/// How the SQL the executor is sent is parsed back (to split scans).
+const PG_PARSER: datafusion::sql::sqlparser::dialect::PostgreSqlDialect =
+    datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
 
 /// Rows per Arrow batch.
 const BATCH_ROWS: usize = 8192;
-/// Tables the source estimates above this many rows are split automatically.
-const AUTO_SPLIT_ROWS: f64 = 1_000_000.0;
 
 /// Executes federated SQL on one Postgres source.
 #[derive(Debug, Clone)]
@@ -44,12 +44,8 @@ pub struct PostgresExecutor {
     context: String,
     /// Told about every remote query (fedsql.system.queries).
     observer: Option<Arc<dyn RemoteQueryObserver>>,
-    /// How many parallel `COPY`s read one plain table scan (`None`: chosen
-    /// by table size).
-    partitions: Option<usize>,
-    /// `schema.table` → the integer column scans of it are split on (the
-    /// first column of its primary key) and the source's row estimate.
-    split_keys: Arc<std::sync::RwLock<HashMap<String, (String, f64)>>>,
+    /// Which tables scans are split on (and into how many parallel `COPY`s).
+    split_keys: Arc<SplitKeys>,
 }
 
 impl PostgresExecutor {
@@ -77,45 +73,13 @@ impl PostgresExecutor {
             config,
             address,
             observer,
-            partitions: options.partitions,
-            split_keys: Arc::default(),
+            split_keys: Arc::new(SplitKeys::new(options.partitions)),
         })
     }
 
     /// Records the keys discovery found for splitting scans.
     pub(crate) fn set_split_keys(&self, keys: HashMap<String, (String, f64)>) {
-        *self.split_keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
-    }
-
-    /// Whether any scan could be split at all.
-    fn may_split(&self) -> bool {
-        self.partitions != Some(1)
-            && !self
-                .split_keys
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-    }
-
-    /// The key to split `scan` on and into how many ranges, if it is worth it.
-    fn split_key(&self, scan: &SplittableScan) -> Option<(String, usize)> {
-        let keys = self.split_keys.read().unwrap_or_else(|p| p.into_inner());
-        let (key, estimated_rows) = keys.get(&scan.qualified)?;
-        let n = self.partition_count(*estimated_rows);
-        (n > 1).then(|| (key.clone(), n))
-    }
-
-    /// Key ranges a scan of a table of about `estimated_rows` rows is read
-    /// in: the `partitions` option, or for large tables one per core, so
-    /// decoding keeps them busy.
-    fn partition_count(&self, estimated_rows: f64) -> usize {
-        match self.partitions {
-            Some(n) => n,
-            None if estimated_rows > AUTO_SPLIT_ROWS => {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            }
-            None => 1,
-        }
+        self.split_keys.set(keys);
     }
 
     /// `(min, max)` of `key` in `scan`'s table; `None` when it is empty.
@@ -127,7 +91,7 @@ impl PostgresExecutor {
         let client = self.connect().await?;
         let bounds = format!(
             "SELECT min({k})::int8, max({k})::int8 FROM {t}",
-            k = Ident::with_quote('"', key),
+            k = scan.quoted(key),
             t = scan.table
         );
         let row = client
@@ -199,14 +163,7 @@ impl PostgresExecutor {
             .bounds
             .get_or_try_init(|| self.key_bounds(&scan, &key))
             .await?;
-        let range = match *bounds {
-            // An empty table: the first partition's plain scan answers it.
-            None => (task.partition == 0).then_some((i64::MIN, None)),
-            Some((min, max)) => split::ranges(min, max, task.partitions)
-                .get(task.partition)
-                .copied(),
-        };
-        let Some((lo, hi)) = range else {
+        let Some((lo, hi)) = task.key_range(*bounds) else {
             return Ok(Box::pin(futures::stream::empty()));
         };
         let sql = scan.with_range(&key, lo, hi);
@@ -466,73 +423,9 @@ impl BatchState {
     }
 }
 
-/// The batches of `fetch` (which connects and sends the query when first
-/// polled, not when the plan is built), as DataFusion's stream.
-fn lazy_stream<S>(
-    schema: SchemaRef,
-    fetch: impl std::future::Future<Output = Result<S, ConnectorError>> + Send + 'static,
-) -> SendableRecordBatchStream
-where
-    S: futures::Stream<Item = DfResult<RecordBatch>> + Send + 'static,
-{
-    let stream = futures::stream::once(async move {
-        fetch
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))
-    })
-    .try_flatten();
-    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
-}
-
-/// A federated sub-plan that reads one table's rows, and nothing else that
-/// would make key ranges unequal to the whole: only column projections,
-/// filters and aliases over one scan without a limit. Its split matches
-/// what [`SplittableScan::parse`] accepts of the SQL.
 impl ScanPartitioner for PostgresExecutor {
     fn partitions(&self, plan: &LogicalPlan) -> usize {
-        if !self.may_split() {
-            return 1;
-        }
-        let mut scans = Vec::new();
-        let mut plain = true;
-        let _ = plan.apply(|node| {
-            match node {
-                LogicalPlan::TableScan(scan) if scan.fetch.is_none() => {
-                    scans.push(scan.table_name.clone())
-                }
-                LogicalPlan::Projection(p) => {
-                    plain &= p.expr.iter().all(|e| {
-                        matches!(e.clone().unalias(), datafusion::prelude::Expr::Column(_))
-                    })
-                }
-                LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {}
-                _ => plain = false,
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        let [table] = scans.as_slice() else {
-            return 1;
-        };
-        if !plain {
-            return 1;
-        }
-        let keys = self.split_keys.read().unwrap_or_else(|p| p.into_inner());
-        let found = match table.schema() {
-            Some(schema) => keys.get(&format!("{schema}.{}", table.table())),
-            // Unqualified: the one discovered table of that name, if unique.
-            None => {
-                let suffix = format!(".{}", table.table());
-                let mut matching = keys.iter().filter(|(k, _)| k.ends_with(&suffix));
-                match (matching.next(), matching.next()) {
-                    (Some((_, v)), None) => Some(v),
-                    _ => None,
-                }
-            }
-        };
-        match found {
-            Some((_, estimated_rows)) => self.partition_count(*estimated_rows),
-            None => 1,
-        }
+        self.split_keys.plan_partitions(plan)
     }
 }
 
@@ -560,8 +453,8 @@ impl SQLExecutor for PostgresExecutor {
         // One partition of a scan planned as several (see
         // `pushdown::partitioned`): this partition's key range only.
         if let Some(task) = partitioned::current_task() {
-            let split = SplittableScan::parse(query)
-                .and_then(|scan| self.split_key(&scan).map(|(key, _)| (scan, key)));
+            let split = SplittableScan::parse(query, &PG_PARSER, "public")
+                .and_then(|scan| self.split_keys.split_key(&scan).map(|(key, _)| (scan, key)));
             match split {
                 Some((scan, key)) => {
                     let fetch = executor.fetch_partition(scan, key, task, Arc::clone(&schema));
@@ -580,11 +473,12 @@ impl SQLExecutor for PostgresExecutor {
         }
         // Parsing the query is only worth it when some table can be split.
         let scan = self
+            .split_keys
             .may_split()
-            .then(|| SplittableScan::parse(query))
+            .then(|| SplittableScan::parse(query, &PG_PARSER, "public"))
             .flatten();
         if let Some(scan) = scan {
-            if let Some((key, partitions)) = self.split_key(&scan) {
+            if let Some((key, partitions)) = self.split_keys.split_key(&scan) {
                 let fetch = executor.fetch_split(scan, key, partitions, Arc::clone(&schema));
                 return Ok(lazy_stream(schema, fetch));
             }

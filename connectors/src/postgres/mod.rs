@@ -13,7 +13,6 @@
 
 mod catalog;
 mod executor;
-mod split;
 pub mod types;
 
 use std::collections::BTreeMap;

@@ -28,6 +28,7 @@ pub mod partitioned;
 mod policy;
 mod rule;
 mod semi_join;
+pub mod split;
 
 use datafusion::common::extensions_options;
 use datafusion::config::ConfigExtension;

@@ -57,6 +57,20 @@ pub struct PartitionTask {
     pub shared: Arc<SharedSplit>,
 }
 
+impl PartitionTask {
+    /// This partition's key range given the scan's `(min, max)` key bounds
+    /// (`None`: an empty table, which the first partition's open range
+    /// answers); `None` when the partition has no range to read.
+    pub fn key_range(&self, bounds: Option<(i64, i64)>) -> Option<(i64, Option<i64>)> {
+        match bounds {
+            None => (self.partition == 0).then_some((i64::MIN, None)),
+            Some((min, max)) => super::split::ranges(min, max, self.partitions)
+                .get(self.partition)
+                .copied(),
+        }
+    }
+}
+
 thread_local! {
     static CURRENT: RefCell<Option<PartitionTask>> = const { RefCell::new(None) };
 }
@@ -269,4 +283,27 @@ impl ExecutionPlan for PartitionedScanExec {
         let _guard = TaskGuard;
         self.input.execute(0, context)
     }
+}
+
+/// The batches of `fetch` (which connects and sends the query when first
+/// polled, not when the plan is built), as DataFusion's stream.
+pub fn lazy_stream<S>(
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    fetch: impl std::future::Future<Output = std::result::Result<S, crate::ConnectorError>>
+        + Send
+        + 'static,
+) -> SendableRecordBatchStream
+where
+    S: futures::Stream<Item = Result<datafusion::arrow::array::RecordBatch>> + Send + 'static,
+{
+    use futures::TryStreamExt;
+    let stream = futures::stream::once(async move {
+        fetch
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+    })
+    .try_flatten();
+    Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
+    )
 }
