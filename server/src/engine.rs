@@ -38,7 +38,7 @@ use crate::query_log::QueryLog;
 use crate::system_tables::{self, SystemTable};
 use datafusion::logical_expr::ScalarUDF;
 use fedsql_udfs::predict::{Output, PredictTable, PredictUdf};
-use fedsql_udfs::registry::{ModelRegistry, ModelVersion};
+use fedsql_udfs::registry::ModelRegistry;
 
 /// The built-in catalog holding `fedsql.system.*`.
 pub const SYSTEM_CATALOG: &str = "fedsql";
@@ -534,27 +534,25 @@ fn system_catalog(
     system
         .register_table("queries".into(), Arc::new(log))
         .map_err(to_err)?;
-    type Batch = fn(&[(ModelVersion, bool)]) -> datafusion::error::Result<RecordBatch>;
+    type Batch = fn(&ModelRegistry) -> datafusion::error::Result<RecordBatch>;
     let model_tables: [(&str, SchemaRef, Batch); 3] = [
-        (
-            "models",
-            model_tables::models_schema(),
-            model_tables::models_batch,
-        ),
+        ("models", model_tables::models_schema(), |r| {
+            model_tables::models_batch(&r.list())
+        }),
         (
             "training_rounds",
             model_tables::training_rounds_schema(),
-            model_tables::training_rounds_batch,
+            |r| model_tables::training_rounds_batch(&r.list(), &r.live_rounds()),
         ),
         (
             "model_features",
             model_tables::model_features_schema(),
-            model_tables::model_features_batch,
+            |r| model_tables::model_features_batch(&r.list()),
         ),
     ];
     for (name, schema, batch) in model_tables {
         let models = Arc::clone(&models);
-        let table = SystemTable::new(schema, Arc::new(move || batch(&models.list())));
+        let table = SystemTable::new(schema, Arc::new(move || batch(&models)));
         system
             .register_table(name.into(), Arc::new(table))
             .map_err(to_err)?;

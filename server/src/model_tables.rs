@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
 use fedsql_udfs::features::Encoding;
-use fedsql_udfs::registry::ModelVersion;
+use fedsql_udfs::registry::{ModelVersion, RoundRecord};
 
 use crate::system_tables::timestamp;
 
@@ -106,8 +106,12 @@ pub fn training_rounds_schema() -> SchemaRef {
     ]))
 }
 
-/// Rows of `fedsql.system.training_rounds`.
-pub fn training_rounds_batch(versions: &[(ModelVersion, bool)]) -> DfResult<RecordBatch> {
+/// Rows of `fedsql.system.training_rounds`: every saved version's history,
+/// then the rounds finished so far of versions being trained (`live`).
+pub fn training_rounds_batch(
+    versions: &[(ModelVersion, bool)],
+    live: &[(String, u64, Vec<RoundRecord>)],
+) -> DfResult<RecordBatch> {
     let mut model = StringBuilder::new();
     let mut version = Int64Builder::new();
     let mut round = Int64Builder::new();
@@ -121,10 +125,14 @@ pub fn training_rounds_batch(versions: &[(ModelVersion, bool)]) -> DfResult<Reco
     let mut sent = Int64Builder::new();
     let mut received = Int64Builder::new();
     let mut status = StringBuilder::new();
-    for (m, _) in versions {
-        for r in &m.history {
-            model.append_value(&m.model);
-            version.append_value(m.version as i64);
+    let saved = versions
+        .iter()
+        .map(|(m, _)| (m.model.as_str(), m.version, m.history.as_slice()));
+    let training = live.iter().map(|(m, v, h)| (m.as_str(), *v, h.as_slice()));
+    for (name, number, history) in saved.chain(training) {
+        for r in history {
+            model.append_value(name);
+            version.append_value(number as i64);
             round.append_value(i64::from(r.round));
             client.append_value(&r.client);
             phase.append_value(&r.phase);

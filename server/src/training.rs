@@ -23,7 +23,7 @@ use fedsql_udfs::features::{
 };
 use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
-use fedsql_udfs::registry::{ModelVersion, RoundRecord, Task};
+use fedsql_udfs::registry::{LiveTraining, ModelVersion, RoundRecord, Task};
 use fedsql_udfs::strategy::ClientUpdate;
 use fedsql_udfs::train::{evaluate, train_local, Examples, LocalConfig, Metrics, Targets};
 use fedsql_udfs::UdfError;
@@ -506,8 +506,11 @@ impl Engine {
             outputs: if classify { labels.len() } else { 1 },
             activation,
         };
-        let (weights, mut history, mut metrics) =
-            self.run_rounds(&tm.name, &arch, &clients, &options).await?;
+        // Rounds show in fedsql.system.training_rounds as they finish.
+        let live = registry.begin_training(&tm.name, version);
+        let (weights, mut history, mut metrics) = self
+            .run_rounds(&tm.name, &arch, &clients, &options, (&live, target_std))
+            .await?;
         // RMSE in the target's own units.
         for (name, value) in metrics.iter_mut() {
             if name == "rmse" {
@@ -542,6 +545,8 @@ impl Engine {
             history,
             input_reads: purpose.reads(),
         };
+        // The saved version replaces the live rows (never both at once).
+        drop(live);
         registry.save(&meta, &weights).map_err(udf_error)?;
         Ok(FedsqlOutcome::Query(format!(
             "SELECT model, version, kind, target, strategy, rounds, clients, metrics \
@@ -559,6 +564,7 @@ impl Engine {
         arch: &Architecture,
         clients: &[Client],
         options: &TrainingOptions,
+        (live, target_std): (&LiveTraining, f64),
     ) -> Result<(Vec<f32>, Vec<RoundRecord>, Vec<(String, f64)>)> {
         let mut strategy = options.strategy().map_err(udf_error)?;
         let mut global = arch.initial_weights(options.seed);
@@ -571,6 +577,7 @@ impl Engine {
         let exchange = ExchangeServer::start().await.map_err(udf_error)?;
         let endpoint = exchange.endpoint();
         for round in 1..=options.rounds {
+            let round_start = history.len();
             exchange.publish(round, Arc::new(global.clone()));
             let wanted = ((clients.len() as f64 * options.fraction_train).ceil() as usize)
                 .clamp(options.min_train_nodes.min(clients.len()), clients.len());
@@ -711,6 +718,15 @@ impl Engine {
                 });
                 last_eval.push((m, client.target_moments));
             }
+            live.record(
+                &history[round_start..]
+                    .iter()
+                    .map(|r| RoundRecord {
+                        rmse: r.rmse.map(|e| e * target_std),
+                        ..r.clone()
+                    })
+                    .collect::<Vec<_>>(),
+            );
             let summary = summarize(&last_eval);
             progress(format!(
                 "round {round}/{}: {} client(s) trained{}; {}",

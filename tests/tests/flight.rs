@@ -462,3 +462,75 @@ async fn errors_map_to_grpc_codes_with_sqlstate() {
     let states: Vec<String> = logged.iter().map(|r| r.get(0)).collect();
     assert_eq!(states, ["42601", "42P01", "08001"]);
 }
+
+/// A Flight SQL client gets no NOTICEs: it follows a training run in
+/// `fedsql.system.training_rounds`, whose rows appear round by round while
+/// `TRAIN MODEL` (sent over Flight SQL too) is still running.
+#[tokio::test]
+async fn training_rounds_show_while_training_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let mut trainer = client(&server).await;
+    let mut watcher = client(&server).await;
+    let rounds = 15;
+    let train = tokio::spawn(async move {
+        trainer
+            .execute(
+                format!(
+                    "TRAIN MODEL watched USING logistic_regression PREDICT is_fraud \
+                     FROM (SELECT t.amount, t.channel, c.region, t.is_fraud \
+                           FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id)) \
+                     FEDERATED BY region WITH (rounds = {rounds}, local_epochs = 1)"
+                ),
+                None,
+            )
+            .await
+            .map(|_| ())
+    });
+    let mut seen_partial = None;
+    while !train.is_finished() {
+        let batches = query(
+            &mut watcher,
+            "SELECT CAST(count(*) AS BIGINT), CAST(coalesce(max(round), 0) AS BIGINT) \
+             FROM fedsql.system.training_rounds WHERE model = 'watched'",
+        )
+        .await;
+        let counts = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let round = batches[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        if counts.value(0) > 0 && round.value(0) < rounds && !train.is_finished() {
+            seen_partial = Some(round.value(0));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    train.await.unwrap().expect("TRAIN over Flight SQL");
+    let round = seen_partial.expect("no round was visible before training finished");
+    assert!((1..rounds).contains(&round), "{round}");
+    // Afterwards the saved version's rows, once each: train and evaluate
+    // per client per round.
+    let batches = query(
+        &mut watcher,
+        "SELECT CAST(count(*) AS BIGINT), CAST(count(DISTINCT (round, client, phase)) AS BIGINT), \
+                CAST(min(version) AS BIGINT) \
+         FROM fedsql.system.training_rounds WHERE model = 'watched'",
+    )
+    .await;
+    let col = |i: usize| {
+        batches[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!(col(0), col(1), "a round row shows twice");
+    assert_eq!(col(0) % (2 * rounds), 0, "{} rows", col(0));
+    assert_eq!(col(2), 1);
+}

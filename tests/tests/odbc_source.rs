@@ -672,10 +672,19 @@ async fn scans_split_into_key_ranges_on_mariadb_and_sqlite() {
         )
         .await
         .into_iter()
-        .map(|r| (r[0].clone().unwrap(), r[1].as_deref().unwrap().parse().unwrap()))
+        .map(|r| {
+            (
+                r[0].clone().unwrap(),
+                r[1].as_deref().unwrap().parse().unwrap(),
+            )
+        })
         .collect();
         assert_eq!(sent.len(), 3, "{name}: {sent:?}");
-        assert_eq!(sent.iter().map(|(_, n)| n).sum::<i64>(), 4500, "{name}: {sent:?}");
+        assert_eq!(
+            sent.iter().map(|(_, n)| n).sum::<i64>(),
+            4500,
+            "{name}: {sent:?}"
+        );
         // An aggregate is not a plain scan: it goes whole, unsplit.
         let plan = explain(&f, &format!("SELECT count(*) FROM {table}")).await;
         assert!(!plan.contains("PartitionedScanExec"), "{plan}");

@@ -5,7 +5,7 @@
 //! the active version. Every file is written to a temporary name, synced and
 //! renamed, so a crash leaves the previous state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,39 @@ pub struct ModelRegistry {
     cache: Mutex<HashMap<(String, u64), Arc<LoadedModel>>>,
     /// Serializes writers so version numbers are never handed out twice.
     write: Mutex<()>,
+    /// The rounds so far of versions being trained now, by (model, version).
+    live: Arc<Mutex<LiveRounds>>,
+}
+
+/// The rounds so far of versions being trained, by (model, version).
+type LiveRounds = BTreeMap<(String, u64), Vec<RoundRecord>>;
+
+/// A version being trained: its finished rounds are visible (see
+/// [`ModelRegistry::live_rounds`]) until it is dropped, when the saved
+/// version (or nothing, if training failed) takes its place.
+#[derive(Debug)]
+pub struct LiveTraining {
+    key: (String, u64),
+    live: Arc<Mutex<LiveRounds>>,
+}
+
+impl LiveTraining {
+    /// Adds finished round records.
+    pub fn record(&self, records: &[RoundRecord]) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(history) = live.get_mut(&self.key) {
+            history.extend_from_slice(records);
+        }
+    }
+}
+
+impl Drop for LiveTraining {
+    fn drop(&mut self) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 fn io(path: &Path, e: std::io::Error) -> UdfError {
@@ -127,7 +160,34 @@ impl ModelRegistry {
             root: data_dir.join("models"),
             cache: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
+            live: Arc::default(),
         }
+    }
+
+    /// Starts showing the rounds of `model`'s `version`, which is being
+    /// trained, until the returned guard is dropped.
+    pub fn begin_training(&self, model: &str, version: u64) -> LiveTraining {
+        let key = (model.to_string(), version);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), Vec::new());
+        LiveTraining {
+            key,
+            live: Arc::clone(&self.live),
+        }
+    }
+
+    /// The finished rounds of every version being trained now: `(model,
+    /// version, records)`. A client that cannot see the training statement
+    /// (a Flight SQL client, another session) follows it here.
+    pub fn live_rounds(&self) -> Vec<(String, u64, Vec<RoundRecord>)> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((model, version), records)| (model.clone(), *version, records.clone()))
+            .collect()
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Arc<LoadedModel>>> {

@@ -112,9 +112,8 @@ impl OdbcExecutor {
                 .map_err(|e| connection.pool().classify(e, false))
         })
         .await?;
-        let bound = |i: usize| -> Option<i64> {
-            rows.first()?.get(i)?.as_deref()?.trim().parse().ok()
-        };
+        let bound =
+            |i: usize| -> Option<i64> { rows.first()?.get(i)?.as_deref()?.trim().parse().ok() };
         Ok(bound(0).zip(bound(1)))
     }
 

@@ -303,7 +303,5 @@ where
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
     })
     .try_flatten();
-    Box::pin(
-        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
-    )
+    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream))
 }
