@@ -13,6 +13,7 @@ pub mod output;
 pub mod pg_catalog_scope;
 pub mod pg_compat;
 pub mod query_log;
+mod secure_round;
 pub mod serve;
 pub mod system_tables;
 pub mod training;

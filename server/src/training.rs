@@ -33,6 +33,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::engine::{quote_literal, Engine, FedsqlOutcome};
 use crate::error::{Result, ServerError};
+use crate::secure_round::{secure_round, SecureClient};
 use fedsql_connectors::ReadPurpose;
 
 tokio::task_local! {
@@ -586,17 +587,29 @@ impl Engine {
             chosen.truncate(wanted);
             chosen.sort();
 
+            let mut updates = Vec::new();
+            let mut failures = Vec::new();
+            if options.secure_aggregation {
+                let secure: Vec<SecureClient> = chosen
+                    .iter()
+                    .map(|&c| SecureClient {
+                        name: clients[c].name.clone(),
+                        train: Arc::clone(&clients[c].train),
+                        config: local_config(options, round, c),
+                        fail: fault.as_deref() == Some(&format!("{}:{round}", clients[c].name)),
+                    })
+                    .collect();
+                let outcome = secure_round(round, secure, arch, &global, options, &exchange)
+                    .await
+                    .map_err(udf_error)?;
+                history.extend(outcome.records);
+                failures = outcome.failures;
+                updates.extend(outcome.update);
+            }
             let mut tasks = Vec::new();
-            for &c in &chosen {
+            for &c in chosen.iter().filter(|_| !options.secure_aggregation) {
                 let client = &clients[c];
-                let config = LocalConfig {
-                    epochs: options.local_epochs,
-                    batch_size: options.batch_size,
-                    learning_rate: options.learning_rate,
-                    optimizer: options.optimizer,
-                    proximal_mu: options.proximal_mu,
-                    seed: options.seed ^ (u64::from(round) << 32) ^ c as u64,
-                };
+                let config = local_config(options, round, c);
                 let injected = fault.as_deref() == Some(&format!("{}:{round}", client.name));
                 let (arch, examples) = (arch.clone(), Arc::clone(&client.train));
                 let (endpoint, name) = (endpoint.clone(), client.name.clone());
@@ -631,8 +644,6 @@ impl Engine {
                     tokio::time::timeout(options.round_timeout, handle),
                 ));
             }
-            let mut updates = Vec::new();
-            let mut failures = Vec::new();
             for (c, started, task) in tasks {
                 let name = clients[c].name.clone();
                 let (status, result) = match task.await {
@@ -683,10 +694,14 @@ impl Engine {
                     failures.join("; ")
                 ))));
             }
-            if updates.len() < options.min_train_nodes {
+            // (Under secure aggregation the one update is the survivors' mean.)
+            let trained = history[round_start..]
+                .iter()
+                .filter(|r| r.phase == "train" && r.status == "ok")
+                .count();
+            if trained < options.min_train_nodes || updates.is_empty() {
                 return Err(udf_error(UdfError::Training(format!(
-                    "round {round}: {} client(s) succeeded, fewer than min_train_nodes = {} ({})",
-                    updates.len(),
+                    "round {round}: {trained} client(s) succeeded, fewer than min_train_nodes = {} ({})",
                     options.min_train_nodes,
                     failures.join("; ")
                 ))));
@@ -731,7 +746,7 @@ impl Engine {
             progress(format!(
                 "round {round}/{}: {} client(s) trained{}; {}",
                 options.rounds,
-                updates.len(),
+                trained,
                 if failures.is_empty() {
                     String::new()
                 } else {
@@ -755,6 +770,18 @@ impl Engine {
         }
         exchange.stop().await;
         Ok((global, history, summarize(&last_eval)))
+    }
+}
+
+/// How client `c` trains in `round`.
+fn local_config(options: &TrainingOptions, round: u32, c: usize) -> LocalConfig {
+    LocalConfig {
+        epochs: options.local_epochs,
+        batch_size: options.batch_size,
+        learning_rate: options.learning_rate,
+        optimizer: options.optimizer,
+        proximal_mu: options.proximal_mu,
+        seed: options.seed ^ (u64::from(round) << 32) ^ c as u64,
     }
 }
 

@@ -572,3 +572,65 @@ async fn psql_shows_training_rounds_as_notices() {
         "{stdout}"
     );
 }
+
+/// `secure_aggregation = true`: the clients mask their updates (SecAgg over
+/// the Flight exchange), the coordinator unmasks only their weighted mean —
+/// which is FedAvg's, so the model learns as well as without it — and a
+/// client that drops out after sharing its keys is unmasked away.
+#[tokio::test]
+async fn secure_aggregation_learns_like_fedavg_and_survives_a_dropout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Client "eu" fails in round 2, after the key and share stages.
+    let server = FedsqlServer::start_with_env(dir.path(), &[], &[("FEDSQL_FAULT_INJECT", "eu:2")]);
+    let client = server.connect("demo").await;
+    let train = |name: &str, extra: &str| {
+        format!(
+            "TRAIN MODEL {name} USING logistic_regression PREDICT is_fraud FROM ({FRAUD_INPUT}) \
+             FEDERATED BY region WITH ({FRAUD_OPTIONS}{extra})"
+        )
+    };
+    client
+        .batch_execute(&train("secure", ", secure_aggregation = true"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_message(&e)));
+    client
+        .batch_execute(&train("plain", ""))
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_message(&e)));
+    let (secure, plain) = (
+        accuracy_in_sql(&client, "secure").await,
+        accuracy_in_sql(&client, "plain").await,
+    );
+    assert!(secure > 0.8, "secure aggregation accuracy {secure}");
+    assert!(
+        (secure - plain).abs() < 0.01,
+        "secure {secure} vs plain {plain}: the same mean up to quantization"
+    );
+    // The dropout is a failed row; the other two clients' round went on.
+    let failed = client
+        .query(
+            "SELECT round, client FROM fedsql.system.training_rounds \
+             WHERE model = 'secure' AND status <> 'ok'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].get::<_, i64>(0), failed[0].get::<_, String>(1)),
+        (2, "eu".to_string())
+    );
+
+    // Strategies that need each update, and server-side DP, cannot run on
+    // a masked sum: refused before training.
+    for extra in [
+        ", secure_aggregation = true, strategy = 'krum'",
+        ", secure_aggregation = true, dp = 'server_fixed', clipping_norm = 1.0",
+    ] {
+        let err = client
+            .batch_execute(&train("refused", extra))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "22023", "{}", error_message(&err));
+    }
+}

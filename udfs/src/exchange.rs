@@ -11,9 +11,16 @@
 //!
 //! - `DoGet(ticket "weights/<round>")` → the global weights of that round;
 //! - `DoPut(path ["update", round, client, num_examples, loss], batches)` →
-//!   stores the client's update.
+//!   stores the client's update;
+//! - `DoPut(path ["masked", …], batches)` → the same for a securely
+//!   aggregated round: one `UInt32` column of masked values (see
+//!   `secure_aggregation`);
+//! - `DoAction("post", {round, stage, client, payload})` and
+//!   `DoAction("read", {round, stage})` → a bulletin board for the secure
+//!   aggregation stages: clients post, the coordinator closes a stage, and a
+//!   read waits until the stage is closed and returns every post.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -26,8 +33,8 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use datafusion::arrow::array::{Array, AsArray, Float32Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
+use datafusion::arrow::array::{Array, AsArray, Float32Array, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt32Type};
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -74,6 +81,36 @@ fn from_batches(batches: &[RecordBatch]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+fn masked_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("m", DataType::UInt32, false)]))
+}
+
+fn masked_to_batches(values: &[u32]) -> Result<Vec<RecordBatch>> {
+    values
+        .chunks(CHUNK)
+        .map(|c| {
+            RecordBatch::try_new(
+                masked_schema(),
+                vec![Arc::new(UInt32Array::from(c.to_vec()))],
+            )
+            .map_err(|e| UdfError::Training(format!("encoding masked update: {e}")))
+        })
+        .collect()
+}
+
+fn masked_from_batches(batches: &[RecordBatch]) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    for b in batches {
+        let column = b
+            .columns()
+            .first()
+            .filter(|c| c.data_type() == &DataType::UInt32)
+            .ok_or_else(|| UdfError::Training("a masked update is one UInt32 column".into()))?;
+        out.extend_from_slice(column.as_primitive::<UInt32Type>().values());
+    }
+    Ok(out)
+}
+
 fn wire_size(data: &[FlightData]) -> u64 {
     data.iter().map(|d| (d.encoded_len()) as u64).sum()
 }
@@ -81,17 +118,126 @@ fn wire_size(data: &[FlightData]) -> u64 {
 /// An update as it arrived from a client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceivedUpdate {
+    /// The weights; empty for a masked update.
     pub weights: Vec<f32>,
+    /// A securely aggregated round's masked values.
+    pub masked: Option<Vec<u32>>,
     pub num_examples: u64,
     pub loss: f64,
     /// Bytes of Flight data received.
     pub bytes: u64,
 }
 
-#[derive(Default)]
 struct ExchangeState {
     global: Mutex<Option<(u32, Arc<Vec<f32>>)>>,
     updates: Mutex<HashMap<(u32, String), ReceivedUpdate>>,
+    /// Bulletin-board stages by (round, stage name).
+    board: Mutex<HashMap<(u32, String), Stage>>,
+    /// Bumped on every post and close, so waiters look again.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ExchangeState {
+    fn default() -> Self {
+        ExchangeState {
+            global: Mutex::default(),
+            updates: Mutex::default(),
+            board: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// One stage of the bulletin board: who posted what, and whether the
+/// coordinator has closed it (no more posts; reads answer).
+#[derive(Default)]
+struct Stage {
+    posts: BTreeMap<String, Vec<u8>>,
+    closed: bool,
+}
+
+/// A `post` action's body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Post {
+    round: u32,
+    stage: String,
+    client: String,
+    payload: Vec<u8>,
+}
+
+/// A `read` action's body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Read {
+    round: u32,
+    stage: String,
+}
+
+impl ExchangeState {
+    fn lock_board(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, String), Stage>> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn post(&self, post: Post) -> std::result::Result<(), Status> {
+        let mut board = self.lock_board();
+        let stage = board.entry((post.round, post.stage.clone())).or_default();
+        if stage.closed {
+            return Err(Status::failed_precondition(format!(
+                "stage {} of round {} is closed",
+                post.stage, post.round
+            )));
+        }
+        stage.posts.insert(post.client, post.payload);
+        drop(board);
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Every post of a stage once it is closed.
+    async fn read(&self, round: u32, stage: &str) -> BTreeMap<String, Vec<u8>> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            if let Some(s) = self.lock_board().get(&(round, stage.to_string())) {
+                if s.closed {
+                    return s.posts.clone();
+                }
+            }
+            if changed.changed().await.is_err() {
+                return BTreeMap::new();
+            }
+        }
+    }
+
+    /// Waits until every one of `expected` posted in the stage, or
+    /// `timeout`, then closes it and returns its posts.
+    async fn close(
+        &self,
+        round: u32,
+        stage: &str,
+        expected: &[String],
+        timeout: std::time::Duration,
+    ) -> BTreeMap<String, Vec<u8>> {
+        let key = (round, stage.to_string());
+        let mut changed = self.changed.subscribe();
+        let all_posted = async {
+            loop {
+                let done = self
+                    .lock_board()
+                    .get(&key)
+                    .is_some_and(|s| expected.iter().all(|e| s.posts.contains_key(e)));
+                if done || changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, all_posted).await;
+        let mut board = self.lock_board();
+        let s = board.entry(key).or_default();
+        s.closed = true;
+        let posts = s.posts.clone();
+        drop(board);
+        self.changed.send_modify(|v| *v += 1);
+        posts
+    }
 }
 
 /// The coordinator's Flight service.
@@ -148,16 +294,21 @@ impl FlightService for WeightExchange {
             ));
         };
         let parse_err = || Status::invalid_argument(format!("bad update descriptor {path:?}"));
-        if kind != "update" {
-            return Err(parse_err());
-        }
         let round: u32 = round.parse().map_err(|_| parse_err())?;
         let batches =
             flight_data_to_batches(&data).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let weights =
-            from_batches(&batches).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let invalid = |e: UdfError| Status::invalid_argument(e.to_string());
+        let (weights, masked) = match kind.as_str() {
+            "update" => (from_batches(&batches).map_err(invalid)?, None),
+            "masked" => (
+                Vec::new(),
+                Some(masked_from_batches(&batches).map_err(invalid)?),
+            ),
+            _ => return Err(parse_err()),
+        };
         let update = ReceivedUpdate {
             weights,
+            masked,
             num_examples: examples.parse().map_err(|_| parse_err())?,
             loss: loss.parse().map_err(|_| parse_err())?,
             bytes: wire_size(&data),
@@ -212,9 +363,27 @@ impl FlightService for WeightExchange {
     }
     async fn do_action(
         &self,
-        _: Request<Action>,
+        request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        Err(Status::unimplemented("do_action"))
+        let action = request.into_inner();
+        let bad =
+            |e: serde_json::Error| Status::invalid_argument(format!("{}: {e}", action.r#type));
+        let body = match action.r#type.as_str() {
+            "post" => {
+                self.state
+                    .post(serde_json::from_slice(&action.body).map_err(bad)?)?;
+                Vec::new()
+            }
+            "read" => {
+                let read: Read = serde_json::from_slice(&action.body).map_err(bad)?;
+                let posts = self.state.read(read.round, &read.stage).await;
+                serde_json::to_vec(&posts).map_err(|e| Status::internal(e.to_string()))?
+            }
+            other => return Err(Status::unimplemented(format!("action {other}"))),
+        };
+        Ok(Response::new(Box::pin(stream::iter([Ok(
+            arrow_flight::Result { body: body.into() },
+        )]))))
     }
     async fn list_actions(
         &self,
@@ -289,6 +458,37 @@ impl ExchangeServer {
             .remove(&(round, client.to_string()))
     }
 
+    /// Closes a bulletin-board stage once each of `expected` posted (or
+    /// after `timeout`) and returns its posts by client.
+    pub async fn close_stage(
+        &self,
+        round: u32,
+        stage: &str,
+        expected: &[String],
+        timeout: std::time::Duration,
+    ) -> BTreeMap<String, Vec<u8>> {
+        self.state.close(round, stage, expected, timeout).await
+    }
+
+    /// Posts the coordinator's own message to a stage and closes it.
+    pub fn announce(&self, round: u32, stage: &str, payload: Vec<u8>) {
+        let _ = self.state.post(Post {
+            round,
+            stage: stage.to_string(),
+            client: "coordinator".into(),
+            payload,
+        });
+        let mut board = self.state.lock_board();
+        board.entry((round, stage.to_string())).or_default().closed = true;
+        drop(board);
+        self.state.changed.send_modify(|v| *v += 1);
+    }
+
+    /// A handle the coordinator can close stages through from another task.
+    pub fn board(&self) -> ExchangeBoard {
+        ExchangeBoard(Arc::clone(&self.state))
+    }
+
     /// Stops the service and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -305,6 +505,24 @@ impl Drop for ExchangeServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// The coordinator's handle on the bulletin board (see
+/// [`ExchangeServer::board`]).
+#[derive(Clone)]
+pub struct ExchangeBoard(Arc<ExchangeState>);
+
+impl ExchangeBoard {
+    /// See [`ExchangeServer::close_stage`].
+    pub async fn close_stage(
+        &self,
+        round: u32,
+        stage: &str,
+        expected: &[String],
+        timeout: std::time::Duration,
+    ) -> BTreeMap<String, Vec<u8>> {
+        self.0.close(round, stage, expected, timeout).await
     }
 }
 
@@ -345,6 +563,78 @@ impl ExchangeClient {
         Ok((from_batches(&batches)?, wire_size(&data)))
     }
 
+    /// Posts `payload` as `client` to a bulletin-board stage.
+    pub async fn post(
+        &mut self,
+        round: u32,
+        stage: &str,
+        client: &str,
+        payload: Vec<u8>,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(&Post {
+            round,
+            stage: stage.to_string(),
+            client: client.to_string(),
+            payload,
+        })
+        .map_err(|e| UdfError::Training(format!("posting to {stage}: {e}")))?;
+        self.action("post", body).await.map(|_| ())
+    }
+
+    /// Every post of a stage, once the coordinator has closed it.
+    pub async fn read(&mut self, round: u32, stage: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+        let body = serde_json::to_vec(&Read {
+            round,
+            stage: stage.to_string(),
+        })
+        .map_err(|e| UdfError::Training(format!("reading {stage}: {e}")))?;
+        let reply = self.action("read", body).await?;
+        serde_json::from_slice(&reply)
+            .map_err(|e| UdfError::Training(format!("reading {stage}: {e}")))
+    }
+
+    async fn action(&mut self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        let action = Action {
+            r#type: kind.to_string(),
+            body: body.into(),
+        };
+        let failed =
+            |e: Status| UdfError::Training(format!("weight exchange {kind}: {}", e.message()));
+        let mut replies = self
+            .inner
+            .do_action(action)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(reply) = replies.next().await {
+            out.extend_from_slice(&reply.map_err(failed)?.body);
+        }
+        Ok(out)
+    }
+
+    /// Sends a securely aggregated round's masked update; returns the bytes
+    /// sent.
+    pub async fn send_masked(
+        &mut self,
+        round: u32,
+        client: &str,
+        masked: &[u32],
+        num_examples: u64,
+        loss: f64,
+    ) -> Result<u64> {
+        self.put(
+            "masked",
+            round,
+            client,
+            masked_schema(),
+            masked_to_batches(masked)?,
+            num_examples,
+            loss,
+        )
+        .await
+    }
+
     /// Sends an update; returns the bytes sent.
     pub async fn send(
         &mut self,
@@ -354,17 +644,40 @@ impl ExchangeClient {
         num_examples: u64,
         loss: f64,
     ) -> Result<u64> {
+        self.put(
+            "update",
+            round,
+            client,
+            weights_schema(),
+            to_batches(weights)?,
+            num_examples,
+            loss,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn put(
+        &mut self,
+        kind: &str,
+        round: u32,
+        client: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        num_examples: u64,
+        loss: f64,
+    ) -> Result<u64> {
         let descriptor = FlightDescriptor::new_path(vec![
-            "update".into(),
+            kind.into(),
             round.to_string(),
             client.to_string(),
             num_examples.to_string(),
             loss.to_string(),
         ]);
         let data: Vec<FlightData> = FlightDataEncoderBuilder::new()
-            .with_schema(weights_schema())
+            .with_schema(schema)
             .with_flight_descriptor(Some(descriptor))
-            .build(stream::iter(to_batches(weights)?.into_iter().map(Ok)))
+            .build(stream::iter(batches.into_iter().map(Ok)))
             .try_collect()
             .await
             .map_err(|e| UdfError::Training(format!("encoding update: {e}")))?;

@@ -9,6 +9,8 @@
 //!   flat weight vectors;
 //! - [`train`]: one client's local training and evaluation;
 //! - [`exchange`]: global weights and client updates over Arrow Flight;
+//! - [`secure_aggregation`]: SecAgg masking, so the coordinator sees only
+//!   the sum of the clients' updates;
 //! - [`registry`]: versioned models under the data dir;
 //! - [`evaluate`]: `EVALUATE MODEL` metrics from per-client sufficient statistics;
 //! - [`predict`]: the `predict` and `predict_proba` SQL functions.
@@ -21,6 +23,7 @@ pub mod model;
 pub mod options;
 pub mod predict;
 pub mod registry;
+pub mod secure_aggregation;
 pub mod strategy;
 pub mod train;
 

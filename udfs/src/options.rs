@@ -88,6 +88,9 @@ pub struct TrainingOptions {
     pub accept_failures: bool,
     pub seed: u64,
     pub dp: DpMode,
+    /// Clients mask their updates (SecAgg); the coordinator sees only their
+    /// weighted mean.
+    pub secure_aggregation: bool,
     /// Every option as written, for strategy parameters and the registry.
     pub raw: BTreeMap<String, String>,
 }
@@ -192,10 +195,25 @@ impl TrainingOptions {
                 raw["dp"]
             )));
         }
-        if parse::<bool>(&raw, "secure_aggregation", "true or false")?.unwrap_or(false) {
-            return Err(UdfError::Option(
-                "secure_aggregation = true is not supported yet".into(),
-            ));
+        let secure_aggregation =
+            parse::<bool>(&raw, "secure_aggregation", "true or false")?.unwrap_or(false);
+        if secure_aggregation {
+            // The coordinator sees only the weighted mean of the updates:
+            // strategies that look at each update cannot run on it.
+            if ["fedmedian", "fedtrimmedavg", "krum"].contains(&strategy.as_str()) {
+                return Err(UdfError::Option(format!(
+                    "secure_aggregation = true hides each client's update, and strategy \
+                     {strategy} needs them; use fedavg, fedprox, fedavgm, fedadam, fedyogi \
+                     or fedadagrad"
+                )));
+            }
+            if dp != DpMode::None {
+                return Err(UdfError::Option(
+                    "secure_aggregation = true with dp is not supported: fedsql clips and \
+                     noises updates on the coordinator, which cannot see them"
+                        .into(),
+                ));
+            }
         }
         let positive = |key: &str, default: u64| -> Result<u64> {
             let v = parse::<u64>(&raw, key, "a positive integer")?.unwrap_or(default);
@@ -258,6 +276,7 @@ impl TrainingOptions {
                 .unwrap_or(true),
             seed: parse::<u64>(&raw, "seed", "a non-negative integer")?.unwrap_or(42),
             dp,
+            secure_aggregation,
             strategy,
             raw,
         };
