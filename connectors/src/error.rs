@@ -35,7 +35,7 @@ pub enum ConnectorError {
         message: String,
     },
     /// `password_env` names a variable that is not set (28P01).
-    #[error("environment variable {var} (named by password_env) is not set")]
+    #[error("environment variable {var} (named by password_env) is not set in the fedsql server's environment")]
     MissingPassword { var: String },
     /// The connection dropped mid-query (08006).
     #[error("source {source_name}: connection lost during the query: {message}")]
