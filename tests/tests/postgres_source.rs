@@ -567,3 +567,37 @@ async fn refresh_source_discovers_new_tables() {
     let e = f.simple_query("REFRESH SOURCE nope").await.unwrap_err();
     assert_eq!(code(&e), "42704", "{}", message(&e));
 }
+
+/// A join's build side narrows the other source's query: DataFusion's
+/// dynamic join filter (the build side's keys) becomes `IN (…)` on the
+/// remote scan when its stream starts, so only joining rows move — for a
+/// plain scan and for each partition of a split one.
+#[tokio::test]
+async fn join_keys_narrow_the_remote_scan() {
+    let (_pg, _server, _dir, f) = server_with_postgres_source_options(
+        "fedsql_join_filter",
+        "CREATE TABLE events (id int8 PRIMARY KEY, amount float8); \
+         INSERT INTO events SELECT g, g * 0.5 FROM generate_series(1, 20000) g;",
+        ", partitions 2",
+    )
+    .await;
+    let sql = "SELECT e.id, e.amount FROM pg.public.events e \
+               JOIN (VALUES (5), (17), (4242), (19999), (30000)) AS k(id) ON e.id = k.id \
+               ORDER BY e.id";
+    let got = rows(&f, sql).await;
+    let ids: Vec<_> = got.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(ids, ["5", "17", "4242", "19999"]);
+    let sent = rows(
+        &f,
+        "SELECT query, rows FROM fedsql.system.queries WHERE protocol = 'source' \
+         AND query LIKE '%IN (5, 17, 4242, 19999, 30000)%'",
+    )
+    .await;
+    // Two partitions, each its key range of the narrowed scan.
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let moved: i64 = sent
+        .iter()
+        .map(|r| r[1].as_deref().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(moved, 4, "only the joining rows came over: {sent:?}");
+}

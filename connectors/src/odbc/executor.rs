@@ -125,10 +125,12 @@ impl OdbcExecutor {
         key: String,
         task: PartitionTask,
         schema: SchemaRef,
+        join_filters: Vec<Arc<dyn PhysicalExpr>>,
     ) -> SendableRecordBatchStream {
         let executor = self.clone();
         let planned = Arc::clone(&schema);
         let fetch = async move {
+            let scan = scan.narrowed_by(&join_filters).unwrap_or(scan);
             let bounds = task
                 .shared
                 .bounds
@@ -375,27 +377,44 @@ impl SQLExecutor for OdbcExecutor {
         &self,
         query: &str,
         schema: SchemaRef,
-        _filters: &[Arc<dyn PhysicalExpr>],
+        filters: &[Arc<dyn PhysicalExpr>],
     ) -> DfResult<SendableRecordBatchStream> {
+        let bare = self
+            .bare_schema
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let join_filters = filters.to_vec();
         // One partition of a scan planned as several (see
         // `pushdown::partitioned`): this partition's key range only.
         if let Some(task) = partitioned::current_task() {
-            let bare = self
-                .bare_schema
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
             let split = SplittableScan::parse(query, self.parser_dialect().as_ref(), &bare)
                 .and_then(|scan| self.split_keys.split_key(&scan).map(|(key, _)| (scan, key)));
             match split {
-                Some((scan, key)) => return Ok(self.stream_partition(scan, key, task, schema)),
+                Some((scan, key)) => {
+                    return Ok(self.stream_partition(scan, key, task, schema, join_filters))
+                }
                 // Planned as splittable but the SQL is not: the first
                 // partition reads everything, the others nothing.
                 None if task.partition > 0 => return Ok(empty_stream(schema)),
                 None => {}
             }
         }
-        Ok(self.stream(query, schema))
+        // Join filters are complete only when the stream is first polled
+        // (see `join_filter`): the query is chosen then.
+        let scan = (!join_filters.is_empty())
+            .then(|| SplittableScan::parse(query, self.parser_dialect().as_ref(), &bare))
+            .flatten();
+        let Some(scan) = scan else {
+            return Ok(self.stream(query, schema));
+        };
+        let executor = self.clone();
+        let (planned, query) = (Arc::clone(&schema), query.to_string());
+        let fetch = async move {
+            let sql = scan.narrowed_by(&join_filters).map_or(query, |n| n.sql());
+            Ok::<_, ConnectorError>(executor.stream(&sql, planned))
+        };
+        Ok(lazy_stream(schema, fetch))
     }
 
     async fn table_names(&self) -> DfResult<Vec<String>> {

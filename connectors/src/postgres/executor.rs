@@ -447,9 +447,12 @@ impl SQLExecutor for PostgresExecutor {
         &self,
         query: &str,
         schema: SchemaRef,
-        _filters: &[Arc<dyn PhysicalExpr>],
+        filters: &[Arc<dyn PhysicalExpr>],
     ) -> DfResult<SendableRecordBatchStream> {
         let executor = Arc::new(self.clone());
+        // Join filters are complete only when the stream is first polled:
+        // each fetch below narrows its scan then (see `join_filter`).
+        let join_filters = filters.to_vec();
         // One partition of a scan planned as several (see
         // `pushdown::partitioned`): this partition's key range only.
         if let Some(task) = partitioned::current_task() {
@@ -457,7 +460,11 @@ impl SQLExecutor for PostgresExecutor {
                 .and_then(|scan| self.split_keys.split_key(&scan).map(|(key, _)| (scan, key)));
             match split {
                 Some((scan, key)) => {
-                    let fetch = executor.fetch_partition(scan, key, task, Arc::clone(&schema));
+                    let planned = Arc::clone(&schema);
+                    let fetch = async move {
+                        let scan = scan.narrowed_by(&join_filters).unwrap_or(scan);
+                        executor.fetch_partition(scan, key, task, planned).await
+                    };
                     return Ok(lazy_stream(schema, fetch));
                 }
                 // Planned as splittable but the SQL is not: the first
@@ -471,20 +478,41 @@ impl SQLExecutor for PostgresExecutor {
                 None => {}
             }
         }
-        // Parsing the query is only worth it when some table can be split.
-        let scan = self
-            .split_keys
-            .may_split()
+        // Parsing the query is only worth it when some table can be split
+        // or a join filter can narrow it.
+        let scan = (self.split_keys.may_split() || !join_filters.is_empty())
             .then(|| SplittableScan::parse(query, &PG_PARSER, "public"))
             .flatten();
-        if let Some(scan) = scan {
-            if let Some((key, partitions)) = self.split_keys.split_key(&scan) {
-                let fetch = executor.fetch_split(scan, key, partitions, Arc::clone(&schema));
-                return Ok(lazy_stream(schema, fetch));
+        let planned = Arc::clone(&schema);
+        let query = query.to_string();
+        let fetch = async move {
+            let Some(scan) = scan else {
+                let report =
+                    QueryReport::new(executor.observer.clone(), &executor.source_name, &query);
+                return executor
+                    .fetch(query, planned, report)
+                    .await
+                    .map(futures::StreamExt::boxed);
+            };
+            let split = executor.split_keys.split_key(&scan);
+            let narrowed = scan.narrowed_by(&join_filters);
+            match split {
+                Some((key, partitions)) => {
+                    let scan = narrowed.unwrap_or(scan);
+                    executor.fetch_split(scan, key, partitions, planned).await
+                }
+                None => {
+                    // Unchanged SQL goes as the unparser wrote it.
+                    let sql = narrowed.map_or(query, |n| n.sql());
+                    let report =
+                        QueryReport::new(executor.observer.clone(), &executor.source_name, &sql);
+                    executor
+                        .fetch(sql, planned, report)
+                        .await
+                        .map(futures::StreamExt::boxed)
+                }
             }
-        }
-        let report = QueryReport::new(executor.observer.clone(), &executor.source_name, query);
-        let fetch = executor.fetch(query.to_string(), Arc::clone(&schema), report);
+        };
         Ok(lazy_stream(schema, fetch))
     }
 

@@ -21,6 +21,7 @@
 //!             └─ Scan┘
 //! ```
 
+pub mod join_filter;
 mod names;
 mod needed;
 mod partial_aggregate;

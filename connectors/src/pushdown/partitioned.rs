@@ -20,12 +20,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::config::ConfigOptions;
 use datafusion::error::Result;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::optimizer::optimizer::{Optimizer, OptimizerConfig, OptimizerRule};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation,
+};
 use datafusion::physical_plan::{
     displayable, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
@@ -245,9 +249,45 @@ impl ExecutionPlan for PartitionedScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        // The join filters the remote scan holds.
+        self.remote.apply_expressions(f)
+    }
+
+    /// Hands the dynamic join filters to the remote scan inside, as
+    /// datafusion-federation's own leaf takes them, so every partition's
+    /// query can be narrowed to the joining keys (`join_filter`).
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let inner =
+            self.remote
+                .handle_child_pushdown_result(phase, child_pushdown_result, config)?;
+        let remote = inner
+            .updated_node
+            .as_ref()
+            .and_then(|n| n.downcast_ref::<VirtualExecutionPlan>())
+            .cloned();
+        let Some(remote) = remote else {
+            return Ok(FilterPushdownPropagation {
+                filters: inner.filters,
+                updated_node: None,
+            });
+        };
+        let remote = Arc::new(remote);
+        let input: Arc<dyn ExecutionPlan> = Arc::new(SchemaCastScanExec::new(
+            Arc::clone(&remote) as _,
+            self.input.schema(),
+        ));
+        let node = PartitionedScanExec::new(input, remote, self.partitions);
+        Ok(FilterPushdownPropagation {
+            filters: inner.filters,
+            updated_node: Some(Arc::new(node)),
+        })
     }
 
     fn replace_children(

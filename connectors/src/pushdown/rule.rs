@@ -277,7 +277,20 @@ impl Pass {
         // it (and every node above it) ambiguous, so its inputs are federated
         // on their own below.
         if let ScanResult::Distinct(provider) = &sole_provider {
-            if !allowed(provider, plan, self.pushdown) {
+            // An input without any source (a `VALUES` list) would be sent
+            // along: each of its nodes must be allowed too.
+            let sourceless_refused = || {
+                inputs
+                    .iter()
+                    .zip(&input_results)
+                    .filter(|(_, (_, result))| result.is_none())
+                    .any(|(input, _)| {
+                        input
+                            .exists(|p| Ok(!allowed(provider, p, self.pushdown)))
+                            .unwrap_or(true)
+                    })
+            };
+            if !allowed(provider, plan, self.pushdown) || sourceless_refused() {
                 sole_provider = ScanResult::Ambiguous;
             }
         }

@@ -7,8 +7,14 @@
 //! The split key is the first column of the table's primary key when it is
 //! an integer, found when the source's tables are discovered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
+
+use std::sync::Arc;
+
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::join_filter::{key_constraints, KeyConstraint};
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::LogicalPlan;
@@ -105,32 +111,119 @@ impl SplittableScan {
 
     /// The scan restricted to `lo <= key < hi` (`hi = None`: no upper bound).
     pub fn with_range(&self, key: &str, lo: i64, hi: Option<i64>) -> String {
-        let mut query = self.query.clone();
         let column = Expr::Identifier(self.quoted(key));
-        let bound = |op, v: i64| Expr::BinaryOp {
-            left: Box::new(column.clone()),
-            op,
-            right: Box::new(Expr::value(Value::Number(v.to_string(), false))),
-        };
-        let mut range = bound(BinaryOperator::GtEq, lo);
+        let mut range = compare(&column, BinaryOperator::GtEq, lo);
         if let Some(hi) = hi {
-            range = Expr::BinaryOp {
-                left: Box::new(range),
-                op: BinaryOperator::And,
-                right: Box::new(bound(BinaryOperator::Lt, hi)),
-            };
+            range = and(range, compare(&column, BinaryOperator::Lt, hi));
         }
-        if let SetExpr::Select(select) = query.body.as_mut() {
+        self.with_predicate(range).query.to_string()
+    }
+
+    /// The scan with `predicate` added to its `WHERE`.
+    fn with_predicate(&self, predicate: Expr) -> SplittableScan {
+        let mut scan = self.clone();
+        if let SetExpr::Select(select) = scan.query.body.as_mut() {
             select.selection = Some(match select.selection.take() {
-                Some(existing) => Expr::BinaryOp {
-                    left: Box::new(Expr::Nested(Box::new(existing))),
-                    op: BinaryOperator::And,
-                    right: Box::new(range),
-                },
-                None => range,
+                Some(existing) => and(Expr::Nested(Box::new(existing)), predicate),
+                None => predicate,
             });
         }
-        query.to_string()
+        scan
+    }
+
+    /// The scan narrowed to the join keys `constraints` allow (by output
+    /// column; see `join_filter`); `None` allows no row. Columns the query
+    /// does not select plainly are left alone.
+    pub fn narrowed(&self, constraints: Option<&BTreeMap<usize, KeyConstraint>>) -> SplittableScan {
+        let Some(constraints) = constraints else {
+            let never = Expr::BinaryOp {
+                left: Box::new(number(1)),
+                op: BinaryOperator::Eq,
+                right: Box::new(number(0)),
+            };
+            return self.with_predicate(never);
+        };
+        let mut scan = self.clone();
+        for (index, constraint) in constraints {
+            let Some(column) = self.output_column(*index) else {
+                continue;
+            };
+            let predicate = match constraint {
+                KeyConstraint::Values(values) if values.is_empty() => Expr::BinaryOp {
+                    left: Box::new(number(1)),
+                    op: BinaryOperator::Eq,
+                    right: Box::new(number(0)),
+                },
+                KeyConstraint::Values(values) => Expr::InList {
+                    expr: Box::new(column),
+                    list: values.iter().map(|v| number(*v)).collect(),
+                    negated: false,
+                },
+                KeyConstraint::Range(lo, hi) => Expr::Between {
+                    expr: Box::new(column),
+                    negated: false,
+                    low: Box::new(number(*lo)),
+                    high: Box::new(number(*hi)),
+                },
+            };
+            scan = scan.with_predicate(predicate);
+        }
+        scan
+    }
+
+    /// The scan narrowed by the join filters DataFusion handed the executor
+    /// (read now: call it when the stream is first polled); `None` when
+    /// they put no constraint on its columns.
+    pub fn narrowed_by(&self, filters: &[Arc<dyn PhysicalExpr>]) -> Option<SplittableScan> {
+        if filters.is_empty() {
+            return None;
+        }
+        let constraints = key_constraints(filters);
+        let usable = constraints
+            .as_ref()
+            .is_none_or(|c| c.keys().any(|index| self.output_column(*index).is_some()));
+        usable.then(|| self.narrowed(constraints.as_ref()))
+    }
+
+    /// The column the query selects as its `index`th output, when it is a
+    /// plain (possibly qualified) column.
+    fn output_column(&self, index: usize) -> Option<Expr> {
+        let SetExpr::Select(select) = self.query.body.as_ref() else {
+            return None;
+        };
+        match select.projection.get(index)? {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }
+                if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) =>
+            {
+                Some(e.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The query as SQL.
+    pub fn sql(&self) -> String {
+        self.query.to_string()
+    }
+}
+
+fn number(v: i64) -> Expr {
+    Expr::value(Value::Number(v.to_string(), false))
+}
+
+fn compare(column: &Expr, op: BinaryOperator, v: i64) -> Expr {
+    Expr::BinaryOp {
+        left: Box::new(column.clone()),
+        op,
+        right: Box::new(number(v)),
+    }
+}
+
+fn and(left: Expr, right: Expr) -> Expr {
+    Expr::BinaryOp {
+        left: Box::new(left),
+        op: BinaryOperator::And,
+        right: Box::new(right),
     }
 }
 
@@ -307,6 +400,28 @@ mod tests {
         ] {
             assert!(SplittableScan::parse(not, &pg, "public").is_none(), "{not}");
         }
+    }
+
+    #[test]
+    fn join_keys_narrow_the_scan() {
+        let scan = SplittableScan::parse(
+            r#"SELECT "t"."a", "t"."b" FROM "t" WHERE ("t"."c" > 5)"#,
+            &PostgreSqlDialect {},
+            "public",
+        )
+        .unwrap();
+        let constraints = BTreeMap::from([
+            (0, KeyConstraint::Values([3, 1].into())),
+            (1, KeyConstraint::Range(10, 20)),
+        ]);
+        let sql = scan.narrowed(Some(&constraints)).sql();
+        assert!(
+            sql.ends_with(
+                r#"WHERE ((("t"."c" > 5)) AND "t"."a" IN (1, 3)) AND "t"."b" BETWEEN 10 AND 20"#
+            ),
+            "{sql}"
+        );
+        assert!(scan.narrowed(None).sql().ends_with("AND 1 = 0"));
     }
 
     #[test]
