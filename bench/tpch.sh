@@ -7,7 +7,9 @@
 # query is capped at 60 s (a capped query counts as 60 s); every fedsql
 # answer is checked against Postgres's.
 #
-#   bench/tpch.sh [SCALE]      (default 1)
+#   bench/tpch.sh [SCALE]                (default 1)
+#   bench/tpch.sh SCALE --rows-moved     the split's rows read from the sources
+#                                        with DataFusion's join filters off/on
 #
 # Needs the Debian packages scripts/test installs (postgresql, mariadb-server,
 # unixodbc, odbc-mariadb). Builds fedsql in release, installs tpchgen-cli and
@@ -17,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE="${1:-1}"
+shift || true
 . bench/lib.sh
 bench_venv 'import psycopg, tpchgen' \
   "pyarrow==26.0.1" "psycopg[binary]==3.3.9" "tpchgen-cli==4.0.0"
@@ -75,4 +78,4 @@ WH_ODBC="Driver={MariaDB Unicode};Server=127.0.0.1;Port=$MARIA_PORT;Database=tpc
   --source "tpch|CREATE SOURCE tpch TYPE postgres OPTIONS (url 'postgres://postgres@127.0.0.1:$PG_PORT/tpch')" \
   --source "pg|CREATE SOURCE pg TYPE postgres OPTIONS (url 'postgres://postgres@127.0.0.1:$PG_PORT/split')" \
   --source "wh|CREATE SOURCE wh TYPE odbc OPTIONS (connection_string '$WH_ODBC', dialect 'mysql')" \
-  --scale "$SCALE"
+  --scale "$SCALE" "$@"

@@ -123,6 +123,37 @@ def check(want, got):
     return "ok"
 
 
+def rows_moved(fedsql, lo, hi, scale):
+    """Split queries with DataFusion's dynamic join filters off, then on:
+    rows the sources sent (fedsql.system.queries) and seconds."""
+    def moved(conn):
+        return conn.execute(
+            "SELECT coalesce(sum(rows), 0) FROM fedsql.system.queries WHERE protocol = 'source'"
+        ).fetchone()[0]
+
+    print(f"TPC-H SF{scale} split, rows read from the sources and seconds\n")
+    print("| query | rows, filters off | rows, filters on | on ÷ off | s off | s on |")
+    print("|---|---|---|---|---|---|")
+    totals = [0, 0, 0.0, 0.0]
+    for n in range(lo, hi + 1):
+        sql = qualify_split((TPCH / f"q{n}.sql").read_text())
+        cells = []
+        for on in ("false", "true"):
+            with fedsql.connect("fedsql") as conn:
+                conn.execute(f"SET datafusion.optimizer.enable_join_dynamic_filter_pushdown = {on}")
+                before = moved(conn)
+                start = time.perf_counter()
+                conn.execute(sql).fetchall()
+                seconds = time.perf_counter() - start
+                cells.append((moved(conn) - before, seconds))
+        (off, s_off), (on_rows, s_on) = cells
+        totals = [totals[0] + off, totals[1] + on_rows, totals[2] + s_off, totals[3] + s_on]
+        ratio = on_rows / off if off else 1.0
+        print(f"| q{n} | {off} | {on_rows} | {ratio:.2f} | {s_off:.2f} | {s_on:.2f} |", flush=True)
+    print(f"| **total** | **{totals[0]}** | **{totals[1]}** | "
+          f"**{totals[1] / max(totals[0], 1):.2f}** | **{totals[2]:.1f}** | **{totals[3]:.1f}** |")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--fedsql", required=True)
@@ -133,6 +164,9 @@ def main():
     p.add_argument("--source", action="append", required=True, help="name|CREATE SOURCE …")
     p.add_argument("--scale", default="1")
     p.add_argument("--queries", default="1-22")
+    p.add_argument("--rows-moved", action="store_true",
+                   help="split only: rows read from the sources with DataFusion's dynamic "
+                        "join filters off and on (fedsql narrows remote scans with them)")
     a = p.parse_args()
     lo, hi = (int(x) for x in a.queries.split("-"))
 
@@ -142,6 +176,10 @@ def main():
         with fedsql.connect("fedsql") as conn:
             for spec in a.source:
                 conn.execute(spec.split("|", 1)[1])
+
+        if a.rows_moved:
+            rows_moved(fedsql, lo, hi, a.scale)
+            return
 
         def pg_connect():
             conn = psycopg.connect(a.postgres, autocommit=True)
