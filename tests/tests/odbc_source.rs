@@ -688,5 +688,25 @@ async fn scans_split_into_key_ranges_on_mariadb_and_sqlite() {
         // An aggregate is not a plain scan: it goes whole, unsplit.
         let plan = explain(&f, &format!("SELECT count(*) FROM {table}")).await;
         assert!(!plan.contains("PartitionedScanExec"), "{plan}");
+
+        // A join's keys narrow each range's query (pushdown/join_filter.rs).
+        let joined = rows(
+            &f,
+            &format!(
+                "SELECT e.id FROM {table} e JOIN (VALUES (10), (2500), (4999)) AS k(id) \
+                 ON e.id = k.id ORDER BY e.id"
+            ),
+        )
+        .await;
+        assert_eq!(
+            joined,
+            vec![vec![s("10")], vec![s("2500")], vec![s("4999")]]
+        );
+        let narrowed = remote_queries(&f, name)
+            .await
+            .into_iter()
+            .filter(|q| q.contains("IN (10, 2500, 4999)"))
+            .count();
+        assert_eq!(narrowed, 3, "{name}: {:?}", remote_queries(&f, name).await);
     }
 }

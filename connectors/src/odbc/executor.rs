@@ -130,7 +130,7 @@ impl OdbcExecutor {
         let executor = self.clone();
         let planned = Arc::clone(&schema);
         let fetch = async move {
-            let scan = scan.narrowed_by(&join_filters).unwrap_or(scan);
+            let scan = scan.narrowed_by(&join_filters, &planned).unwrap_or(scan);
             let bounds = task
                 .shared
                 .bounds
@@ -411,7 +411,9 @@ impl SQLExecutor for OdbcExecutor {
         let executor = self.clone();
         let (planned, query) = (Arc::clone(&schema), query.to_string());
         let fetch = async move {
-            let sql = scan.narrowed_by(&join_filters).map_or(query, |n| n.sql());
+            let sql = scan
+                .narrowed_by(&join_filters, &planned)
+                .map_or(query, |n| n.sql());
             Ok::<_, ConnectorError>(executor.stream(&sql, planned))
         };
         Ok(lazy_stream(schema, fetch))

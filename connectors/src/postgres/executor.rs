@@ -462,7 +462,7 @@ impl SQLExecutor for PostgresExecutor {
                 Some((scan, key)) => {
                     let planned = Arc::clone(&schema);
                     let fetch = async move {
-                        let scan = scan.narrowed_by(&join_filters).unwrap_or(scan);
+                        let scan = scan.narrowed_by(&join_filters, &planned).unwrap_or(scan);
                         executor.fetch_partition(scan, key, task, planned).await
                     };
                     return Ok(lazy_stream(schema, fetch));
@@ -495,7 +495,7 @@ impl SQLExecutor for PostgresExecutor {
                     .map(futures::StreamExt::boxed);
             };
             let split = executor.split_keys.split_key(&scan);
-            let narrowed = scan.narrowed_by(&join_filters);
+            let narrowed = scan.narrowed_by(&join_filters, &planned);
             match split {
                 Some((key, partitions)) => {
                     let scan = narrowed.unwrap_or(scan);

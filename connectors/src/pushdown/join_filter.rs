@@ -16,9 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::Schema;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{BinaryExpr, CaseExpr, Column, InListExpr, Literal};
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, CaseExpr, CastExpr, Column, InListExpr, Literal,
+};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
 
@@ -144,16 +147,36 @@ fn integer(value: &ScalarValue) -> Option<i64> {
     }
 }
 
+/// The integer column `expr` reads, seen through integer-to-integer casts
+/// (a join on `int4 = int8` compares `CAST(key AS Int64)`): those keep
+/// every value, so a constraint on the cast is one on the column.
+fn key_column(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<usize> {
+    if let Some(column) = expr.downcast_ref::<Column>() {
+        let integer = schema
+            .fields()
+            .get(column.index())?
+            .data_type()
+            .is_integer();
+        return integer.then_some(column.index());
+    }
+    let cast = expr.downcast_ref::<CastExpr>()?;
+    if !cast.cast_type().is_integer() {
+        return None;
+    }
+    key_column(cast.expr(), schema)
+}
+
 fn column_literal(
     left: &Arc<dyn PhysicalExpr>,
     right: &Arc<dyn PhysicalExpr>,
+    schema: &Schema,
 ) -> Option<(usize, i64)> {
-    let column = left.downcast_ref::<Column>()?;
+    let column = key_column(left, schema)?;
     let literal = right.downcast_ref::<Literal>()?;
-    Some((column.index(), integer(literal.value())?))
+    Some((column, integer(literal.value())?))
 }
 
-fn analyze(expr: &Arc<dyn PhysicalExpr>) -> Allowed {
+fn analyze(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Allowed {
     if let Some(literal) = expr.downcast_ref::<Literal>() {
         return match literal.value() {
             ScalarValue::Boolean(Some(false)) | ScalarValue::Boolean(None) => Allowed::Nothing,
@@ -163,8 +186,8 @@ fn analyze(expr: &Arc<dyn PhysicalExpr>) -> Allowed {
     if let Some(binary) = expr.downcast_ref::<BinaryExpr>() {
         let one = |column: usize, c: KeyConstraint| Allowed::Rows(BTreeMap::from([(column, c)]));
         return match binary.op() {
-            Operator::And => analyze(binary.left()).and(analyze(binary.right())),
-            op => match column_literal(binary.left(), binary.right()) {
+            Operator::And => analyze(binary.left(), schema).and(analyze(binary.right(), schema)),
+            op => match column_literal(binary.left(), binary.right(), schema) {
                 Some((column, v)) => match op {
                     Operator::Eq => one(column, KeyConstraint::Values(BTreeSet::from([v]))),
                     Operator::GtEq => one(column, KeyConstraint::Range(v, i64::MAX)),
@@ -182,7 +205,7 @@ fn analyze(expr: &Arc<dyn PhysicalExpr>) -> Allowed {
         };
     }
     if let Some(list) = expr.downcast_ref::<InListExpr>() {
-        let Some(column) = list.expr().downcast_ref::<Column>() else {
+        let Some(column) = key_column(list.expr(), schema) else {
             return Allowed::all();
         };
         if list.negated() {
@@ -194,18 +217,19 @@ fn analyze(expr: &Arc<dyn PhysicalExpr>) -> Allowed {
             .map(|e| e.downcast_ref::<Literal>().and_then(|l| integer(l.value())))
             .collect();
         return match values {
-            Some(values) => Allowed::Rows(BTreeMap::from([(
-                column.index(),
-                KeyConstraint::values(values),
-            )])),
+            Some(values) => {
+                Allowed::Rows(BTreeMap::from([(column, KeyConstraint::values(values))]))
+            }
             None => Allowed::all(),
         };
     }
     if let Some(case) = expr.downcast_ref::<CaseExpr>() {
         // Some branch holds for each row: the union of the branches.
-        let mut allowed = case.else_expr().map_or(Allowed::Nothing, analyze);
+        let mut allowed = case
+            .else_expr()
+            .map_or(Allowed::Nothing, |e| analyze(e, schema));
         for (_, then) in case.when_then_expr() {
-            allowed = allowed.or(analyze(then));
+            allowed = allowed.or(analyze(then, schema));
         }
         return allowed;
     }
@@ -213,10 +237,11 @@ fn analyze(expr: &Arc<dyn PhysicalExpr>) -> Allowed {
 }
 
 /// The key constraints `filters` (the dynamic filters handed to an
-/// executor) put on the scan's output columns, by column index; `None`
-/// when they allow no row at all.
+/// executor) put on the integer columns of the scan's output (`schema`),
+/// by column index; `None` when they allow no row at all.
 pub fn key_constraints(
     filters: &[Arc<dyn PhysicalExpr>],
+    schema: &Schema,
 ) -> Option<BTreeMap<usize, KeyConstraint>> {
     let mut allowed = Allowed::all();
     for filter in filters {
@@ -224,7 +249,7 @@ pub fn key_constraints(
         let Ok(current) = snapshot_physical_expr(Arc::clone(filter)) else {
             continue;
         };
-        allowed = allowed.and(analyze(&current));
+        allowed = allowed.and(analyze(&current, schema));
     }
     match allowed {
         Allowed::Nothing => None,
@@ -235,7 +260,7 @@ pub fn key_constraints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::datatypes::{DataType, Field};
     use datafusion::physical_expr::expressions::lit;
 
     fn col(i: usize) -> Arc<dyn PhysicalExpr> {
@@ -250,12 +275,18 @@ mod tests {
         Arc::new(BinaryExpr::new(l, op, r))
     }
 
+    /// Three Int64 keys, a text column and an Int32 one.
+    fn schema() -> Schema {
+        let mut fields: Vec<Field> = (0..3)
+            .map(|c| Field::new(format!("k{c}"), DataType::Int64, true))
+            .collect();
+        fields.push(Field::new("name", DataType::Utf8, true));
+        fields.push(Field::new("small", DataType::Int32, true));
+        Schema::new(fields)
+    }
+
     fn in_list(i: usize, values: &[i64]) -> Arc<dyn PhysicalExpr> {
-        let schema = Schema::new(
-            (0..3)
-                .map(|c| Field::new(format!("k{c}"), DataType::Int64, true))
-                .collect::<Vec<_>>(),
-        );
+        let schema = schema();
         Arc::new(
             InListExpr::try_new(
                 col(i),
@@ -278,7 +309,7 @@ mod tests {
     #[test]
     fn bounds_and_key_lists_become_constraints() {
         let filter = bin(bounds(1, 3, 9), Operator::And, in_list(1, &[3, 5, 9, 12]));
-        let got = key_constraints(&[filter]).unwrap();
+        let got = key_constraints(&[filter], &schema()).unwrap();
         assert_eq!(got[&1], KeyConstraint::Values(BTreeSet::from([3, 5, 9])));
     }
 
@@ -302,7 +333,7 @@ mod tests {
             )
             .unwrap(),
         ) as Arc<dyn PhysicalExpr>;
-        let got = key_constraints(&[case]).unwrap();
+        let got = key_constraints(&[case], &schema()).unwrap();
         assert_eq!(got[&2], KeyConstraint::Values(BTreeSet::from([1, 4, 7])));
         // A branch that allows everything (ELSE true) leaves the column free.
         let open = Arc::new(
@@ -313,7 +344,7 @@ mod tests {
             )
             .unwrap(),
         ) as Arc<dyn PhysicalExpr>;
-        assert!(key_constraints(&[open]).unwrap().is_empty());
+        assert!(key_constraints(&[open], &schema()).unwrap().is_empty());
     }
 
     #[test]
@@ -324,15 +355,25 @@ mod tests {
             Operator::Or,
             bin(col(0), Operator::Eq, lit(5i64)),
         );
-        assert!(key_constraints(&[or]).unwrap().is_empty());
+        assert!(key_constraints(&[or], &schema()).unwrap().is_empty());
         // Text keys are not used.
         let text = bin(col(0), Operator::Eq, lit("x"));
-        assert!(key_constraints(&[text]).unwrap().is_empty());
+        assert!(key_constraints(&[text], &schema()).unwrap().is_empty());
         // Too many keys: their range.
         let many: Vec<i64> = (0..(MAX_KEYS as i64 + 5)).collect();
-        let got = key_constraints(&[in_list(0, &many)]).unwrap();
+        let got = key_constraints(&[in_list(0, &many)], &schema()).unwrap();
         assert_eq!(got[&0], KeyConstraint::Range(0, MAX_KEYS as i64 + 4));
+        // A text column cast to an integer is not a key.
+        let name: Arc<dyn PhysicalExpr> = Arc::new(Column::new("name", 3));
+        let cast: Arc<dyn PhysicalExpr> = Arc::new(CastExpr::new(name, DataType::Int64, None));
+        let text = bin(cast, Operator::Eq, lit(5i64));
+        assert!(key_constraints(&[text], &schema()).unwrap().is_empty());
+        // A widened integer key (int4 joined with int8) is its column.
+        let small: Arc<dyn PhysicalExpr> = Arc::new(Column::new("small", 4));
+        let widened: Arc<dyn PhysicalExpr> = Arc::new(CastExpr::new(small, DataType::Int64, None));
+        let got = key_constraints(&[bin(widened, Operator::GtEq, lit(7i64))], &schema()).unwrap();
+        assert_eq!(got[&4], KeyConstraint::Range(7, i64::MAX));
         // An empty build side: no row can join.
-        assert_eq!(key_constraints(&[lit(false)]), None);
+        assert_eq!(key_constraints(&[lit(false)], &schema()), None);
     }
 }

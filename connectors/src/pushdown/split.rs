@@ -12,6 +12,7 @@ use std::sync::RwLock;
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::Schema;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::join_filter::{key_constraints, KeyConstraint};
@@ -174,11 +175,15 @@ impl SplittableScan {
     /// The scan narrowed by the join filters DataFusion handed the executor
     /// (read now: call it when the stream is first polled); `None` when
     /// they put no constraint on its columns.
-    pub fn narrowed_by(&self, filters: &[Arc<dyn PhysicalExpr>]) -> Option<SplittableScan> {
+    pub fn narrowed_by(
+        &self,
+        filters: &[Arc<dyn PhysicalExpr>],
+        schema: &Schema,
+    ) -> Option<SplittableScan> {
         if filters.is_empty() {
             return None;
         }
-        let constraints = key_constraints(filters);
+        let constraints = key_constraints(filters, schema);
         let usable = constraints
             .as_ref()
             .is_none_or(|c| c.keys().any(|index| self.output_column(*index).is_some()));
