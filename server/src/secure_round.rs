@@ -28,7 +28,9 @@ use fedsql_udfs::secure_aggregation::{
     dequantize, threshold, unmask, Reveal, SecAggClient, MAX_CLIENTS,
 };
 use fedsql_udfs::strategy::ClientUpdate;
-use fedsql_udfs::train::{train_local, Examples, LocalConfig};
+use fedsql_udfs::train::{Examples, LocalConfig};
+
+use crate::training::train_off_runtime;
 use fedsql_udfs::UdfError;
 
 /// A client of the round, as the coordinator hands it out.
@@ -125,19 +127,15 @@ async fn mask_and_send(
         .sum();
 
     let (global, fetched) = link.fetch(round).await?;
-    let (train, config, fail) = (Arc::clone(&client.train), client.config, client.fail);
     let weights = Arc::new(global);
-    let start = Arc::clone(&weights);
-    let trained = tokio::task::spawn_blocking(move || {
-        if fail {
-            return Err(UdfError::Training(
-                "fault injected (FEDSQL_FAULT_INJECT)".into(),
-            ));
-        }
-        train_local(&arch, &start, &train, &config)
-    })
-    .await
-    .map_err(|e| UdfError::Training(format!("client task: {e}")))??;
+    let trained = train_off_runtime(
+        arch,
+        Arc::clone(&weights),
+        client.train,
+        client.config,
+        client.fail,
+    )
+    .await?;
     let delta: Vec<f32> = trained
         .weights
         .iter()

@@ -25,7 +25,9 @@ use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
 use fedsql_udfs::registry::{LiveTraining, ModelVersion, RoundRecord, Task};
 use fedsql_udfs::strategy::ClientUpdate;
-use fedsql_udfs::train::{evaluate, train_local, Examples, LocalConfig, Metrics, Targets};
+use fedsql_udfs::train::{
+    evaluate, train_local, Examples, LocalConfig, LocalResult, Metrics, Targets,
+};
 use fedsql_udfs::UdfError;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -617,17 +619,9 @@ impl Engine {
                 let handle = tokio::spawn(async move {
                     let mut link = ExchangeClient::connect(&endpoint).await?;
                     let (weights, fetched) = link.fetch(round).await?;
-                    // Training is CPU-bound: off the async workers.
-                    let trained = tokio::task::spawn_blocking(move || {
-                        if injected {
-                            return Err(UdfError::Training(
-                                "fault injected (FEDSQL_FAULT_INJECT)".into(),
-                            ));
-                        }
-                        train_local(&arch, &weights, &examples, &config)
-                    })
-                    .await
-                    .map_err(|e| UdfError::Training(format!("client task: {e}")))??;
+                    let trained =
+                        train_off_runtime(arch, Arc::new(weights), examples, config, injected)
+                            .await?;
                     link.send(
                         round,
                         &name,
@@ -771,6 +765,27 @@ impl Engine {
         exchange.stop().await;
         Ok((global, history, summarize(&last_eval)))
     }
+}
+
+/// One client's local training, on the blocking pool (it is CPU-bound:
+/// off the async workers); `fail` is the fault-injection hook.
+pub(crate) async fn train_off_runtime(
+    arch: Architecture,
+    global: Arc<Vec<f32>>,
+    examples: Arc<Examples>,
+    config: LocalConfig,
+    fail: bool,
+) -> std::result::Result<LocalResult, UdfError> {
+    tokio::task::spawn_blocking(move || {
+        if fail {
+            return Err(UdfError::Training(
+                "fault injected (FEDSQL_FAULT_INJECT)".into(),
+            ));
+        }
+        train_local(&arch, &global, &examples, &config)
+    })
+    .await
+    .map_err(|e| UdfError::Training(format!("client task: {e}")))?
 }
 
 /// How client `c` trains in `round`.

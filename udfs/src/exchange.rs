@@ -33,8 +33,10 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use datafusion::arrow::array::{Array, AsArray, Float32Array, RecordBatch, UInt32Array};
-use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Float32Type, Schema, SchemaRef, UInt32Type,
+};
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -55,58 +57,36 @@ fn weights_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("w", DataType::Float32, false)]))
 }
 
-fn to_batches(weights: &[f32]) -> Result<Vec<RecordBatch>> {
-    weights
-        .chunks(CHUNK)
-        .map(|c| {
-            RecordBatch::try_new(
-                weights_schema(),
-                vec![Arc::new(Float32Array::from(c.to_vec()))],
-            )
-            .map_err(|e| UdfError::Training(format!("encoding weights: {e}")))
-        })
-        .collect()
-}
-
-fn from_batches(batches: &[RecordBatch]) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
-    for b in batches {
-        let column = b
-            .columns()
-            .first()
-            .filter(|c| c.data_type() == &DataType::Float32)
-            .ok_or_else(|| UdfError::Training("weights must be one Float32 column".into()))?;
-        out.extend_from_slice(column.as_primitive::<Float32Type>().values());
-    }
-    Ok(out)
-}
-
 fn masked_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("m", DataType::UInt32, false)]))
 }
 
-fn masked_to_batches(values: &[u32]) -> Result<Vec<RecordBatch>> {
+/// `values` as record batches of `schema`'s one column, [`CHUNK`] rows each.
+fn to_batches<T: ArrowPrimitiveType>(
+    values: &[T::Native],
+    schema: SchemaRef,
+) -> Result<Vec<RecordBatch>> {
     values
         .chunks(CHUNK)
         .map(|c| {
-            RecordBatch::try_new(
-                masked_schema(),
-                vec![Arc::new(UInt32Array::from(c.to_vec()))],
-            )
-            .map_err(|e| UdfError::Training(format!("encoding masked update: {e}")))
+            let column = PrimitiveArray::<T>::from_iter_values(c.iter().copied());
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)]).map_err(|e| {
+                UdfError::Training(format!("encoding {}: {e}", schema.field(0).name()))
+            })
         })
         .collect()
 }
 
-fn masked_from_batches(batches: &[RecordBatch]) -> Result<Vec<u32>> {
+/// The values of batches of one `T` column, in order.
+fn from_batches<T: ArrowPrimitiveType>(batches: &[RecordBatch]) -> Result<Vec<T::Native>> {
     let mut out = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     for b in batches {
         let column = b
             .columns()
             .first()
-            .filter(|c| c.data_type() == &DataType::UInt32)
-            .ok_or_else(|| UdfError::Training("a masked update is one UInt32 column".into()))?;
-        out.extend_from_slice(column.as_primitive::<UInt32Type>().values());
+            .filter(|c| c.data_type() == &T::DATA_TYPE)
+            .ok_or_else(|| UdfError::Training(format!("expected one {} column", T::DATA_TYPE)))?;
+        out.extend_from_slice(column.as_primitive::<T>().values());
     }
     Ok(out)
 }
@@ -270,7 +250,8 @@ impl FlightService for WeightExchange {
             Some((current, w)) if *current == round => Arc::clone(w),
             _ => return Err(Status::not_found(format!("round {round} is not open"))),
         };
-        let batches = to_batches(&weights).map_err(|e| Status::internal(e.to_string()))?;
+        let batches = to_batches::<Float32Type>(&weights, weights_schema())
+            .map_err(|e| Status::internal(e.to_string()))?;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(weights_schema())
             .build(stream::iter(batches.into_iter().map(Ok)))
@@ -299,10 +280,13 @@ impl FlightService for WeightExchange {
             flight_data_to_batches(&data).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let invalid = |e: UdfError| Status::invalid_argument(e.to_string());
         let (weights, masked) = match kind.as_str() {
-            "update" => (from_batches(&batches).map_err(invalid)?, None),
+            "update" => (
+                from_batches::<Float32Type>(&batches).map_err(invalid)?,
+                None,
+            ),
             "masked" => (
                 Vec::new(),
-                Some(masked_from_batches(&batches).map_err(invalid)?),
+                Some(from_batches::<UInt32Type>(&batches).map_err(invalid)?),
             ),
             _ => return Err(parse_err()),
         };
@@ -560,7 +544,7 @@ impl ExchangeClient {
             .map_err(|e| UdfError::Training(format!("fetching weights: {}", e.message())))?;
         let batches = flight_data_to_batches(&data)
             .map_err(|e| UdfError::Training(format!("decoding weights: {e}")))?;
-        Ok((from_batches(&batches)?, wire_size(&data)))
+        Ok((from_batches::<Float32Type>(&batches)?, wire_size(&data)))
     }
 
     /// Posts `payload` as `client` to a bulletin-board stage.
@@ -628,7 +612,7 @@ impl ExchangeClient {
             round,
             client,
             masked_schema(),
-            masked_to_batches(masked)?,
+            to_batches::<UInt32Type>(masked, masked_schema())?,
             num_examples,
             loss,
         )
@@ -649,7 +633,7 @@ impl ExchangeClient {
             round,
             client,
             weights_schema(),
-            to_batches(weights)?,
+            to_batches::<Float32Type>(weights, weights_schema())?,
             num_examples,
             loss,
         )
