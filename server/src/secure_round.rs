@@ -296,7 +296,10 @@ pub(crate) async fn secure_round(
         masked_inputs.push((name.clone(), values));
         reveal_tasks.push(tokio::spawn(reveal(masked, round, name)));
     }
-    let posted = exchange.close_stage(round, "reveal", &alive, timeout).await;
+    let posted = exchange
+        .board()
+        .close_stage(round, "reveal", &alive, timeout)
+        .await;
     for task in reveal_tasks {
         if let Ok(Err(e)) = task.await {
             failures.push(format!("unmask: {e}"));

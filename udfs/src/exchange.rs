@@ -442,18 +442,6 @@ impl ExchangeServer {
             .remove(&(round, client.to_string()))
     }
 
-    /// Closes a bulletin-board stage once each of `expected` posted (or
-    /// after `timeout`) and returns its posts by client.
-    pub async fn close_stage(
-        &self,
-        round: u32,
-        stage: &str,
-        expected: &[String],
-        timeout: std::time::Duration,
-    ) -> BTreeMap<String, Vec<u8>> {
-        self.state.close(round, stage, expected, timeout).await
-    }
-
     /// Posts the coordinator's own message to a stage and closes it.
     pub fn announce(&self, round: u32, stage: &str, payload: Vec<u8>) {
         let _ = self.state.post(Post {
@@ -468,7 +456,8 @@ impl ExchangeServer {
         self.state.changed.send_modify(|v| *v += 1);
     }
 
-    /// A handle the coordinator can close stages through from another task.
+    /// A handle the coordinator closes bulletin-board stages through (from
+    /// any task).
     pub fn board(&self) -> ExchangeBoard {
         ExchangeBoard(Arc::clone(&self.state))
     }
@@ -498,7 +487,8 @@ impl Drop for ExchangeServer {
 pub struct ExchangeBoard(Arc<ExchangeState>);
 
 impl ExchangeBoard {
-    /// See [`ExchangeServer::close_stage`].
+    /// Closes a stage once each of `expected` posted (or after `timeout`)
+    /// and returns its posts by client.
     pub async fn close_stage(
         &self,
         round: u32,
