@@ -204,7 +204,16 @@ pub(crate) async fn secure_round(
     let mut tasks = Vec::new();
     for client in clients {
         let name = client.name.clone();
-        let task = tokio::spawn(mask_and_send(endpoint.clone(), round, arch.clone(), client));
+        let (endpoint, arch, board) = (endpoint.clone(), arch.clone(), exchange.board());
+        let task = tokio::spawn(async move {
+            let name = client.name.clone();
+            let result = mask_and_send(endpoint, round, arch, client).await;
+            // The stages stop waiting for a client that failed.
+            if result.is_err() {
+                board.withdraw(round, &name);
+            }
+            result
+        });
         tasks.push((name, Instant::now(), tokio::time::timeout(timeout, task)));
     }
     let mut records = Vec::new();

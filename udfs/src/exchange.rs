@@ -113,6 +113,8 @@ struct ExchangeState {
     updates: Mutex<HashMap<(u32, String), ReceivedUpdate>>,
     /// Bulletin-board stages by (round, stage name).
     board: Mutex<HashMap<(u32, String), Stage>>,
+    /// Clients known to have failed in a round: no stage waits for them.
+    gone: Mutex<std::collections::HashSet<(u32, String)>>,
     /// Bumped on every post and close, so waiters look again.
     changed: tokio::sync::watch::Sender<u64>,
 }
@@ -123,6 +125,7 @@ impl Default for ExchangeState {
             global: Mutex::default(),
             updates: Mutex::default(),
             board: Mutex::default(),
+            gone: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -200,10 +203,15 @@ impl ExchangeState {
         let mut changed = self.changed.subscribe();
         let all_posted = async {
             loop {
-                let done = self
-                    .lock_board()
-                    .get(&key)
-                    .is_some_and(|s| expected.iter().all(|e| s.posts.contains_key(e)));
+                let done = {
+                    let gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+                    let board = self.lock_board();
+                    let posted =
+                        |e: &String| board.get(&key).is_some_and(|s| s.posts.contains_key(e));
+                    expected
+                        .iter()
+                        .all(|e| posted(e) || gone.contains(&(round, e.clone())))
+                };
                 if done || changed.changed().await.is_err() {
                     return;
                 }
@@ -498,6 +506,18 @@ impl ExchangeBoard {
     ) -> BTreeMap<String, Vec<u8>> {
         self.0.close(round, stage, expected, timeout).await
     }
+
+    /// Records that `client` failed in `round`, so no stage waits for it
+    /// until its timeout (in-process clients report their own failure; a
+    /// remote one that vanishes is waited for).
+    pub fn withdraw(&self, round: u32, client: &str) {
+        self.0
+            .gone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((round, client.to_string()));
+        self.0.changed.send_modify(|v| *v += 1);
+    }
 }
 
 /// A client's connection to the coordinator's exchange.
@@ -672,6 +692,25 @@ impl ExchangeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stage_closes_when_everyone_posted_or_withdrew() {
+        let server = ExchangeServer::start().await.unwrap();
+        let board = server.board();
+        let mut a = ExchangeClient::connect(&server.endpoint()).await.unwrap();
+        a.post(1, "keys", "a", vec![1, 2]).await.unwrap();
+        let expected = ["a".to_string(), "b".to_string()];
+        let withdraw = board.clone();
+        tokio::spawn(async move { withdraw.withdraw(1, "b") });
+        let started = std::time::Instant::now();
+        let long = std::time::Duration::from_secs(60);
+        let posts = board.close_stage(1, "keys", &expected, long).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(posts.keys().collect::<Vec<_>>(), ["a"]);
+        // Readers get the closed stage; late posts are refused.
+        assert_eq!(a.read(1, "keys").await.unwrap(), posts);
+        assert!(a.post(1, "keys", "c", vec![]).await.is_err());
+    }
 
     #[tokio::test]
     async fn weights_round_trip_over_a_loopback_socket() {
