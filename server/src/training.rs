@@ -581,7 +581,7 @@ impl Engine {
         let endpoint = exchange.endpoint();
         for round in 1..=options.rounds {
             let round_start = history.len();
-            exchange.publish(round, Arc::new(global.clone()));
+            exchange.publish(round, global.clone());
             let wanted = ((clients.len() as f64 * options.fraction_train).ceil() as usize)
                 .clamp(options.min_train_nodes.min(clients.len()), clients.len());
             let mut chosen: Vec<usize> = (0..clients.len()).collect();

@@ -4,7 +4,6 @@
 //!
 //! `cargo bench -p fedsql-udfs --bench exchange` (goal: ≥ 1 GB/s each way).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use fedsql_udfs::exchange::{ExchangeClient, ExchangeServer};
@@ -22,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let weights: Vec<f32> = (0..PARAMETERS).map(|i| (i % 1000) as f32 * 1e-3).collect();
     let bytes = (PARAMETERS * 4) as f64;
     let server = ExchangeServer::start().await?;
-    server.publish(1, Arc::new(weights.clone()));
+    server.publish(1, weights.clone());
     let mut client = ExchangeClient::connect(&server.endpoint()).await?;
 
     let (mut fetch, mut send, mut copy) = (Vec::new(), Vec::new(), Vec::new());

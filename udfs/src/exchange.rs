@@ -33,7 +33,8 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use datafusion::arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, Float32Array, PrimitiveArray, RecordBatch};
+use datafusion::arrow::buffer::ScalarBuffer;
 use datafusion::arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float32Type, Schema, SchemaRef, UInt32Type,
 };
@@ -109,7 +110,9 @@ pub struct ReceivedUpdate {
 }
 
 struct ExchangeState {
-    global: Mutex<Option<(u32, Arc<Vec<f32>>)>>,
+    /// The open round and its weights, in an Arrow buffer every `DoGet`
+    /// slices without copying.
+    global: Mutex<Option<(u32, ScalarBuffer<f32>)>>,
     updates: Mutex<HashMap<(u32, String), ReceivedUpdate>>,
     /// Bulletin-board stages by (round, stage name).
     board: Mutex<HashMap<(u32, String), Stage>>,
@@ -255,11 +258,18 @@ impl FlightService for WeightExchange {
             .and_then(|r| r.parse().ok())
             .ok_or_else(|| Status::invalid_argument(format!("unknown ticket {ticket}")))?;
         let weights = match &*self.state.global.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((current, w)) if *current == round => Arc::clone(w),
+            Some((current, w)) if *current == round => w.clone(),
             _ => return Err(Status::not_found(format!("round {round} is not open"))),
         };
-        let batches = to_batches::<Float32Type>(&weights, weights_schema())
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let batches = (0..weights.len())
+            .step_by(CHUNK)
+            .map(|start| {
+                let len = CHUNK.min(weights.len() - start);
+                let chunk = Float32Array::new(weights.slice(start, len), None);
+                RecordBatch::try_new(weights_schema(), vec![Arc::new(chunk)])
+                    .map_err(|e| Status::internal(e.to_string()))
+            })
+            .collect::<std::result::Result<Vec<_>, Status>>()?;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(weights_schema())
             .build(stream::iter(batches.into_iter().map(Ok)))
@@ -437,8 +447,9 @@ impl ExchangeServer {
     }
 
     /// Opens `round` with these global weights.
-    pub fn publish(&self, round: u32, weights: Arc<Vec<f32>>) {
-        *self.state.global.lock().unwrap_or_else(|p| p.into_inner()) = Some((round, weights));
+    pub fn publish(&self, round: u32, weights: Vec<f32>) {
+        *self.state.global.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((round, ScalarBuffer::from(weights)));
     }
 
     /// The update `client` sent for `round`, if it arrived.
@@ -717,7 +728,7 @@ mod tests {
         let server = ExchangeServer::start().await.unwrap();
         // More than one chunk, so batching is exercised.
         let weights: Vec<f32> = (0..(CHUNK * 2 + 17)).map(|i| i as f32 * 0.5).collect();
-        server.publish(1, Arc::new(weights.clone()));
+        server.publish(1, weights.clone());
         let mut client = ExchangeClient::connect(&server.endpoint()).await.unwrap();
         let (fetched, bytes) = client.fetch(1).await.unwrap();
         assert_eq!(fetched, weights);
