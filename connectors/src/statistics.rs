@@ -91,11 +91,20 @@ pub struct StatisticsRow {
 
 /// Adds `rows` to the statistics of the matching `tables`.
 pub fn apply(tables: &mut [RemoteTableInfo], rows: impl IntoIterator<Item = StatisticsRow>) {
+    // One row per (table, column): look tables up by name, not by scanning.
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, t) in tables.iter().enumerate() {
+        by_name.entry(t.name.clone()).or_default().push(i);
+    }
     for row in rows {
-        let matching = tables
-            .iter_mut()
-            .filter(|t| t.name == row.table && row.schema.as_ref().is_none_or(|s| *s == t.schema));
-        for table in matching {
+        let Some(candidates) = by_name.get(&row.table) else {
+            continue;
+        };
+        for &i in candidates {
+            let table = &mut tables[i];
+            if row.schema.as_ref().is_some_and(|s| *s != table.schema) {
+                continue;
+            }
             let statistics = &mut table.statistics;
             if let Some(rows) = row.rows.filter(|r| *r >= 0.0) {
                 statistics.rows = Some(rows);

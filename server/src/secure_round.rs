@@ -294,11 +294,13 @@ pub(crate) async fn secure_round(
         .map(|(n, _, _)| n.clone())
         .filter(|n| !alive.contains(n))
         .collect();
-    exchange.announce(
-        round,
-        "survivors",
-        serde_json::to_vec(&(&alive, &dropped)).map_err(training_error)?,
-    );
+    exchange
+        .announce(
+            round,
+            "survivors",
+            serde_json::to_vec(&(&alive, &dropped)).map_err(training_error)?,
+        )
+        .await;
     let mut masked_inputs = Vec::new();
     let mut reveal_tasks = Vec::new();
     for (name, masked, values, _) in survivors {

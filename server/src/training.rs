@@ -511,17 +511,14 @@ impl Engine {
         };
         // Rounds show in fedsql.system.training_rounds as they finish.
         let live = registry.begin_training(&tm.name, version);
-        let (weights, mut history, mut metrics) = self
+        let (weights, history, mut metrics) = self
             .run_rounds(&tm.name, &arch, &clients, &options, (&live, target_std))
             .await?;
-        // RMSE in the target's own units.
+        // RMSE in the target's own units (the history's already is).
         for (name, value) in metrics.iter_mut() {
             if name == "rmse" {
                 *value *= target_std;
             }
-        }
-        for record in history.iter_mut() {
-            record.rmse = record.rmse.map(|r| r * target_std);
         }
 
         let meta = ModelVersion {
@@ -719,7 +716,8 @@ impl Engine {
                     num_examples: m.num_examples,
                     loss: Some(m.loss),
                     accuracy: m.accuracy,
-                    rmse: m.rmse,
+                    // In the target's own units.
+                    rmse: m.rmse.map(|e| e * target_std),
                     duration_ms: started.elapsed().as_millis() as u64,
                     bytes_sent: None,
                     bytes_received: None,
@@ -727,15 +725,7 @@ impl Engine {
                 });
                 last_eval.push((m, client.target_moments));
             }
-            live.record(
-                &history[round_start..]
-                    .iter()
-                    .map(|r| RoundRecord {
-                        rmse: r.rmse.map(|e| e * target_std),
-                        ..r.clone()
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            live.record(&history[round_start..]);
             let summary = summarize(&last_eval);
             progress(format!(
                 "round {round}/{}: {} client(s) trained{}; {}",

@@ -462,17 +462,17 @@ impl ExchangeServer {
     }
 
     /// Posts the coordinator's own message to a stage and closes it.
-    pub fn announce(&self, round: u32, stage: &str, payload: Vec<u8>) {
+    pub async fn announce(&self, round: u32, stage: &str, payload: Vec<u8>) {
         let _ = self.state.post(Post {
             round,
             stage: stage.to_string(),
             client: "coordinator".into(),
             payload,
         });
-        let mut board = self.state.lock_board();
-        board.entry((round, stage.to_string())).or_default().closed = true;
-        drop(board);
-        self.state.changed.send_modify(|v| *v += 1);
+        // Waiting for nobody, the close is immediate.
+        self.state
+            .close(round, stage, &[], std::time::Duration::ZERO)
+            .await;
     }
 
     /// A handle the coordinator closes bulletin-board stages through (from
@@ -628,16 +628,9 @@ impl ExchangeClient {
         num_examples: u64,
         loss: f64,
     ) -> Result<u64> {
-        self.put(
-            "masked",
-            round,
-            client,
-            masked_schema(),
-            to_batches::<UInt32Type>(masked, masked_schema())?,
-            num_examples,
-            loss,
-        )
-        .await
+        let schema = masked_schema();
+        self.put::<UInt32Type>("masked", round, client, masked, schema, num_examples, loss)
+            .await
     }
 
     /// Sends an update; returns the bytes sent.
@@ -649,29 +642,25 @@ impl ExchangeClient {
         num_examples: u64,
         loss: f64,
     ) -> Result<u64> {
-        self.put(
-            "update",
-            round,
-            client,
-            weights_schema(),
-            to_batches::<Float32Type>(weights, weights_schema())?,
-            num_examples,
-            loss,
-        )
-        .await
+        let schema = weights_schema();
+        self.put::<Float32Type>("update", round, client, weights, schema, num_examples, loss)
+            .await
     }
 
+    /// `DoPut` of `values` as one-column batches of `schema`, described by
+    /// `[kind, round, client, num_examples, loss]`.
     #[allow(clippy::too_many_arguments)]
-    async fn put(
+    async fn put<T: ArrowPrimitiveType>(
         &mut self,
         kind: &str,
         round: u32,
         client: &str,
+        values: &[T::Native],
         schema: SchemaRef,
-        batches: Vec<RecordBatch>,
         num_examples: u64,
         loss: f64,
     ) -> Result<u64> {
+        let batches = to_batches::<T>(values, Arc::clone(&schema))?;
         let descriptor = FlightDescriptor::new_path(vec![
             kind.into(),
             round.to_string(),

@@ -15,7 +15,13 @@ use crate::statistics::{self, StatisticsRow};
 pub(crate) async fn discover_tables(
     executor: &PostgresExecutor,
 ) -> Result<Vec<RemoteTableInfo>, ConnectorError> {
-    let client = executor.connect().await?;
+    tables_of(executor, &executor.connect().await?).await
+}
+
+async fn tables_of(
+    executor: &PostgresExecutor,
+    client: &tokio_postgres::Client,
+) -> Result<Vec<RemoteTableInfo>, ConnectorError> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid, a.atttypmod, \
@@ -73,8 +79,8 @@ pub(crate) async fn discover_tables(
 /// split on it into ranges the index serves) and the source's row estimate.
 async fn discover_split_keys(
     executor: &PostgresExecutor,
+    client: &tokio_postgres::Client,
 ) -> Result<std::collections::HashMap<String, (String, f64)>, ConnectorError> {
-    let client = executor.connect().await?;
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, a.attname::text, c.reltuples::float8 \
@@ -101,8 +107,8 @@ async fn discover_split_keys(
 /// Row and distinct-value estimates of every table (see `statistics`).
 async fn discover_statistics(
     executor: &PostgresExecutor,
+    client: &tokio_postgres::Client,
 ) -> Result<Vec<StatisticsRow>, ConnectorError> {
-    let client = executor.connect().await?;
     let rows = client
         .query(statistics::POSTGRES_STATISTICS_SQL, &[])
         .await
@@ -124,9 +130,12 @@ async fn discover_statistics(
 pub async fn discover_catalog(
     executor: Arc<PostgresExecutor>,
 ) -> Result<RemoteCatalog, ConnectorError> {
-    let mut tables = discover_tables(&executor).await?;
-    statistics::apply(&mut tables, discover_statistics(&executor).await?);
-    executor.set_split_keys(discover_split_keys(&executor).await?);
+    // One connection for the three catalog queries.
+    let client = executor.connect().await?;
+    let mut tables = tables_of(&executor, &client).await?;
+    statistics::apply(&mut tables, discover_statistics(&executor, &client).await?);
+    executor.set_split_keys(discover_split_keys(&executor, &client).await?);
+    drop(client);
     let provider = Arc::new(crate::pushdown::partitioned::federation_provider(
         Arc::clone(&executor) as _,
         Some(executor as _),

@@ -137,12 +137,7 @@ impl SplittableScan {
     /// does not select plainly are left alone.
     pub fn narrowed(&self, constraints: Option<&BTreeMap<usize, KeyConstraint>>) -> SplittableScan {
         let Some(constraints) = constraints else {
-            let never = Expr::BinaryOp {
-                left: Box::new(number(1)),
-                op: BinaryOperator::Eq,
-                right: Box::new(number(0)),
-            };
-            return self.with_predicate(never);
+            return self.with_predicate(never());
         };
         let mut scan = self.clone();
         for (index, constraint) in constraints {
@@ -150,11 +145,7 @@ impl SplittableScan {
                 continue;
             };
             let predicate = match constraint {
-                KeyConstraint::Values(values) if values.is_empty() => Expr::BinaryOp {
-                    left: Box::new(number(1)),
-                    op: BinaryOperator::Eq,
-                    right: Box::new(number(0)),
-                },
+                KeyConstraint::Values(values) if values.is_empty() => never(),
                 KeyConstraint::Values(values) => Expr::InList {
                     expr: Box::new(column),
                     list: values.iter().map(|v| number(*v)).collect(),
@@ -210,6 +201,11 @@ impl SplittableScan {
     pub fn sql(&self) -> String {
         self.query.to_string()
     }
+}
+
+/// `1 = 0`: no row (every dialect reads it so).
+fn never() -> Expr {
+    compare(&number(1), BinaryOperator::Eq, 0)
 }
 
 fn number(v: i64) -> Expr {
