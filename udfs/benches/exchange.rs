@@ -8,8 +8,12 @@ use std::time::Instant;
 
 use fedsql_udfs::exchange::{ExchangeClient, ExchangeServer};
 
+// The fedsql binary's allocator, so the numbers are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PARAMETERS: usize = 10_000_000;
-const RUNS: usize = 5;
+const RUNS: usize = 9;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
