@@ -17,7 +17,8 @@ USER fedsql
 VOLUME ["/data"]
 EXPOSE 5433 50051
 # Inside a container the service must listen on all interfaces; publish the
-# ports on the host's loopback only (see docker-compose.yml). Flight SQL on a
-# non-loopback address requires a password: pass it as FEDSQL_PASSWORD.
+# ports on the host's loopback only (see docker-compose.yml). A non-loopback
+# address requires a password (SCRAM on the Postgres wire, basic auth on Flight
+# SQL): pass it as FEDSQL_PASSWORD.
 ENV FEDSQL_PASSWORD_ENV=FEDSQL_PASSWORD
 CMD ["fedsql", "serve", "--data-dir", "/data", "--pg-listen", "0.0.0.0:5433", "--flight-listen", "0.0.0.0:50051"]

@@ -26,9 +26,13 @@ pub struct Settings {
     /// The user name clients authenticate as.
     pub user: String,
     /// Name of the environment variable holding the password. When set,
-    /// Flight SQL clients must authenticate; when not, the Flight endpoint
-    /// only listens on loopback.
+    /// Postgres-wire clients authenticate with SCRAM-SHA-256 and Flight SQL
+    /// clients with basic auth; when not, both listeners only bind loopback.
     pub password_env: Option<String>,
+    /// PEM certificate for the Postgres wire over TLS (with `pg_tls_key`).
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key for the Postgres wire over TLS.
+    pub pg_tls_key: Option<PathBuf>,
     /// Lifetime of a Flight SQL bearer token, in seconds.
     pub flight_token_ttl_secs: u64,
     /// PEM certificate for Flight SQL over TLS (with `flight_tls_key`).
@@ -49,6 +53,8 @@ impl Default for Settings {
             demo_scale: 1.0,
             user: "fedsql".into(),
             password_env: None,
+            pg_tls_cert: None,
+            pg_tls_key: None,
             flight_token_ttl_secs: 3600,
             flight_tls_cert: None,
             flight_tls_key: None,
@@ -96,6 +102,12 @@ pub struct SettingsArgs {
     /// turns authentication on.
     #[arg(long, env = "FEDSQL_PASSWORD_ENV")]
     pub password_env: Option<String>,
+    /// PEM certificate for the Postgres wire over TLS.
+    #[arg(long, env = "FEDSQL_PG_TLS_CERT")]
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key for the Postgres wire over TLS.
+    #[arg(long, env = "FEDSQL_PG_TLS_KEY")]
+    pub pg_tls_key: Option<PathBuf>,
     /// Flight SQL bearer-token lifetime in seconds [default: 3600].
     #[arg(long, env = "FEDSQL_FLIGHT_TOKEN_TTL_SECS")]
     pub flight_token_ttl_secs: Option<u64>,
@@ -134,6 +146,12 @@ impl SettingsArgs {
         }
         if let Some(v) = &self.password_env {
             settings.password_env = Some(v.clone());
+        }
+        if let Some(v) = &self.pg_tls_cert {
+            settings.pg_tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.pg_tls_key {
+            settings.pg_tls_key = Some(v.clone());
         }
         if let Some(v) = self.flight_token_ttl_secs {
             settings.flight_token_ttl_secs = v;

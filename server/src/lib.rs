@@ -10,6 +10,7 @@ pub mod flight;
 pub mod front;
 pub mod model_tables;
 pub mod output;
+pub mod pg_auth;
 pub mod pg_catalog_scope;
 pub mod pg_compat;
 pub mod query_log;

@@ -172,7 +172,15 @@ async fn query_remote(url: &str, sql: &str, format: OutputFormat) -> Result<(), 
         message: format!("cannot connect to {url}: {e}"),
         position: None,
     };
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let mut config: tokio_postgres::Config = url.parse().map_err(unreachable)?;
+    // As libpq: a password not in the URL comes from PGPASSWORD.
+    if config.get_password().is_none() {
+        if let Ok(password) = std::env::var("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(unreachable)?;
     tokio::spawn(connection);

@@ -8,26 +8,31 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
-use crate::flight::FlightServer;
+use crate::flight::{configured_password, FlightServer};
+use crate::pg_auth::{self, PgAuth};
 use crate::wire::FedsqlHandlers;
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(settings: Settings) -> Result<()> {
     let pg_listen = settings.pg_listen;
+    let password = configured_password(&settings)?;
+    pg_auth::check_listen_address(&settings, password.as_deref())?;
+    let tls = pg_auth::tls_acceptor(&settings)?;
+    let auth = PgAuth::new(&settings, password.as_deref())?;
+    let pg_note = match (auth.is_some(), tls.is_some()) {
+        (true, true) => "SCRAM-SHA-256, TLS",
+        (true, false) => "SCRAM-SHA-256, no TLS",
+        (false, true) => "no authentication (loopback only), TLS",
+        (false, false) => "no authentication (loopback only)",
+    };
     let engine = Engine::open(settings).await?;
-    let handlers = Arc::new(FedsqlHandlers::new(Arc::clone(&engine))?);
+    let handlers = Arc::new(FedsqlHandlers::new(Arc::clone(&engine), auth)?);
     let listener = TcpListener::bind(pg_listen)
         .await
         .map_err(|e| ServerError::Config(format!("cannot listen on {pg_listen}: {e}")))?;
     let bound = listener
         .local_addr()
         .map_err(|e| ServerError::Config(format!("cannot read listen address: {e}")))?;
-    if !bound.ip().is_loopback() {
-        tracing::warn!(
-            %bound,
-            "listening on a non-loopback address without authentication: anyone who can reach it can query"
-        );
-    }
     let flight = FlightServer::bind(Arc::clone(&engine)).await?;
     let flight_bound = flight.local_addr()?;
     let flight_note = match (flight.authenticated, flight.tls()) {
@@ -36,7 +41,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         (false, true) => "no authentication (loopback only), TLS",
         (false, false) => "no authentication (loopback only)",
     };
-    print_banner(&engine, bound, flight_bound, flight_note);
+    print_banner(&engine, (bound, pg_note), (flight_bound, flight_note));
 
     let (stop_flight, flight_stopped) = tokio::sync::oneshot::channel::<()>();
     let flight_task = tokio::spawn(flight.serve(async {
@@ -48,9 +53,9 @@ pub async fn serve(settings: Settings) -> Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    let handlers = Arc::clone(&handlers);
+                    let (handlers, tls) = (Arc::clone(&handlers), tls.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = process_socket(socket, None, handlers).await {
+                        if let Err(e) = process_socket(socket, tls, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });
@@ -73,9 +78,8 @@ pub async fn serve(settings: Settings) -> Result<()> {
 
 fn print_banner(
     engine: &Engine,
-    bound: std::net::SocketAddr,
-    flight: std::net::SocketAddr,
-    flight_note: &str,
+    (bound, pg_note): (std::net::SocketAddr, &str),
+    (flight, flight_note): (std::net::SocketAddr, &str),
 ) {
     let settings = engine.settings();
     println!("fedsql {} is running", env!("CARGO_PKG_VERSION"));
@@ -92,7 +96,7 @@ fn print_banner(
             m.majority_accuracy * 100.0
         );
     }
-    println!("  postgres wire  {bound}");
+    println!("  postgres wire  {bound} ({pg_note})");
     println!("  flight sql     {flight} ({flight_note})");
     println!("connect with:");
     println!(

@@ -41,6 +41,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::engine::{Engine, FedsqlOutcome};
 use crate::error::ServerError;
+use crate::pg_auth::{PgAuth, PgStartup};
 use crate::pg_compat::{rewrite_catalog_query, savepoint_tag};
 use crate::query_log::Finished;
 
@@ -53,12 +54,16 @@ type PreparedStatement = (String, Option<(sqlparser::ast::Statement, LogicalPlan
 pub struct FedsqlHandlers {
     service: Arc<FedsqlService>,
     startup: Arc<FedsqlStartup>,
+    /// SCRAM, when a password is configured.
+    auth: Option<Arc<PgAuth>>,
+    connections: Arc<ConnectionManager>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
 impl FedsqlHandlers {
-    /// Handlers serving `engine`.
-    pub fn new(engine: Arc<Engine>) -> Result<Self, ServerError> {
+    /// Handlers serving `engine`; clients authenticate with `auth` (open
+    /// when `None`).
+    pub fn new(engine: Arc<Engine>, auth: Option<PgAuth>) -> Result<Self, ServerError> {
         let connections = Arc::new(ConnectionManager::new());
         let template = Arc::new(DfSessionService::new(Arc::new(
             engine.session_context(engine.default_database())?,
@@ -75,6 +80,8 @@ impl FedsqlHandlers {
                 engine,
                 connections: Arc::clone(&connections),
             }),
+            auth: auth.map(Arc::new),
+            connections: Arc::clone(&connections),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         })
     }
@@ -89,8 +96,14 @@ impl PgWireServerHandlers for FedsqlHandlers {
         Arc::clone(&self.service)
     }
 
+    /// Called once per connection: a SCRAM exchange keeps state.
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::clone(&self.startup)
+        Arc::new(PgStartup::new(
+            Arc::clone(&self.startup.engine),
+            Arc::clone(&self.startup),
+            self.auth.clone(),
+            Arc::clone(&self.connections),
+        ))
     }
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
@@ -102,7 +115,8 @@ impl PgWireServerHandlers for FedsqlHandlers {
     }
 }
 
-/// Accepts every user (auth lands with TLS/SCRAM) but refuses unknown databases.
+/// Accepts every user (without a password; see `pg_auth`) but refuses
+/// unknown databases.
 struct FedsqlStartup {
     engine: Arc<Engine>,
     connections: Arc<ConnectionManager>,
@@ -188,7 +202,7 @@ where
 }
 
 /// The Postgres `ErrorResponse` fields for a server error.
-fn error_info(e: &ServerError) -> ErrorInfo {
+pub(crate) fn error_info(e: &ServerError) -> ErrorInfo {
     let mut info = ErrorInfo::new("ERROR".into(), e.sqlstate().into(), e.to_string());
     info.position = e.position().map(|p| p.to_string());
     if matches!(e, ServerError::NotSupported { .. }) {

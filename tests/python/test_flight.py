@@ -270,6 +270,18 @@ def test_adbc_with_username_and_password(secured):
                 cur.execute("SELECT 1")
 
 
+def test_the_same_password_opens_the_postgres_wire_with_scram(secured):
+    def connect(password):
+        return psycopg.connect(host="127.0.0.1", port=secured.pg_port, user="fedsql",
+                               dbname="demo", password=password, sslmode="disable")
+    with connect(PASSWORD) as conn:
+        assert conn.info.backend_pid != 0
+        assert conn.execute("SELECT count(*) FROM bank.customers").fetchone() == (2000,)
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect("wrong")
+    assert "password authentication failed" in str(err.value)
+
+
 def test_non_loopback_without_password_is_refused():
     binary = os.environ["FEDSQL_BIN"]
     out = subprocess.run(

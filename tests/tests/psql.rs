@@ -127,3 +127,128 @@ fn psql_catalog_queries_replay() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// psql against a server with a password and a certificate: `conninfo` keys
+/// and environment as a user would set them.
+fn psql_login(server: &FedsqlServer, conninfo: &str, password: Option<&str>) -> (bool, String) {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args(["-X", "-v", "VERBOSITY=verbose", "-w", "-c", "\\conninfo"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=fedsql dbname=demo {conninfo}",
+            server.port
+        ))
+        .env_remove("PGPASSWORD");
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = cmd.output().expect("run psql (install postgresql-client)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn psql_logs_in_with_scram_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes the test certificate (scripts/test installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let password = "correct horse";
+    let server = FedsqlServer::start_with_env(
+        &dir.path().join("data"),
+        &[
+            "--password-env",
+            "FEDSQL_TEST_PG_PASSWORD",
+            "--pg-tls-cert",
+            cert.to_str().unwrap(),
+            "--pg-tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("FEDSQL_TEST_PG_PASSWORD", password)],
+    );
+
+    // TLS, SCRAM with channel binding: what psql does by default here.
+    let (ok, out) = psql_login(
+        &server,
+        "sslmode=require channel_binding=require",
+        Some(password),
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("SSL connection"), "{out}");
+    // Plain TCP still authenticates with SCRAM.
+    let (ok, out) = psql_login(&server, "sslmode=disable", Some(password));
+    assert!(ok, "{out}");
+    assert!(!out.contains("SSL connection"), "{out}");
+
+    // `fedsql query --server` reads PGPASSWORD as libpq does.
+    let out = std::process::Command::new(fedsql_tests::fedsql_bin())
+        .args(["query", "--server"])
+        .arg(format!("postgres://fedsql@127.0.0.1:{}/demo", server.port))
+        .arg("SELECT 41 + 1 AS answer")
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("42"),
+        "{out:?}"
+    );
+
+    // A wrong password, another user, no password: refused.
+    let (ok, out) = psql_login(&server, "sslmode=require", Some("wrong"));
+    assert!(!ok);
+    assert!(
+        out.contains("password authentication failed for user \"fedsql\""),
+        "{out}"
+    );
+    let (ok, out) = psql_login(&server, "user=mallory", Some(password));
+    assert!(!ok);
+    assert!(out.contains("failed for user \"mallory\""), "{out}");
+    let (ok, out) = psql_login(&server, "", None);
+    assert!(!ok);
+    assert!(out.contains("no password supplied"), "{out}");
+    // The SQLSTATE a driver acts on: 28P01.
+    let code = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let conninfo = format!("{} password=wrong", server.conn_str("demo"));
+        match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            Ok(_) => None,
+            Err(e) => e.code().map(|c| c.code().to_string()),
+        }
+    });
+    assert_eq!(code.as_deref(), Some("28P01"));
+    // An unknown database is named, and the server keeps serving.
+    let (ok, out) = psql_login(&server, "dbname=nope", Some(password));
+    assert!(!ok);
+    assert!(out.contains("database \"nope\" does not exist"), "{out}");
+    let (ok, out) = psql_login(&server, "", Some(password));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_non_loopback_wire_needs_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(fedsql_tests::fedsql_bin())
+        .args(["serve", "--no-demo", "--data-dir"])
+        .arg(dir.path())
+        .args(["--pg-listen", "0.0.0.0:0", "--flight-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without authentication") && err.contains("password_env"),
+        "{err}"
+    );
+}

@@ -1,0 +1,284 @@
+//! Who may connect on the Postgres wire: SCRAM-SHA-256 passwords and TLS.
+//!
+//! Without a password (`password_env` unset) the wire accepts any user and
+//! only listens on loopback, as the Flight SQL endpoint does. With one, every
+//! client authenticates as the configured user with SCRAM-SHA-256 (what
+//! libpq, psycopg, JDBC and pgbench speak by default), and over TLS also
+//! with channel binding (SCRAM-SHA-256-PLUS). `pg_tls_cert`/`pg_tls_key`
+//! turn on TLS: clients that send `SSLRequest` (`sslmode=require`) get it.
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use datafusion_postgres::pgwire;
+use futures::Sink;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, SCRAM_ITERATIONS};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::{ClientInfo, ConnectionManager, METADATA_USER};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::tokio_rustls::rustls;
+use pgwire::tokio::TlsAcceptor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::error::{Result, ServerError};
+
+/// The configured user's SCRAM verifier: the password is salted and hashed
+/// once at start-up and never kept in clear.
+#[derive(Debug)]
+pub struct ScramVerifier {
+    user: String,
+    salt: Vec<u8>,
+    salted_password: Vec<u8>,
+}
+
+impl ScramVerifier {
+    /// A verifier for `user` with `password`.
+    pub fn new(user: &str, password: &str) -> ScramVerifier {
+        let salt = rand::random::<[u8; 16]>().to_vec();
+        let salted_password = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+        ScramVerifier {
+            user: user.to_string(),
+            salt,
+            salted_password,
+        }
+    }
+}
+
+// The trait's own signature elides `LoginInfo`'s lifetime; naming it here
+// would not match it.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait]
+impl AuthSource for ScramVerifier {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        match login.user() {
+            Some(user) if user == self.user => Ok(Password::new(
+                Some(self.salt.clone()),
+                self.salted_password.clone(),
+            )),
+            // The same answer as a wrong password: user names are not probed.
+            other => Err(PgWireError::InvalidPassword(
+                other.unwrap_or_default().to_string(),
+            )),
+        }
+    }
+}
+
+/// What the Postgres listener needs to authenticate clients, built once.
+pub struct PgAuth {
+    verifier: Arc<ScramVerifier>,
+    /// The TLS certificate (PEM), for SCRAM channel binding.
+    certificate: Option<Vec<u8>>,
+}
+
+impl PgAuth {
+    /// The wire's authentication from the settings and the password
+    /// (`None` when no password is configured: the wire is open).
+    pub fn new(settings: &Settings, password: Option<&str>) -> Result<Option<PgAuth>> {
+        let Some(password) = password else {
+            return Ok(None);
+        };
+        let certificate = match &settings.pg_tls_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| ServerError::io(path, e))?),
+            None => None,
+        };
+        Ok(Some(PgAuth {
+            verifier: Arc::new(ScramVerifier::new(&settings.user, password)),
+            certificate,
+        }))
+    }
+
+    /// A SCRAM startup handler for one connection (the SASL exchange keeps
+    /// per-connection state, so each connection gets its own). Channel
+    /// binding is offered on TLS connections only: libpq refuses a server
+    /// that offers it in plain text.
+    fn handler(
+        &self,
+        connections: Arc<ConnectionManager>,
+        secure: bool,
+    ) -> SASLAuthStartupHandler<DefaultServerParameterProvider> {
+        let mut scram = ScramAuth::new(Arc::clone(&self.verifier) as Arc<dyn AuthSource>);
+        scram.set_iterations(SCRAM_ITERATIONS);
+        if let Some(pem) = self.certificate.as_ref().filter(|_| secure) {
+            // Without channel binding SCRAM still works; the certificate was
+            // already accepted by the TLS set-up, so a failure here is rare.
+            if let Err(e) = scram.configure_certificate(pem) {
+                tracing::warn!(error = %e, "SCRAM channel binding is off");
+            }
+        }
+        SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
+            .with_scram(scram)
+            .with_connection_manager(connections)
+    }
+}
+
+/// The startup of one Postgres-wire connection: refuses unknown databases,
+/// then runs SCRAM when a password is configured, or lets the client in.
+pub struct PgStartup<Open> {
+    engine: Arc<Engine>,
+    open: Arc<Open>,
+    auth: Option<Arc<PgAuth>>,
+    connections: Arc<ConnectionManager>,
+    /// This connection's SCRAM exchange, made at its first message (when
+    /// whether it is TLS is known).
+    scram: OnceLock<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+}
+
+impl<Open> PgStartup<Open> {
+    /// The startup for a new connection: `open` serves it when `auth` is
+    /// `None`.
+    pub fn new(
+        engine: Arc<Engine>,
+        open: Arc<Open>,
+        auth: Option<Arc<PgAuth>>,
+        connections: Arc<ConnectionManager>,
+    ) -> Self {
+        PgStartup {
+            engine,
+            open,
+            auth,
+            connections,
+            scram: OnceLock::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl<Open: StartupHandler> StartupHandler for PgStartup<Open> {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(auth) = &self.auth else {
+            return self.open.on_startup(client, message).await;
+        };
+        if let PgWireFrontendMessage::Startup(startup) = &message {
+            let database = startup.parameters.get("database").map(String::as_str);
+            if let Err(e) = self.engine.resolve_database(database) {
+                let mut info = crate::wire::error_info(&e);
+                info.severity = "FATAL".into();
+                return Err(PgWireError::UserError(Box::new(info)));
+            }
+        }
+        let secure = client.is_secure();
+        let scram = self
+            .scram
+            .get_or_init(|| auth.handler(Arc::clone(&self.connections), secure));
+        // Postgres's own wording (pgwire capitalises it and, for a wrong
+        // proof, names no user): clients and scripts match on it.
+        scram
+            .on_startup(client, message)
+            .await
+            .map_err(|e| match e {
+                PgWireError::InvalidPassword(_) => {
+                    let user = client.metadata().get(METADATA_USER).cloned();
+                    PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".into(),
+                        "28P01".into(),
+                        format!(
+                            "password authentication failed for user \"{}\"",
+                            user.unwrap_or_default()
+                        ),
+                    )))
+                }
+                e => e,
+            })
+    }
+}
+
+/// The TLS acceptor for `pg_tls_cert`/`pg_tls_key`, or `None` without them.
+pub fn tls_acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>> {
+    let (cert, key) = match (&settings.pg_tls_cert, &settings.pg_tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => return Ok(None),
+        _ => {
+            return Err(ServerError::Config(
+                "pg_tls_cert and pg_tls_key must be given together".into(),
+            ))
+        }
+    };
+    let bad = |path: &Path, e: &dyn std::fmt::Display| {
+        ServerError::Config(format!("{}: not a usable PEM file: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    // The provider is named: rustls refuses to guess when more than one is
+    // compiled in.
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ServerError::Config(format!("TLS: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|e| ServerError::Config(format!("invalid TLS certificate or key: {e}")))?;
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Refuses a non-loopback Postgres listener without a password, as the
+/// Flight SQL endpoint does.
+pub fn check_listen_address(settings: &Settings, password: Option<&str>) -> Result<()> {
+    if password.is_none() && !settings.pg_listen.ip().is_loopback() {
+        return Err(ServerError::Config(format!(
+            "refusing to serve the Postgres wire on {} without authentication: set \
+             `password_env` (the name of an environment variable holding the password) or \
+             listen on 127.0.0.1",
+            settings.pg_listen
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_password_is_kept_salted_and_hashed() {
+        let v = ScramVerifier::new("ann", "secret");
+        assert_ne!(v.salted_password, b"secret", "never in clear");
+        assert_eq!(
+            v.salted_password,
+            gen_salted_password("secret", &v.salt, SCRAM_ITERATIONS)
+        );
+        let other = ScramVerifier::new("ann", "secret");
+        assert_ne!(v.salt, other.salt, "salted per server");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_real_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            pg_tls_cert: Some(dir.path().join("cert.pem")),
+            ..Settings::default()
+        };
+        let err = tls_acceptor(&settings).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("together")));
+        let garbage = dir.path().join("x.pem");
+        std::fs::write(&garbage, "not pem").unwrap();
+        let settings = Settings {
+            pg_tls_cert: Some(garbage.clone()),
+            pg_tls_key: Some(garbage),
+            ..Settings::default()
+        };
+        assert!(tls_acceptor(&settings).is_err());
+        assert!(tls_acceptor(&Settings::default()).unwrap().is_none());
+    }
+}
