@@ -39,6 +39,8 @@ pub struct Settings {
     pub flight_tls_cert: Option<PathBuf>,
     /// PEM private key for Flight SQL over TLS.
     pub flight_tls_key: Option<PathBuf>,
+    /// More logins (`[[users]]`), each with the variable holding its password.
+    pub users: Vec<UserConfig>,
     /// Sources declared in the config file (the same options as `CREATE SOURCE`).
     pub sources: Vec<SourceConfig>,
 }
@@ -58,9 +60,19 @@ impl Default for Settings {
             flight_token_ttl_secs: 3600,
             flight_tls_cert: None,
             flight_tls_key: None,
+            users: Vec::new(),
             sources: Vec::new(),
         }
     }
+}
+
+/// A `[[users]]` entry: a login name and the environment variable that
+/// holds its password.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password_env: String,
 }
 
 /// A `[[sources]]` entry: `name`, `type` and the source's options.

@@ -2,6 +2,7 @@
 //! Postgres wire, and the `fedsql` command line.
 #![warn(rust_2018_idioms)]
 
+pub mod accounts;
 pub mod catalog_store;
 pub mod config;
 pub mod engine;

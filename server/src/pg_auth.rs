@@ -7,6 +7,7 @@
 //! with channel binding (SCRAM-SHA-256-PLUS). `pg_tls_cert`/`pg_tls_key`
 //! turn on TLS: clients that send `SSLRequest` (`sslmode=require`) get it.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -27,29 +28,31 @@ use pgwire::tokio::TlsAcceptor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
 
-/// The configured user's SCRAM verifier: the password is salted and hashed
-/// once at start-up and never kept in clear.
+/// The logins' SCRAM verifiers: each password is salted and hashed once at
+/// start-up and never kept in clear.
 #[derive(Debug)]
 pub struct ScramVerifier {
-    user: String,
-    salt: Vec<u8>,
-    salted_password: Vec<u8>,
+    /// User → (salt, salted password).
+    logins: HashMap<String, (Vec<u8>, Vec<u8>)>,
 }
 
 impl ScramVerifier {
-    /// A verifier for `user` with `password`.
-    pub fn new(user: &str, password: &str) -> ScramVerifier {
-        let salt = rand::random::<[u8; 16]>().to_vec();
-        let salted_password = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
-        ScramVerifier {
-            user: user.to_string(),
-            salt,
-            salted_password,
-        }
+    /// Verifiers for every login of `accounts`.
+    pub fn new(accounts: &Accounts) -> ScramVerifier {
+        let logins = accounts
+            .iter()
+            .map(|(user, password)| {
+                let salt = rand::random::<[u8; 16]>().to_vec();
+                let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+                (user.to_string(), (salt, salted))
+            })
+            .collect();
+        ScramVerifier { logins }
     }
 }
 
@@ -59,15 +62,11 @@ impl ScramVerifier {
 #[async_trait]
 impl AuthSource for ScramVerifier {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        match login.user() {
-            Some(user) if user == self.user => Ok(Password::new(
-                Some(self.salt.clone()),
-                self.salted_password.clone(),
-            )),
-            // The same answer as a wrong password: user names are not probed.
-            other => Err(PgWireError::InvalidPassword(
-                other.unwrap_or_default().to_string(),
-            )),
+        let user = login.user().unwrap_or_default();
+        match self.logins.get(user) {
+            Some((salt, salted)) => Ok(Password::new(Some(salt.clone()), salted.clone())),
+            // The same answer as a wrong password.
+            None => Err(PgWireError::InvalidPassword(user.to_string())),
         }
     }
 }
@@ -80,18 +79,18 @@ pub struct PgAuth {
 }
 
 impl PgAuth {
-    /// The wire's authentication from the settings and the password
-    /// (`None` when no password is configured: the wire is open).
-    pub fn new(settings: &Settings, password: Option<&str>) -> Result<Option<PgAuth>> {
-        let Some(password) = password else {
+    /// The wire's authentication for these logins (`None` when there are
+    /// none: the wire is open).
+    pub fn new(settings: &Settings, accounts: &Accounts) -> Result<Option<PgAuth>> {
+        if !accounts.required() {
             return Ok(None);
-        };
+        }
         let certificate = match &settings.pg_tls_cert {
             Some(path) => Some(std::fs::read(path).map_err(|e| ServerError::io(path, e))?),
             None => None,
         };
         Ok(Some(PgAuth {
-            verifier: Arc::new(ScramVerifier::new(&settings.user, password)),
+            verifier: Arc::new(ScramVerifier::new(accounts)),
             certificate,
         }))
     }
@@ -232,10 +231,10 @@ pub fn tls_acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>> {
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Refuses a non-loopback Postgres listener without a password, as the
-/// Flight SQL endpoint does.
-pub fn check_listen_address(settings: &Settings, password: Option<&str>) -> Result<()> {
-    if password.is_none() && !settings.pg_listen.ip().is_loopback() {
+/// Refuses a non-loopback Postgres listener without logins, as the Flight
+/// SQL endpoint does.
+pub fn check_listen_address(settings: &Settings, accounts: &Accounts) -> Result<()> {
+    if !accounts.required() && !settings.pg_listen.ip().is_loopback() {
         return Err(ServerError::Config(format!(
             "refusing to serve the Postgres wire on {} without authentication: set \
              `password_env` (the name of an environment variable holding the password) or \
@@ -251,15 +250,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_password_is_kept_salted_and_hashed() {
-        let v = ScramVerifier::new("ann", "secret");
-        assert_ne!(v.salted_password, b"secret", "never in clear");
+    async fn passwords_are_kept_salted_and_hashed() {
+        let accounts = Accounts::new([("ann", "secret"), ("bob", "secret")]);
+        let v = ScramVerifier::new(&accounts);
+        let (salt, salted) = &v.logins["ann"];
+        assert_ne!(salted, b"secret", "never in clear");
         assert_eq!(
-            v.salted_password,
-            gen_salted_password("secret", &v.salt, SCRAM_ITERATIONS)
+            *salted,
+            gen_salted_password("secret", salt, SCRAM_ITERATIONS)
         );
-        let other = ScramVerifier::new("ann", "secret");
-        assert_ne!(v.salt, other.salt, "salted per server");
+        assert_ne!(v.logins["bob"].0, *salt, "a salt per login");
     }
 
     #[test]

@@ -5,20 +5,21 @@ use std::sync::Arc;
 use datafusion_postgres::pgwire::tokio::process_socket;
 use tokio::net::TcpListener;
 
+use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
-use crate::flight::{configured_password, FlightServer};
+use crate::flight::FlightServer;
 use crate::pg_auth::{self, PgAuth};
 use crate::wire::FedsqlHandlers;
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(settings: Settings) -> Result<()> {
     let pg_listen = settings.pg_listen;
-    let password = configured_password(&settings)?;
-    pg_auth::check_listen_address(&settings, password.as_deref())?;
+    let accounts = Accounts::from_settings(&settings)?;
+    pg_auth::check_listen_address(&settings, &accounts)?;
     let tls = pg_auth::tls_acceptor(&settings)?;
-    let auth = PgAuth::new(&settings, password.as_deref())?;
+    let auth = PgAuth::new(&settings, &accounts)?;
     let pg_note = match (auth.is_some(), tls.is_some()) {
         (true, true) => "SCRAM-SHA-256, TLS",
         (true, false) => "SCRAM-SHA-256, no TLS",
@@ -33,7 +34,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let bound = listener
         .local_addr()
         .map_err(|e| ServerError::Config(format!("cannot read listen address: {e}")))?;
-    let flight = FlightServer::bind(Arc::clone(&engine)).await?;
+    let flight = FlightServer::bind(Arc::clone(&engine), accounts).await?;
     let flight_bound = flight.local_addr()?;
     let flight_note = match (flight.authenticated, flight.tls()) {
         (true, true) => "basic auth, TLS",

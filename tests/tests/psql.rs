@@ -151,7 +151,7 @@ fn psql_login(server: &FedsqlServer, conninfo: &str, password: Option<&str>) -> 
 }
 
 #[test]
-fn psql_logs_in_with_scram_over_tls() {
+fn psql_logs_in_with_scram_over_tls_as_each_configured_user() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let made = std::process::Command::new("openssl")
@@ -166,9 +166,18 @@ fn psql_logs_in_with_scram_over_tls() {
         .expect("openssl makes the test certificate (scripts/test installs it)");
     assert!(made.status.success(), "{made:?}");
     let password = "correct horse";
+    // A second login from the config file's [[users]].
+    let config = dir.path().join("fedsql.toml");
+    std::fs::write(
+        &config,
+        "[[users]]\nname = \"analyst\"\npassword_env = \"FEDSQL_TEST_ANALYST_PASSWORD\"\n",
+    )
+    .unwrap();
     let server = FedsqlServer::start_with_env(
         &dir.path().join("data"),
         &[
+            "--config",
+            config.to_str().unwrap(),
             "--password-env",
             "FEDSQL_TEST_PG_PASSWORD",
             "--pg-tls-cert",
@@ -176,7 +185,10 @@ fn psql_logs_in_with_scram_over_tls() {
             "--pg-tls-key",
             key.to_str().unwrap(),
         ],
-        &[("FEDSQL_TEST_PG_PASSWORD", password)],
+        &[
+            ("FEDSQL_TEST_PG_PASSWORD", password),
+            ("FEDSQL_TEST_ANALYST_PASSWORD", "analyst pw"),
+        ],
     );
 
     // TLS, SCRAM with channel binding: what psql does by default here.
@@ -205,6 +217,12 @@ fn psql_logs_in_with_scram_over_tls() {
         String::from_utf8_lossy(&out.stdout).contains("42"),
         "{out:?}"
     );
+
+    // Each login with its own password.
+    let (ok, out) = psql_login(&server, "user=analyst", Some("analyst pw"));
+    assert!(ok, "{out}");
+    let (ok, out) = psql_login(&server, "user=analyst", Some(password));
+    assert!(!ok, "{out}");
 
     // A wrong password, another user, no password: refused.
     let (ok, out) = psql_login(&server, "sslmode=require", Some("wrong"));

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use base64::prelude::{Engine as _, BASE64_STANDARD, BASE64_STANDARD_NO_PAD};
 use tonic::{Request, Status};
 
+use crate::accounts::Accounts;
+
 /// Who made a call, as far as sessions are concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Caller {
@@ -29,18 +31,16 @@ struct IssuedToken {
 
 /// Checks credentials and issues bearer tokens.
 pub struct Authenticator {
-    user: String,
-    password: Option<String>,
+    accounts: Accounts,
     ttl: Duration,
     tokens: Mutex<HashMap<String, IssuedToken>>,
 }
 
 impl Authenticator {
-    /// An authenticator for `user`; `password: None` lets everyone in.
-    pub fn new(user: String, password: Option<String>, ttl: Duration) -> Self {
+    /// An authenticator for these logins; none lets everyone in.
+    pub fn new(accounts: Accounts, ttl: Duration) -> Self {
         Authenticator {
-            user,
-            password,
+            accounts,
             ttl,
             tokens: Mutex::new(HashMap::new()),
         }
@@ -48,7 +48,7 @@ impl Authenticator {
 
     /// Whether calls must carry a valid token.
     pub fn required(&self) -> bool {
-        self.password.is_some()
+        self.accounts.required()
     }
 
     /// Checks the handshake's `authorization: Basic …` header and issues a
@@ -62,20 +62,22 @@ impl Authenticator {
             Some(encoded) => Some(decode_basic(encoded)?),
             None => None,
         };
-        let user = match (&self.password, credentials) {
-            (None, Some((user, _))) => user,
-            (None, None) => "anonymous".to_string(),
-            (Some(_), None) => {
+        let user = match (self.required(), credentials) {
+            (false, Some((user, _))) => user,
+            (false, None) => "anonymous".to_string(),
+            (true, None) => {
                 return Err(Status::unauthenticated(
                     "authentication required: send basic credentials in the handshake",
                 ))
             }
-            (Some(expected), Some((user, password))) => {
-                // Compare both in full whatever the outcome, so timing does
-                // not tell which one was wrong.
-                let user_ok = constant_time_eq(user.as_bytes(), self.user.as_bytes());
-                let password_ok = constant_time_eq(password.as_bytes(), expected.as_bytes());
-                if !(user_ok & password_ok) {
+            (true, Some((user, password))) => {
+                // An unknown user is compared against a password no one
+                // has, so timing does not tell which logins exist.
+                let (known, expected) = match self.accounts.password(&user) {
+                    Some(p) => (true, p),
+                    None => (false, "\u{0}no such login"),
+                };
+                if !(constant_time_eq(password.as_bytes(), expected.as_bytes()) && known) {
                     return Err(Status::unauthenticated(format!(
                         "password authentication failed for user \"{user}\""
                     )));
@@ -190,9 +192,12 @@ mod tests {
 
     #[test]
     fn password_gives_a_token_that_opens_calls() {
-        let auth = Authenticator::new("ann".into(), Some("pw".into()), Duration::from_secs(60));
+        let accounts = Accounts::new([("ann", "pw"), ("bob", "pw2")]);
+        let auth = Authenticator::new(accounts, Duration::from_secs(60));
         assert!(auth.login(&basic("ann", "nope")).is_err());
-        assert!(auth.login(&basic("bob", "pw")).is_err());
+        assert!(auth.login(&basic("eve", "pw")).is_err());
+        assert!(auth.login(&basic("ann", "pw2")).is_err(), "bob's password");
+        assert_eq!(auth.login(&basic("bob", "pw2")).unwrap().1, "bob");
         assert!(auth.check(&Request::new(())).is_err());
         let (token, user) = auth.login(&basic("ann", "pw")).unwrap();
         assert_eq!(user, "ann");
@@ -205,7 +210,7 @@ mod tests {
 
     #[test]
     fn tokens_expire() {
-        let auth = Authenticator::new("ann".into(), Some("pw".into()), Duration::ZERO);
+        let auth = Authenticator::new(Accounts::new([("ann", "pw")]), Duration::ZERO);
         let (token, _) = auth.login(&basic("ann", "pw")).unwrap();
         let err = auth
             .check(&with_header(&format!("Bearer {token}")))
@@ -215,7 +220,7 @@ mod tests {
 
     #[test]
     fn without_password_everyone_gets_a_session() {
-        let auth = Authenticator::new("ann".into(), None, Duration::from_secs(60));
+        let auth = Authenticator::new(Accounts::default(), Duration::from_secs(60));
         assert!(!auth.required());
         assert!(auth.check(&Request::new(())).is_ok());
         assert!(auth.login(&Request::new(())).is_ok());

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
@@ -42,10 +43,10 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Refuses a non-loopback address when no password is configured: an
+/// Refuses a non-loopback address when no login is configured: an
 /// unauthenticated endpoint is for the local machine only.
-pub fn check_listen_address(settings: &Settings, password: Option<&str>) -> Result<()> {
-    if password.is_none() && !settings.flight_listen.ip().is_loopback() {
+pub fn check_listen_address(settings: &Settings, accounts: &Accounts) -> Result<()> {
+    if !accounts.required() && !settings.flight_listen.ip().is_loopback() {
         return Err(ServerError::Config(format!(
             "refusing to serve Flight SQL on {} without authentication: set `password_env` \
              (the name of an environment variable holding the password) or listen on 127.0.0.1",
@@ -53,19 +54,6 @@ pub fn check_listen_address(settings: &Settings, password: Option<&str>) -> Resu
         )));
     }
     Ok(())
-}
-
-/// The configured password, read from the variable `password_env` names.
-pub fn configured_password(settings: &Settings) -> Result<Option<String>> {
-    let Some(var) = &settings.password_env else {
-        return Ok(None);
-    };
-    match std::env::var(var) {
-        Ok(p) if !p.is_empty() => Ok(Some(p)),
-        _ => Err(ServerError::Config(format!(
-            "password_env names {var}, but that environment variable is not set or empty"
-        ))),
-    }
 }
 
 /// A bound Flight SQL endpoint, ready to serve.
@@ -78,11 +66,11 @@ pub struct FlightServer {
 }
 
 impl FlightServer {
-    /// Binds the endpoint and loads TLS material; errors name what is wrong.
-    pub async fn bind(engine: Arc<Engine>) -> Result<FlightServer> {
+    /// Binds the endpoint for these logins and loads TLS material; errors
+    /// name what is wrong.
+    pub async fn bind(engine: Arc<Engine>, accounts: Accounts) -> Result<FlightServer> {
         let settings = engine.settings().clone();
-        let password = configured_password(&settings)?;
-        check_listen_address(&settings, password.as_deref())?;
+        check_listen_address(&settings, &accounts)?;
         let tls = match (&settings.flight_tls_cert, &settings.flight_tls_key) {
             (Some(cert), Some(key)) => {
                 let cert_pem = std::fs::read(cert).map_err(|e| ServerError::io(cert, e))?;
@@ -96,10 +84,9 @@ impl FlightServer {
                 ))
             }
         };
-        let authenticated = password.is_some();
+        let authenticated = accounts.required();
         let auth = Arc::new(Authenticator::new(
-            settings.user.clone(),
-            password,
+            accounts,
             Duration::from_secs(settings.flight_token_ttl_secs),
         ));
         let listener = TcpListener::bind(settings.flight_listen)

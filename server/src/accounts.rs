@@ -1,0 +1,122 @@
+//! The logins fedsql accepts, on the Postgres wire and on Flight SQL alike.
+//!
+//! `user` with `password_env` is one login; each `[[users]]` entry of the
+//! config file adds one. Passwords come only from environment variables
+//! (named, never written in the file). No login configured means no
+//! authentication, and both endpoints then listen on loopback only.
+
+use std::collections::BTreeMap;
+
+use crate::config::Settings;
+use crate::error::{Result, ServerError};
+
+/// User names and their passwords.
+#[derive(Clone, Default)]
+pub struct Accounts(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Accounts {
+    // Names only: a log line must never carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Accounts {
+    /// The logins the settings declare; an unset variable or a name given
+    /// twice is an error naming it.
+    pub fn from_settings(settings: &Settings) -> Result<Accounts> {
+        let mut declared: Vec<(&str, &str)> = Vec::new();
+        if let Some(var) = &settings.password_env {
+            declared.push((&settings.user, var));
+        }
+        declared.extend(
+            settings
+                .users
+                .iter()
+                .map(|u| (u.name.as_str(), u.password_env.as_str())),
+        );
+        let mut accounts = BTreeMap::new();
+        for (name, var) in declared {
+            let password = match std::env::var(var) {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    return Err(ServerError::Config(format!(
+                        "the password of user {name}: password_env names {var}, but that \
+                         environment variable is not set or empty"
+                    )))
+                }
+            };
+            if accounts.insert(name.to_string(), password).is_some() {
+                return Err(ServerError::Config(format!(
+                    "user {name} is declared twice (user/password_env and [[users]])"
+                )));
+            }
+        }
+        Ok(Accounts(accounts))
+    }
+
+    /// Logins from pairs of (user, password), for tests and embedding.
+    pub fn new<'a>(logins: impl IntoIterator<Item = (&'a str, &'a str)>) -> Accounts {
+        Accounts(
+            logins
+                .into_iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+        )
+    }
+
+    /// Whether clients must authenticate.
+    pub fn required(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The password of `user`, if it is a login.
+    pub fn password(&self, user: &str) -> Option<&str> {
+        self.0.get(user).map(String::as_str)
+    }
+
+    /// Every login, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UserConfig;
+
+    #[test]
+    fn logins_come_from_user_and_users() {
+        std::env::set_var("FEDSQL_TEST_ACCOUNTS_A", "pa");
+        std::env::set_var("FEDSQL_TEST_ACCOUNTS_B", "pb");
+        let mut settings = Settings {
+            password_env: Some("FEDSQL_TEST_ACCOUNTS_A".into()),
+            users: vec![UserConfig {
+                name: "bob".into(),
+                password_env: "FEDSQL_TEST_ACCOUNTS_B".into(),
+            }],
+            ..Settings::default()
+        };
+        let accounts = Accounts::from_settings(&settings).unwrap();
+        assert_eq!(accounts.password("fedsql"), Some("pa"));
+        assert_eq!(accounts.password("bob"), Some("pb"));
+        assert_eq!(accounts.password("eve"), None);
+        assert_eq!(format!("{accounts:?}"), r#"{"bob", "fedsql"}"#);
+
+        settings.users[0].name = "fedsql".into();
+        let err = Accounts::from_settings(&settings).unwrap_err().to_string();
+        assert!(err.contains("declared twice"), "{err}");
+        settings.users[0].password_env = "FEDSQL_TEST_ACCOUNTS_UNSET".into();
+        settings.users[0].name = "carol".into();
+        let err = Accounts::from_settings(&settings).unwrap_err().to_string();
+        assert!(
+            err.contains("carol") && err.contains("FEDSQL_TEST_ACCOUNTS_UNSET"),
+            "{err}"
+        );
+
+        assert!(!Accounts::from_settings(&Settings::default())
+            .unwrap()
+            .required());
+    }
+}
