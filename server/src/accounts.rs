@@ -6,6 +6,7 @@
 //! authentication, and both endpoints then listen on loopback only.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use crate::config::Settings;
 use crate::error::{Result, ServerError};
@@ -78,6 +79,19 @@ impl Accounts {
     /// Every login, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// Refuses to serve `endpoint` on a non-loopback `addr` without logins:
+    /// an unauthenticated endpoint is for the local machine only.
+    pub fn check_listen_address(&self, endpoint: &str, addr: SocketAddr) -> Result<()> {
+        if !self.required() && !addr.ip().is_loopback() {
+            return Err(ServerError::Config(format!(
+                "refusing to serve {endpoint} on {addr} without authentication: set \
+                 `password_env` (the name of an environment variable holding the password) \
+                 or listen on 127.0.0.1"
+            )));
+        }
+        Ok(())
     }
 }
 

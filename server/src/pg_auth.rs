@@ -231,20 +231,6 @@ pub fn tls_acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>> {
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Refuses a non-loopback Postgres listener without logins, as the Flight
-/// SQL endpoint does.
-pub fn check_listen_address(settings: &Settings, accounts: &Accounts) -> Result<()> {
-    if !accounts.required() && !settings.pg_listen.ip().is_loopback() {
-        return Err(ServerError::Config(format!(
-            "refusing to serve the Postgres wire on {} without authentication: set \
-             `password_env` (the name of an environment variable holding the password) or \
-             listen on 127.0.0.1",
-            settings.pg_listen
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

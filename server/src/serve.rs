@@ -17,7 +17,7 @@ use crate::wire::FedsqlHandlers;
 pub async fn serve(settings: Settings) -> Result<()> {
     let pg_listen = settings.pg_listen;
     let accounts = Accounts::from_settings(&settings)?;
-    pg_auth::check_listen_address(&settings, &accounts)?;
+    accounts.check_listen_address("the Postgres wire", pg_listen)?;
     let tls = pg_auth::tls_acceptor(&settings)?;
     let auth = PgAuth::new(&settings, &accounts)?;
     let pg_note = match (auth.is_some(), tls.is_some()) {

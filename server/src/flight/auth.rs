@@ -2,7 +2,7 @@
 //! bearer token that expires; every later call presents the token.
 //!
 //! Without a configured password anyone may connect (the endpoint then only
-//! listens on loopback, see [`super::check_listen_address`]); a handshake
+//! listens on loopback, see [`Accounts::check_listen_address`]); a handshake
 //! still hands out a token so clients that always authenticate keep working,
 //! and the token (or, without one, the client's address) keys the session.
 

@@ -27,7 +27,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::accounts::Accounts;
-use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
 
@@ -41,19 +40,6 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Refuses a non-loopback address when no login is configured: an
-/// unauthenticated endpoint is for the local machine only.
-pub fn check_listen_address(settings: &Settings, accounts: &Accounts) -> Result<()> {
-    if !accounts.required() && !settings.flight_listen.ip().is_loopback() {
-        return Err(ServerError::Config(format!(
-            "refusing to serve Flight SQL on {} without authentication: set `password_env` \
-             (the name of an environment variable holding the password) or listen on 127.0.0.1",
-            settings.flight_listen
-        )));
-    }
-    Ok(())
 }
 
 /// A bound Flight SQL endpoint, ready to serve.
@@ -70,7 +56,7 @@ impl FlightServer {
     /// name what is wrong.
     pub async fn bind(engine: Arc<Engine>, accounts: Accounts) -> Result<FlightServer> {
         let settings = engine.settings().clone();
-        check_listen_address(&settings, &accounts)?;
+        accounts.check_listen_address("Flight SQL", settings.flight_listen)?;
         let tls = match (&settings.flight_tls_cert, &settings.flight_tls_key) {
             (Some(cert), Some(key)) => {
                 let cert_pem = std::fs::read(cert).map_err(|e| ServerError::io(cert, e))?;
