@@ -23,20 +23,24 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser as DfParser};
+use futures::future::Either;
 use futures::{stream, Sink, SinkExt, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
-use pgwire::api::portal::{Format, Portal};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type,
-    METADATA_DATABASE, METADATA_USER,
+    ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, ErrorHandler,
+    PgWireConnectionState, PgWireServerHandlers, Type, DEFAULT_NAME, METADATA_DATABASE,
+    METADATA_USER,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::Execute;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::engine::{Engine, FedsqlOutcome};
@@ -464,6 +468,110 @@ impl ExtendedQueryHandler for FedsqlService {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         Arc::clone(&self.parser)
+    }
+
+    /// pgwire's Execute, except that a query executed without a row limit
+    /// streams its rows. pgwire (0.41, 0.42) hands such a portal's rows to
+    /// the client only after collecting all of them in memory
+    /// (`Portal::fetch`): a large result over psycopg, JDBC or any other
+    /// extended-protocol client would sit in the server's memory whole, its
+    /// first row sent only after its last was computed, and an error
+    /// mid-result would swallow the rows before it.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal))
+                if message.max_rows == 0
+                    && matches!(
+                        portal.statement.statement.1,
+                        Some((sqlparser::ast::Statement::Query(_), _))
+                    )
+                    && matches!(*portal.state().lock().await, PortalExecutionState::Initial)
+                    && matches!(client.state(), PgWireConnectionState::ReadyForQuery) =>
+            {
+                portal
+            }
+            // Row limits (cursors), fedsql statements, DML, and errors in
+            // the protocol's state: pgwire's own path.
+            _ => return self._on_execute(client, message).await,
+        };
+        let transaction_status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        // A cancel request stops the query until its first row (`do_query`
+        // waits for it, see `start_rows`) and, unlike pgwire's path, while
+        // its rows stream.
+        let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+            Some(handle) => Some(handle.start_query().await),
+            None => None,
+        };
+        let (response, mut cancel) = match cancel {
+            Some(cancel) => {
+                let query =
+                    std::pin::pin!(ExtendedQueryHandler::do_query(self, client, &portal, 0));
+                match futures::future::select(query, cancel).await {
+                    Either::Left((result, cancel)) => (result, Some(cancel)),
+                    Either::Right(_) => (Err(PgWireError::QueryCanceled), None),
+                }
+            }
+            None => (
+                ExtendedQueryHandler::do_query(self, client, &portal, 0).await,
+                None,
+            ),
+        };
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        match response? {
+            Response::Query(mut results) => {
+                let tag = results.command_tag().to_string();
+                let mut rows = 0;
+                loop {
+                    let next = match cancel.as_mut() {
+                        Some(watch) => {
+                            match futures::future::select(results.data_rows().next(), watch).await {
+                                Either::Left((row, _)) => row,
+                                Either::Right((Ok(()), _)) => {
+                                    return Err(PgWireError::QueryCanceled)
+                                }
+                                // The handle dropped its sender: nothing can
+                                // cancel any more.
+                                Either::Right((Err(_), row)) => {
+                                    let row = row.await;
+                                    cancel = None;
+                                    row
+                                }
+                            }
+                        }
+                        None => results.data_rows().next().await,
+                    };
+                    let Some(row) = next else { break };
+                    client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                    rows += 1;
+                }
+                let done = Tag::new(&tag).with_rows(rows);
+                client
+                    .send(PgWireBackendMessage::CommandComplete(done.into()))
+                    .await?;
+            }
+            Response::Execution(tag) => {
+                client
+                    .send(PgWireBackendMessage::CommandComplete(tag.into()))
+                    .await?;
+            }
+            // A query answers rows or an error, never a transaction or COPY.
+            _ => {
+                return Err(PgWireError::ApiError(
+                    "a query answered something other than rows".into(),
+                ))
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(transaction_status);
+        Ok(())
     }
 
     async fn do_query<C>(

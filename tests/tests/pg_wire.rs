@@ -93,6 +93,41 @@ async fn extended_protocol_binds_parameters() {
     assert_eq!(total, 2_000);
 }
 
+/// An extended-protocol query streams its rows: those before a late error
+/// reach the client before the error does (a server that collected the
+/// result first would send only the error), and the session goes on.
+#[tokio::test]
+async fn extended_protocol_streams_rows_ahead_of_a_late_error() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let client = server.connect("demo").await;
+    let statement = client
+        .prepare("SELECT 100 / (value - 150000) AS v FROM generate_series(1, 200000)")
+        .await
+        .unwrap();
+    let rows = client
+        .query_raw(&statement, Vec::<String>::new())
+        .await
+        .unwrap();
+    futures::pin_mut!(rows);
+    let mut received = 0;
+    let error = loop {
+        match rows.next().await {
+            Some(Ok(_)) => received += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the division by zero at row 150000 was not reported"),
+        }
+    };
+    assert_eq!(code(&error), "22012", "{error}");
+    assert!(
+        received > 100_000 && received < 150_000,
+        "{received} rows arrived before the error"
+    );
+    let one = client.query_one("SELECT 1::INT", &[]).await.unwrap();
+    assert_eq!(one.get::<_, i32>(0), 1);
+}
+
 #[tokio::test]
 async fn syntax_error_has_position_and_the_session_goes_on() {
     let dir = tempfile::tempdir().unwrap();
