@@ -10,6 +10,7 @@
 #   bench/tpch.sh [SCALE]                (default 1)
 #   bench/tpch.sh SCALE --rows-moved     the split's rows read from the sources
 #                                        with DataFusion's join filters off/on
+#     [--inlist-max N]                   …and on with key lists of up to N values
 #
 # Needs the Debian packages scripts/test installs (postgresql, mariadb-server,
 # unixodbc, odbc-mariadb). Builds fedsql in release, installs tpchgen-cli and

@@ -123,35 +123,52 @@ def check(want, got):
     return "ok"
 
 
-def rows_moved(fedsql, lo, hi, scale):
-    """Split queries with DataFusion's dynamic join filters off, then on:
-    rows the sources sent (fedsql.system.queries) and seconds."""
+def rows_moved(fedsql, lo, hi, scale, inlist_max=None):
+    """Split queries with DataFusion's dynamic join filters off, then on
+    (and, with `inlist_max`, on with build-side key lists of up to that many
+    values instead of DataFusion's default): rows the sources sent
+    (fedsql.system.queries) and seconds."""
     def moved(conn):
         return conn.execute(
             "SELECT coalesce(sum(rows), 0) FROM fedsql.system.queries WHERE protocol = 'source'"
         ).fetchone()[0]
 
-    print(f"TPC-H SF{scale} split, rows read from the sources and seconds\n")
-    print("| query | rows, filters off | rows, filters on | on ÷ off | s off | s on |")
-    print("|---|---|---|---|---|---|")
-    totals = [0, 0, 0.0, 0.0]
+    # fedsql's sessions default to lists of 10,000 keys; "on" is DataFusion's
+    # own default of 150.
+    runs = [("off", ["SET datafusion.optimizer.enable_join_dynamic_filter_pushdown = false"]),
+            ("on", ["SET datafusion.optimizer.enable_join_dynamic_filter_pushdown = true",
+                    "SET datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values = 150"])]
+    if inlist_max:
+        runs.append((f"on, lists ≤ {inlist_max}", [
+            "SET datafusion.optimizer.enable_join_dynamic_filter_pushdown = true",
+            f"SET datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values = {inlist_max}",
+        ]))
+    print(f"TPC-H SF{scale} split, rows read from the sources and seconds, dynamic join filters\n")
+    print("| query | " + " | ".join(f"rows, {name}" for name, _ in runs) + " | "
+          + " | ".join(f"s, {name}" for name, _ in runs) + " |")
+    print("|---|" + "---|" * (2 * len(runs)))
+    totals = [0.0] * (2 * len(runs))
     for n in range(lo, hi + 1):
         sql = qualify_split((TPCH / f"q{n}.sql").read_text())
-        cells = []
-        for on in ("false", "true"):
+        rows, secs = [], []
+        for _, settings in runs:
             with fedsql.connect("fedsql") as conn:
-                conn.execute(f"SET datafusion.optimizer.enable_join_dynamic_filter_pushdown = {on}")
+                for setting in settings:
+                    conn.execute(setting)
                 before = moved(conn)
                 start = time.perf_counter()
                 conn.execute(sql).fetchall()
-                seconds = time.perf_counter() - start
-                cells.append((moved(conn) - before, seconds))
-        (off, s_off), (on_rows, s_on) = cells
-        totals = [totals[0] + off, totals[1] + on_rows, totals[2] + s_off, totals[3] + s_on]
-        ratio = on_rows / off if off else 1.0
-        print(f"| q{n} | {off} | {on_rows} | {ratio:.2f} | {s_off:.2f} | {s_on:.2f} |", flush=True)
-    print(f"| **total** | **{totals[0]}** | **{totals[1]}** | "
-          f"**{totals[1] / max(totals[0], 1):.2f}** | **{totals[2]:.1f}** | **{totals[3]:.1f}** |")
+                secs.append(time.perf_counter() - start)
+                rows.append(moved(conn) - before)
+        totals = [t + v for t, v in zip(totals, rows + secs)]
+        print(f"| q{n} | " + " | ".join(str(r) for r in rows) + " | "
+              + " | ".join(f"{x:.2f}" for x in secs) + " |", flush=True)
+    k = len(runs)
+    print("| **total** | " + " | ".join(f"**{int(t)}**" for t in totals[:k]) + " | "
+          + " | ".join(f"**{t:.1f}**" for t in totals[k:]) + " |")
+    off = max(totals[0], 1)
+    print("\nrows vs filters off: " + ", ".join(
+        f"{name} {totals[i] / off:.2f}" for i, (name, _) in enumerate(runs)))
 
 
 def main():
@@ -167,6 +184,9 @@ def main():
     p.add_argument("--rows-moved", action="store_true",
                    help="split only: rows read from the sources with DataFusion's dynamic "
                         "join filters off and on (fedsql narrows remote scans with them)")
+    p.add_argument("--inlist-max", type=int,
+                   help="with --rows-moved: also run with build-side key lists of up to "
+                        "this many values (the 'on' run uses DataFusion's 150)")
     a = p.parse_args()
     lo, hi = (int(x) for x in a.queries.split("-"))
 
@@ -178,7 +198,7 @@ def main():
                 conn.execute(spec.split("|", 1)[1])
 
         if a.rows_moved:
-            rows_moved(fedsql, lo, hi, a.scale)
+            rows_moved(fedsql, lo, hi, a.scale, a.inlist_max)
             return
 
         def pg_connect():
