@@ -179,7 +179,37 @@ impl SettingsArgs {
     }
 }
 
+/// A certificate chain and its private key, as read from PEM files.
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Reads `{name}_cert` and `{name}_key`: both or neither.
+fn read_tls(cert: &Option<PathBuf>, key: &Option<PathBuf>, name: &str) -> Result<Option<TlsPem>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsPem {
+            cert: std::fs::read(cert).map_err(|e| ServerError::io(cert, e))?,
+            key: std::fs::read(key).map_err(|e| ServerError::io(key, e))?,
+        })),
+        (None, None) => Ok(None),
+        _ => Err(ServerError::Config(format!(
+            "{name}_cert and {name}_key must be given together"
+        ))),
+    }
+}
+
 impl Settings {
+    /// The Postgres wire's certificate and key, if TLS is configured.
+    pub fn pg_tls(&self) -> Result<Option<TlsPem>> {
+        read_tls(&self.pg_tls_cert, &self.pg_tls_key, "pg_tls")
+    }
+
+    /// The Flight SQL endpoint's certificate and key, if TLS is configured.
+    pub fn flight_tls(&self) -> Result<Option<TlsPem>> {
+        read_tls(&self.flight_tls_cert, &self.flight_tls_key, "flight_tls")
+    }
+
     /// Reads a TOML settings file.
     pub fn from_file(path: &Path) -> Result<Settings> {
         let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
@@ -235,6 +265,24 @@ password_env = "PGPASSWORD"
             s.sources[0].options["password_env"].as_str(),
             Some("PGPASSWORD")
         );
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            pg_tls_cert: Some(dir.path().join("cert.pem")),
+            ..Settings::default()
+        };
+        let err = settings.pg_tls().err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("pg_tls_cert and pg_tls_key")));
+        assert!(Settings::default().flight_tls().unwrap().is_none());
+        let missing = Settings {
+            flight_tls_cert: Some(dir.path().join("nope.pem")),
+            flight_tls_key: Some(dir.path().join("nope.pem")),
+            ..Settings::default()
+        };
+        assert!(missing.flight_tls().is_err());
     }
 
     #[test]

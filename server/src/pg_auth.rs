@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -29,7 +28,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::accounts::Accounts;
-use crate::config::Settings;
+use crate::config::TlsPem;
 use crate::engine::Engine;
 use crate::error::{Result, ServerError};
 
@@ -80,19 +79,13 @@ pub struct PgAuth {
 
 impl PgAuth {
     /// The wire's authentication for these logins (`None` when there are
-    /// none: the wire is open).
-    pub fn new(settings: &Settings, accounts: &Accounts) -> Result<Option<PgAuth>> {
-        if !accounts.required() {
-            return Ok(None);
-        }
-        let certificate = match &settings.pg_tls_cert {
-            Some(path) => Some(std::fs::read(path).map_err(|e| ServerError::io(path, e))?),
-            None => None,
-        };
-        Ok(Some(PgAuth {
+    /// none: the wire is open); `certificate` is the TLS certificate (PEM),
+    /// for channel binding.
+    pub fn new(accounts: &Accounts, certificate: Option<Vec<u8>>) -> Option<PgAuth> {
+        accounts.required().then(|| PgAuth {
             verifier: Arc::new(ScramVerifier::new(accounts)),
             certificate,
-        }))
+        })
     }
 
     /// A SCRAM startup handler for one connection (the SASL exchange keeps
@@ -199,25 +192,15 @@ impl<Open: StartupHandler> StartupHandler for PgStartup<Open> {
     }
 }
 
-/// The TLS acceptor for `pg_tls_cert`/`pg_tls_key`, or `None` without them.
-pub fn tls_acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>> {
-    let (cert, key) = match (&settings.pg_tls_cert, &settings.pg_tls_key) {
-        (Some(cert), Some(key)) => (cert, key),
-        (None, None) => return Ok(None),
-        _ => {
-            return Err(ServerError::Config(
-                "pg_tls_cert and pg_tls_key must be given together".into(),
-            ))
-        }
+/// The TLS acceptor for the Postgres wire's certificate and key.
+pub fn tls_acceptor(pem: &TlsPem) -> Result<TlsAcceptor> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        ServerError::Config(format!("pg_tls_{what}: not a usable PEM file: {e}"))
     };
-    let bad = |path: &Path, e: &dyn std::fmt::Display| {
-        ServerError::Config(format!("{}: not a usable PEM file: {e}", path.display()))
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad(cert, &e))?
+    let certs = CertificateDer::pem_slice_iter(&pem.cert)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad(cert, &e))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        .map_err(|e| bad("cert", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| bad("key", &e))?;
     // The provider is named: rustls refuses to guess when more than one is
     // compiled in.
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -226,9 +209,9 @@ pub fn tls_acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>> {
     .with_safe_default_protocol_versions()
     .map_err(|e| ServerError::Config(format!("TLS: {e}")))?
     .with_no_client_auth()
-    .with_single_cert(certs, key_der)
+    .with_single_cert(certs, key)
     .map_err(|e| ServerError::Config(format!("invalid TLS certificate or key: {e}")))?;
-    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 #[cfg(test)]
@@ -249,22 +232,12 @@ mod tests {
     }
 
     #[test]
-    fn tls_needs_both_files_and_real_pem() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            pg_tls_cert: Some(dir.path().join("cert.pem")),
-            ..Settings::default()
+    fn tls_needs_real_pem() {
+        let garbage = TlsPem {
+            cert: b"not pem".to_vec(),
+            key: b"not pem".to_vec(),
         };
-        let err = tls_acceptor(&settings).err().map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("together")));
-        let garbage = dir.path().join("x.pem");
-        std::fs::write(&garbage, "not pem").unwrap();
-        let settings = Settings {
-            pg_tls_cert: Some(garbage.clone()),
-            pg_tls_key: Some(garbage),
-            ..Settings::default()
-        };
-        assert!(tls_acceptor(&settings).is_err());
-        assert!(tls_acceptor(&Settings::default()).unwrap().is_none());
+        let err = tls_acceptor(&garbage).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("pg_tls_")));
     }
 }

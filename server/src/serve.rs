@@ -18,8 +18,9 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let pg_listen = settings.pg_listen;
     let accounts = Accounts::from_settings(&settings)?;
     accounts.check_listen_address("the Postgres wire", pg_listen)?;
-    let tls = pg_auth::tls_acceptor(&settings)?;
-    let auth = PgAuth::new(&settings, &accounts)?;
+    let pem = settings.pg_tls()?;
+    let tls = pem.as_ref().map(pg_auth::tls_acceptor).transpose()?;
+    let auth = PgAuth::new(&accounts, pem.map(|p| p.cert));
     let pg_note = match (auth.is_some(), tls.is_some()) {
         (true, true) => "SCRAM-SHA-256, TLS",
         (true, false) => "SCRAM-SHA-256, no TLS",

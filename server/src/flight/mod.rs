@@ -57,19 +57,9 @@ impl FlightServer {
     pub async fn bind(engine: Arc<Engine>, accounts: Accounts) -> Result<FlightServer> {
         let settings = engine.settings().clone();
         accounts.check_listen_address("Flight SQL", settings.flight_listen)?;
-        let tls = match (&settings.flight_tls_cert, &settings.flight_tls_key) {
-            (Some(cert), Some(key)) => {
-                let cert_pem = std::fs::read(cert).map_err(|e| ServerError::io(cert, e))?;
-                let key_pem = std::fs::read(key).map_err(|e| ServerError::io(key, e))?;
-                Some(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
-            }
-            (None, None) => None,
-            _ => {
-                return Err(ServerError::Config(
-                    "flight_tls_cert and flight_tls_key must be given together".into(),
-                ))
-            }
-        };
+        let tls = settings
+            .flight_tls()?
+            .map(|pem| ServerTlsConfig::new().identity(Identity::from_pem(pem.cert, pem.key)));
         let authenticated = accounts.required();
         let auth = Arc::new(Authenticator::new(
             accounts,
