@@ -33,6 +33,8 @@ pub struct Settings {
     pub pg_tls_cert: Option<PathBuf>,
     /// PEM private key for the Postgres wire over TLS.
     pub pg_tls_key: Option<PathBuf>,
+    /// Refuse Postgres-wire connections that do not use TLS.
+    pub pg_tls_required: bool,
     /// Lifetime of a Flight SQL bearer token, in seconds.
     pub flight_token_ttl_secs: u64,
     /// PEM certificate for Flight SQL over TLS (with `flight_tls_key`).
@@ -57,6 +59,7 @@ impl Default for Settings {
             password_env: None,
             pg_tls_cert: None,
             pg_tls_key: None,
+            pg_tls_required: false,
             flight_token_ttl_secs: 3600,
             flight_tls_cert: None,
             flight_tls_key: None,
@@ -120,6 +123,9 @@ pub struct SettingsArgs {
     /// PEM private key for the Postgres wire over TLS.
     #[arg(long, env = "FEDSQL_PG_TLS_KEY")]
     pub pg_tls_key: Option<PathBuf>,
+    /// Refuse Postgres-wire connections that do not use TLS.
+    #[arg(long, env = "FEDSQL_PG_TLS_REQUIRED")]
+    pub pg_tls_required: bool,
     /// Flight SQL bearer-token lifetime in seconds [default: 3600].
     #[arg(long, env = "FEDSQL_FLIGHT_TOKEN_TTL_SECS")]
     pub flight_token_ttl_secs: Option<u64>,
@@ -165,6 +171,9 @@ impl SettingsArgs {
         if let Some(v) = &self.pg_tls_key {
             settings.pg_tls_key = Some(v.clone());
         }
+        if self.pg_tls_required {
+            settings.pg_tls_required = true;
+        }
         if let Some(v) = self.flight_token_ttl_secs {
             settings.flight_token_ttl_secs = v;
         }
@@ -202,7 +211,13 @@ fn read_tls(cert: &Option<PathBuf>, key: &Option<PathBuf>, name: &str) -> Result
 impl Settings {
     /// The Postgres wire's certificate and key, if TLS is configured.
     pub fn pg_tls(&self) -> Result<Option<TlsPem>> {
-        read_tls(&self.pg_tls_cert, &self.pg_tls_key, "pg_tls")
+        let pem = read_tls(&self.pg_tls_cert, &self.pg_tls_key, "pg_tls")?;
+        if pem.is_none() && self.pg_tls_required {
+            return Err(ServerError::Config(
+                "pg_tls_required needs pg_tls_cert and pg_tls_key".into(),
+            ));
+        }
+        Ok(pem)
     }
 
     /// The Flight SQL endpoint's certificate and key, if TLS is configured.

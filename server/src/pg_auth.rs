@@ -112,8 +112,9 @@ impl PgAuth {
     }
 }
 
-/// The startup of one Postgres-wire connection: refuses unknown databases,
-/// then runs SCRAM when a password is configured, or lets the client in.
+/// The startup of one Postgres-wire connection: refuses plain connections
+/// when TLS is required and unknown databases, then runs SCRAM when a
+/// password is configured, or lets the client in.
 pub struct PgStartup<Open> {
     engine: Arc<Engine>,
     open: Arc<Open>,
@@ -155,6 +156,16 @@ impl<Open: StartupHandler> StartupHandler for PgStartup<Open> {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if matches!(message, PgWireFrontendMessage::Startup(_))
+            && self.engine.settings().pg_tls_required
+            && !client.is_secure()
+        {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "this server accepts TLS connections only: connect with sslmode=require".into(),
+            ))));
+        }
         let Some(auth) = &self.auth else {
             return self.open.on_startup(client, message).await;
         };

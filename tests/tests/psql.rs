@@ -150,10 +150,9 @@ fn psql_login(server: &FedsqlServer, conninfo: &str, password: Option<&str>) -> 
     (out.status.success(), text)
 }
 
-#[test]
-fn psql_logs_in_with_scram_over_tls_as_each_configured_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+/// A throw-away certificate and key for localhost, made with openssl.
+fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = std::process::Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -165,6 +164,51 @@ fn psql_logs_in_with_scram_over_tls_as_each_configured_user() {
         .output()
         .expect("openssl makes the test certificate (scripts/test installs it)");
     assert!(made.status.success(), "{made:?}");
+    (cert, key)
+}
+
+#[test]
+fn plain_connections_are_refused_when_tls_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_certificate(dir.path());
+    let server = FedsqlServer::start_with(
+        &dir.path().join("data"),
+        &[
+            "--pg-tls-cert",
+            cert.to_str().unwrap(),
+            "--pg-tls-key",
+            key.to_str().unwrap(),
+            "--pg-tls-required",
+        ],
+    );
+    let (ok, out) = psql_login(&server, "sslmode=disable", None);
+    assert!(!ok);
+    assert!(out.contains("TLS connections only"), "{out}");
+    let (ok, out) = psql_login(&server, "sslmode=require", None);
+    assert!(ok, "{out}");
+    assert!(out.contains("SSL connection"), "{out}");
+
+    // Asking for it without a certificate is a start-up error.
+    let out = std::process::Command::new(fedsql_tests::fedsql_bin())
+        .args(["serve", "--no-demo", "--pg-tls-required", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .args([
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--flight-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pg_tls_required needs"), "{err}");
+}
+
+#[test]
+fn psql_logs_in_with_scram_over_tls_as_each_configured_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_certificate(dir.path());
     let password = "correct horse";
     // A second login from the config file's [[users]].
     let config = dir.path().join("fedsql.toml");
