@@ -171,11 +171,7 @@ impl<Open: StartupHandler> StartupHandler for PgStartup<Open> {
         };
         if let PgWireFrontendMessage::Startup(startup) = &message {
             let database = startup.parameters.get("database").map(String::as_str);
-            if let Err(e) = self.engine.resolve_database(database) {
-                let mut info = crate::wire::error_info(&e);
-                info.severity = "FATAL".into();
-                return Err(PgWireError::UserError(Box::new(info)));
-            }
+            crate::wire::refuse_unknown_database(&self.engine, database)?;
         }
         let secure = client.is_secure();
         let scram = self

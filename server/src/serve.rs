@@ -21,12 +21,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let pem = settings.pg_tls()?;
     let tls = pem.as_ref().map(pg_auth::tls_acceptor).transpose()?;
     let auth = PgAuth::new(&accounts, pem.map(|p| p.cert));
-    let pg_note = match (auth.is_some(), tls.is_some()) {
-        (true, true) => "SCRAM-SHA-256, TLS",
-        (true, false) => "SCRAM-SHA-256, no TLS",
-        (false, true) => "no authentication (loopback only), TLS",
-        (false, false) => "no authentication (loopback only)",
-    };
+    let pg_note = access_note(auth.is_some().then_some("SCRAM-SHA-256"), tls.is_some());
     let engine = Engine::open(settings).await?;
     let handlers = Arc::new(FedsqlHandlers::new(Arc::clone(&engine), auth)?);
     let listener = TcpListener::bind(pg_listen)
@@ -37,13 +32,8 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .map_err(|e| ServerError::Config(format!("cannot read listen address: {e}")))?;
     let flight = FlightServer::bind(Arc::clone(&engine), accounts).await?;
     let flight_bound = flight.local_addr()?;
-    let flight_note = match (flight.authenticated, flight.tls()) {
-        (true, true) => "basic auth, TLS",
-        (true, false) => "basic auth, no TLS",
-        (false, true) => "no authentication (loopback only), TLS",
-        (false, false) => "no authentication (loopback only)",
-    };
-    print_banner(&engine, (bound, pg_note), (flight_bound, flight_note));
+    let flight_note = access_note(flight.authenticated.then_some("basic auth"), flight.tls());
+    print_banner(&engine, (bound, &pg_note), (flight_bound, &flight_note));
 
     let (stop_flight, flight_stopped) = tokio::sync::oneshot::channel::<()>();
     let flight_task = tokio::spawn(flight.serve(async {
@@ -75,6 +65,17 @@ pub async fn serve(settings: Settings) -> Result<()> {
         Ok(Ok(())) => result,
         Ok(Err(e)) => Err(e),
         Err(e) => Err(ServerError::Config(format!("Flight SQL task failed: {e}"))),
+    }
+}
+
+/// How a listener admits clients, for the banner: `method` is its
+/// authentication, `None` when it has none.
+fn access_note(method: Option<&str>, tls: bool) -> String {
+    match (method, tls) {
+        (Some(m), true) => format!("{m}, TLS"),
+        (Some(m), false) => format!("{m}, no TLS"),
+        (None, true) => "no authentication (loopback only), TLS".into(),
+        (None, false) => "no authentication (loopback only)".into(),
     }
 }
 

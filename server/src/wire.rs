@@ -143,15 +143,21 @@ impl NoopStartupHandler for FedsqlStartup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let requested = client.metadata().get(METADATA_DATABASE).cloned();
-        self.engine
-            .resolve_database(requested.as_deref())
-            .map(|_| ())
-            .map_err(|e| {
-                let mut info = error_info(&e);
-                info.severity = "FATAL".into();
-                PgWireError::UserError(Box::new(info))
-            })
+        refuse_unknown_database(&self.engine, requested.as_deref())
     }
+}
+
+/// A connection to a database that does not exist ends at startup, with
+/// Postgres's FATAL `3D000`.
+pub(crate) fn refuse_unknown_database(
+    engine: &Engine,
+    requested: Option<&str>,
+) -> PgWireResult<()> {
+    engine.resolve_database(requested).map(|_| ()).map_err(|e| {
+        let mut info = error_info(&e);
+        info.severity = "FATAL".into();
+        PgWireError::UserError(Box::new(info))
+    })
 }
 
 struct LogErrors;
@@ -206,7 +212,7 @@ where
 }
 
 /// The Postgres `ErrorResponse` fields for a server error.
-pub(crate) fn error_info(e: &ServerError) -> ErrorInfo {
+fn error_info(e: &ServerError) -> ErrorInfo {
     let mut info = ErrorInfo::new("ERROR".into(), e.sqlstate().into(), e.to_string());
     info.position = e.position().map(|p| p.to_string());
     if matches!(e, ServerError::NotSupported { .. }) {

@@ -55,10 +55,11 @@ use crate::error::{Result, UdfError};
 const CHUNK: usize = 1024 * 1024;
 /// gRPC message limit on both ends; chunks stay far below it.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-/// HTTP/2 flow-control windows, per stream and per connection. h2's default
-/// (64 KiB) makes a 40 MB model wait for a window update every 64 KiB — a
-/// round trip each, which capped loopback at ~0.4 GB/s; a window of a few
-/// chunks keeps the pipe full on loopback and on long fat links alike.
+/// HTTP/2 flow-control windows, per stream and per connection. With h2's
+/// default (64 KiB) a sender waits for a window update every 64 KiB — a
+/// round trip each. On loopback that costs little (measured: no change on
+/// their own), but a remote site's link with a real round trip would be
+/// bound by it; a window of a few chunks keeps such a pipe full.
 const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// HTTP/2 frame size: one chunk in a handful of frames instead of 64 (the
