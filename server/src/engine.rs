@@ -229,6 +229,7 @@ impl Engine {
         crate::pg_catalog_scope::scope_pg_catalog(&ctx, database)
             .map_err(|e| ServerError::from_datafusion(&e, ""))?;
         crate::pg_compat::register_functions(&ctx);
+        crate::debug_panic::register(&ctx);
         ctx.register_udtf(
             "predict_table",
             Arc::new(PredictTable::new(Arc::clone(&self.models))),

@@ -21,6 +21,18 @@ pub enum ServerError {
         /// 1-based character position in the query string.
         position: Option<usize>,
     },
+    /// A statement nested deeper than fedsql plans safely (54001, as
+    /// Postgres's "statement too complex").
+    #[error("{message}")]
+    TooComplex {
+        message: String,
+        /// 1-based character position where the limit was passed.
+        position: Option<usize>,
+    },
+    /// fedsql itself failed (a panic caught while running one statement):
+    /// the statement ends, the session and the server go on (XX000).
+    #[error("internal error (this is a bug in fedsql, please report it): {0}")]
+    Internal(String),
     /// A statement whose capability has not landed yet (0A000).
     #[error("{statement} is not supported yet: {reason}")]
     NotSupported { statement: String, reason: String },
@@ -61,6 +73,8 @@ impl ServerError {
     pub fn sqlstate(&self) -> &str {
         match self {
             ServerError::Syntax { .. } => "42601",
+            ServerError::TooComplex { .. } => "54001",
+            ServerError::Internal(_) => "XX000",
             ServerError::NotSupported { .. } => "0A000",
             ServerError::UnknownDatabase { .. } => "3D000",
             ServerError::UndefinedObject { .. } => "42704",
@@ -75,7 +89,9 @@ impl ServerError {
     /// 1-based character position of the error in the query, if known.
     pub fn position(&self) -> Option<usize> {
         match self {
-            ServerError::Syntax { position, .. } | ServerError::Query { position, .. } => *position,
+            ServerError::Syntax { position, .. }
+            | ServerError::TooComplex { position, .. }
+            | ServerError::Query { position, .. } => *position,
             _ => None,
         }
     }
@@ -83,8 +99,9 @@ impl ServerError {
     /// Shifts the position of an error found in one statement of a longer
     /// query string by that statement's offset (in characters).
     pub fn offset_by(mut self, offset: usize) -> Self {
-        if let ServerError::Syntax { position, .. } | ServerError::Query { position, .. } =
-            &mut self
+        if let ServerError::Syntax { position, .. }
+        | ServerError::TooComplex { position, .. }
+        | ServerError::Query { position, .. } = &mut self
         {
             *position = position.map(|p| p + offset);
         }
@@ -109,6 +126,17 @@ impl ServerError {
         let root = err.find_root();
         let message = root.message().to_string();
         match root {
+            DataFusionError::SQL(parser_error, _)
+                if matches!(
+                    parser_error.as_ref(),
+                    datafusion::sql::sqlparser::parser::ParserError::RecursionLimitExceeded
+                ) =>
+            {
+                ServerError::TooComplex {
+                    message: "statement too complex: nested too deeply".into(),
+                    position: None,
+                }
+            }
             DataFusionError::SQL(parser_error, _) => syntax_error(&parser_error.to_string(), sql),
             DataFusionError::SchemaError(schema_error, _) => {
                 let sqlstate = match schema_error.as_ref() {
@@ -231,34 +259,71 @@ pub fn syntax_error(message: &str, sql: &str) -> ServerError {
 
 impl From<fedsql_sql::ParseError> for ServerError {
     fn from(e: fedsql_sql::ParseError) -> Self {
-        ServerError::Syntax {
-            message: e.message,
-            position: e.position,
+        match e.kind {
+            fedsql_sql::ParseErrorKind::Syntax => ServerError::Syntax {
+                message: e.message,
+                position: e.position,
+            },
+            fedsql_sql::ParseErrorKind::TooComplex => ServerError::TooComplex {
+                message: e.message,
+                position: e.position,
+            },
         }
+    }
+}
+
+/// The message of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Runs `work` (one statement's planning or execution) so that a panic
+/// inside it ends that statement with [`ServerError::Internal`] instead of
+/// the session: the server keeps serving every other statement.
+pub async fn catch_panic<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(ServerError::Internal(panic_message(payload.as_ref()))),
     }
 }
 
 /// 1-based character position of the first case-insensitive match of `word`
 /// in `sql` that is not part of a longer identifier.
 fn word_position(sql: &str, word: &str) -> Option<usize> {
-    if word.is_empty() {
+    // Compared char by char, each lower-cased to one char: lower-casing a
+    // whole string can change its length ('İ' becomes two chars), which
+    // would move every position after it.
+    let fold = |c: char| c.to_lowercase().next().unwrap_or(c);
+    let text: Vec<char> = sql.chars().map(fold).collect();
+    let needle: Vec<char> = word.chars().map(fold).collect();
+    if needle.is_empty() || needle.len() > text.len() {
         return None;
     }
-    let lower = sql.to_lowercase();
-    let needle = word.to_lowercase();
-    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
-    let mut from = 0;
-    while let Some(found) = lower[from..].find(&needle) {
-        let start = from + found;
-        let end = start + needle.len();
-        let before = lower[..start].chars().next_back();
-        let after = lower[end..].chars().next();
-        if !before.is_some_and(is_ident) && !after.is_some_and(is_ident) {
-            return Some(sql[..start.min(sql.len())].chars().count() + 1);
-        }
-        from = end;
-    }
-    None
+    let is_ident = |c: &char| c.is_alphanumeric() || *c == '_';
+    (0..=text.len() - needle.len())
+        .find(|&start| {
+            let end = start + needle.len();
+            text[start..end] == needle[..]
+                && !start
+                    .checked_sub(1)
+                    .and_then(|b| text.get(b))
+                    .is_some_and(is_ident)
+                && !text.get(end).is_some_and(is_ident)
+        })
+        // A quoted identifier's position is its opening quote, as Postgres's.
+        .map(
+            |start| match start.checked_sub(1).and_then(|b| text.get(b)) {
+                Some('"') => start,
+                _ => start + 1,
+            },
+        )
 }
 
 /// Where the missing table of "table 'a.b.c' not found" is named in `sql`.
@@ -300,6 +365,14 @@ mod tests {
     fn word_position_skips_longer_identifiers() {
         assert_eq!(word_position("select nopes, nope from t", "nope"), Some(15));
         assert_eq!(word_position("select x", "nope"), None);
+    }
+
+    #[test]
+    fn positions_count_characters_after_multibyte_text() {
+        // 'İ' is two bytes and lower-cases to two chars.
+        let sql = "SELECT 'İİİİ', \"éa\" FROM t";
+        assert_eq!(word_position(sql, "éa"), Some(16));
+        assert_eq!(word_position("SELECT 'İ', x", "x"), Some(13));
     }
 
     #[test]

@@ -38,6 +38,10 @@ impl Engine {
     ///
     /// Errors carry positions relative to `sql`.
     pub async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+        crate::error::catch_panic(self.plan_sql_unguarded(ctx, sql)).await
+    }
+
+    async fn plan_sql_unguarded(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
         if is_create_external_table(sql) {
             // DataFusion's own parser takes any `STORED AS` name (`KAFKA`);
             // the Postgres-dialect parser knows only Hive's file formats.
@@ -94,8 +98,18 @@ impl Engine {
     /// Runs one statement of either kind in `ctx` (whose default catalog is
     /// `database`).
     ///
-    /// Errors carry positions relative to the statement's own text.
+    /// Errors carry positions relative to the statement's own text. A panic
+    /// while planning or running it ends it with [`ServerError::Internal`].
     pub async fn run_statement(
+        &self,
+        ctx: &SessionContext,
+        database: &str,
+        statement: &fedsql_sql::Statement,
+    ) -> Result<Planned> {
+        crate::error::catch_panic(self.run_statement_unguarded(ctx, database, statement)).await
+    }
+
+    async fn run_statement_unguarded(
         &self,
         ctx: &SessionContext,
         database: &str,

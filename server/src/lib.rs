@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod catalog_store;
 pub mod config;
+mod debug_panic;
 pub mod engine;
 pub mod error;
 pub mod flight;
@@ -24,3 +25,7 @@ pub mod wire;
 pub use config::{Settings, SettingsArgs};
 pub use engine::Engine;
 pub use error::{Result, ServerError};
+
+/// Stack size of the runtime's worker and blocking threads (64 MiB): see
+/// `fedsql_sql::complexity` for the statements it has to run.
+pub const WORKER_STACK_BYTES: usize = 64 << 20;

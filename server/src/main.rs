@@ -90,6 +90,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Planning and running a statement recurse over its plan and
+        // expression trees. DataFusion grows the stack on the heap at its
+        // own recursion points (`recursive_protection`), but naming,
+        // displaying and dropping expressions do not; with tokio's 2 MiB a
+        // chain of 250 `+` terms overflowed a dev-build worker and aborted
+        // the process. Statements deeper than the front's limit
+        // (`fedsql_sql::complexity::MAX_EXPRESSION_DEPTH`) are refused with
+        // 54001; this stack runs everything under it. Untouched stack pages
+        // cost no memory.
+        .thread_stack_size(fedsql_server::WORKER_STACK_BYTES)
         .build()
     {
         Ok(rt) => rt,

@@ -24,7 +24,7 @@ use datafusion::sql::sqlparser;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser as DfParser};
 use futures::future::Either;
-use futures::{stream, Sink, SinkExt, StreamExt};
+use futures::{stream, FutureExt, Sink, SinkExt, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
@@ -229,7 +229,15 @@ fn classify(err: PgWireError, sql: &str) -> Result<PgWireError, ServerError> {
             if let Some(df) = inner.downcast_ref::<DataFusionError>() {
                 Err(ServerError::from_datafusion(df, sql))
             } else if let Some(pe) = inner.downcast_ref::<sqlparser::parser::ParserError>() {
-                Err(crate::error::syntax_error(&pe.to_string(), sql))
+                Err(match pe {
+                    sqlparser::parser::ParserError::RecursionLimitExceeded => {
+                        ServerError::TooComplex {
+                            message: "statement too complex: nested too deeply".into(),
+                            position: None,
+                        }
+                    }
+                    _ => crate::error::syntax_error(&pe.to_string(), sql),
+                })
             } else {
                 Err(ServerError::Query {
                     sqlstate: "XX000".into(),
@@ -309,6 +317,23 @@ where
     result
 }
 
+/// The client's error for a panic caught while serving one statement.
+fn panic_error(payload: &(dyn std::any::Any + Send)) -> PgWireError {
+    let e = ServerError::Internal(crate::error::panic_message(payload));
+    tracing::error!("{e}");
+    to_wire(Err(e), 0).0
+}
+
+/// Runs one protocol message's work so that a panic in it (planning,
+/// execution, a UDF) answers that message with XX000 and leaves the
+/// connection, and every other session, serving.
+async fn guarded<T>(work: impl std::future::Future<Output = PgWireResult<T>>) -> PgWireResult<T> {
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(panic_error(payload.as_ref())),
+    }
+}
+
 /// Waits for a query's first row inside `do_query`, which pgwire races
 /// against cancel requests; without this, blocking work (aggregates, sorts)
 /// would run later while rows stream out, where a cancel cannot reach it.
@@ -323,8 +348,17 @@ async fn start_rows(response: Response, sql: &str) -> PgWireResult<Response> {
         return Err(e);
     }
     let sql = sql.to_string();
-    let rest = std::mem::replace(query.data_rows(), Box::pin(stream::empty()))
-        .map(move |row| row.map_err(|e| to_wire(classify(e, &sql), 0).0));
+    // pgwire polls the rest of the rows outside any handler: a panic while
+    // computing them ends this result with XX000, not the connection.
+    let rest = std::panic::AssertUnwindSafe(std::mem::replace(
+        query.data_rows(),
+        Box::pin(stream::empty()),
+    ))
+    .catch_unwind()
+    .map(move |row| match row {
+        Ok(row) => row.map_err(|e| to_wire(classify(e, &sql), 0).0),
+        Err(payload) => Err(panic_error(payload.as_ref())),
+    });
     let tag = query.command_tag().to_string();
     let mut started = QueryResponse::new(query.row_schema(), stream::iter(first).chain(rest));
     started.set_command_tag(&tag);
@@ -355,6 +389,19 @@ impl FedsqlService {
 #[async_trait]
 impl SimpleQueryHandler for FedsqlService {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        guarded(self.simple_query(client, query)).await
+    }
+}
+
+impl FedsqlService {
+    /// The simple-query protocol's work, under [`guarded`].
+    async fn simple_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -490,6 +537,34 @@ impl ExtendedQueryHandler for FedsqlService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        guarded(self.execute_portal(client, message)).await
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        guarded(self.query_portal(client, portal, max_rows)).await
+    }
+}
+
+impl FedsqlService {
+    /// Execute's work, under [`guarded`] (see `on_execute`).
+    async fn execute_portal<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
         let portal = match client.portal_store().get_portal(name) {
             Some(Entry::Value(portal))
@@ -580,15 +655,16 @@ impl ExtendedQueryHandler for FedsqlService {
         Ok(())
     }
 
-    async fn do_query<C>(
+    /// A portal's query, under [`guarded`].
+    async fn query_portal<C>(
         &self,
         client: &mut C,
-        portal: &Portal<Self::Statement>,
+        portal: &Portal<PreparedStatement>,
         max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
@@ -678,6 +754,33 @@ impl QueryParser for FedsqlParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        guarded(self.parse_statement(client, sql, types)).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        DfParser::get_parameter_types(&self.template.query_parser(), stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        DfParser::get_result_schema(&self.template.query_parser(), stmt, column_format)
+    }
+}
+
+impl FedsqlParser {
+    /// Parse's work, under [`guarded`].
+    async fn parse_statement<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<PreparedStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
         let session = connection_session(&self.engine, client).map_err(|e| to_wire(Err(e), 0).0)?;
         let mut statements = fedsql_sql::parse(sql).map_err(|e| to_wire(Err(e.into()), 0).0)?;
         if statements.len() > 1 {
@@ -723,17 +826,5 @@ impl QueryParser for FedsqlParser {
                 .await
                 .map_err(|e| to_wire(classify(e, &text), offset).0),
         }
-    }
-
-    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
-        DfParser::get_parameter_types(&self.template.query_parser(), stmt)
-    }
-
-    fn get_result_schema(
-        &self,
-        stmt: &Self::Statement,
-        column_format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
-        DfParser::get_result_schema(&self.template.query_parser(), stmt, column_format)
     }
 }

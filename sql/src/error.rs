@@ -3,7 +3,18 @@
 use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::Location;
 
-/// A syntax error in a fedsql statement (SQLSTATE 42601 on the wire).
+/// Why a statement was refused before planning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseErrorKind {
+    /// The text is not valid SQL (SQLSTATE 42601).
+    Syntax,
+    /// The statement is valid but nested deeper than fedsql plans safely
+    /// (SQLSTATE 54001, Postgres's "statement too complex").
+    TooComplex,
+}
+
+/// A statement refused by [`crate::parse`]: a syntax error (SQLSTATE 42601
+/// on the wire) or a statement too complex to plan (54001).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ParseError {
@@ -12,6 +23,8 @@ pub struct ParseError {
     /// 1-based character position in the whole query string, as Postgres's
     /// `P` error field expects.
     pub position: Option<usize>,
+    /// Which of the two refusals this is.
+    pub kind: ParseErrorKind,
 }
 
 impl ParseError {
@@ -20,17 +33,27 @@ impl ParseError {
         ParseError {
             message: message.into(),
             position,
+            kind: ParseErrorKind::Syntax,
         }
     }
 
     /// Converts a sqlparser error on `sql` into one with a character position.
     pub fn from_parser_error(err: &ParserError, sql: &str) -> Self {
-        let raw = match err {
-            ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
-            ParserError::RecursionLimitExceeded => "statement is nested too deeply".to_string(),
+        let (raw, kind) = match err {
+            ParserError::TokenizerError(m) | ParserError::ParserError(m) => {
+                (m.clone(), ParseErrorKind::Syntax)
+            }
+            ParserError::RecursionLimitExceeded => (
+                "statement too complex: nested too deeply".to_string(),
+                ParseErrorKind::TooComplex,
+            ),
         };
         let (message, position) = locate(&raw, sql);
-        ParseError { message, position }
+        ParseError {
+            message,
+            position,
+            kind,
+        }
     }
 }
 

@@ -7,9 +7,10 @@
 #![warn(rust_2018_idioms)]
 
 pub mod ast;
+pub mod complexity;
 pub mod error;
 pub mod parser;
 
 pub use ast::*;
-pub use error::{locate, ParseError};
+pub use error::{locate, ParseError, ParseErrorKind};
 pub use parser::{parse, Statement};

@@ -78,6 +78,20 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, ParseError> {
         let (Some(first), Some(last)) = (meaningful.first(), meaningful.last()) else {
             continue;
         };
+        let (depth, deepest) = crate::complexity::expression_depth(&group);
+        if depth > crate::complexity::MAX_EXPRESSION_DEPTH {
+            return Err(ParseError {
+                message: format!(
+                    "statement too complex: its expressions nest {depth} operators deep \
+                     (at most {} are planned)",
+                    crate::complexity::MAX_EXPRESSION_DEPTH
+                ),
+                position: deepest
+                    .and_then(|s| char_position(sql, s.start))
+                    .map(|p| p + 1),
+                kind: crate::ParseErrorKind::TooComplex,
+            });
+        }
         let (start, end) = (text.byte(first.span.start), text.byte(last.span.end));
         let statement_text = sql[start..end].to_string();
         let offset = sql[..start].chars().count();

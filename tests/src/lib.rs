@@ -160,6 +160,12 @@ impl FedsqlServer {
         client
     }
 
+    /// Whether the server process is still running (it has not exited,
+    /// crashed or aborted).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Stops the server with SIGTERM and waits for it to exit cleanly.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()

@@ -221,11 +221,20 @@ impl PendingResults {
                 let rows = plan
                     .execute(partition, Arc::clone(task))
                     .map_err(|e| ServerError::from_datafusion(&e, &sql))?;
-                rows.map(move |batch| match batch {
-                    Ok(batch) => to_wire_batch(batch, &schema).map_err(|e| arrow_error(e, &sql)),
-                    Err(e) => Err(ServerError::from_datafusion(&e, &sql)),
-                })
-                .boxed()
+                // A panic while computing a batch ends this stream with
+                // XX000, not the connection.
+                std::panic::AssertUnwindSafe(rows)
+                    .catch_unwind()
+                    .map(move |batch| match batch {
+                        Ok(Ok(batch)) => {
+                            to_wire_batch(batch, &schema).map_err(|e| arrow_error(e, &sql))
+                        }
+                        Ok(Err(e)) => Err(ServerError::from_datafusion(&e, &sql)),
+                        Err(payload) => Err(ServerError::Internal(crate::error::panic_message(
+                            payload.as_ref(),
+                        ))),
+                    })
+                    .boxed()
             }
         };
         Ok((answer.schema(), tracked(batches, tracker)))
