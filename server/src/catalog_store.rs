@@ -34,11 +34,23 @@ pub struct SourceEntry {
     pub created_at_us: i64,
 }
 
+/// A site created with `CREATE SITE`: its token only as a salted hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SiteEntry {
+    pub name: String,
+    pub credential: crate::sites::SiteCredential,
+    /// Microseconds since the Unix epoch.
+    pub created_at_us: i64,
+}
+
 /// Everything in `catalog.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CatalogState {
     pub sources: Vec<SourceEntry>,
     pub views: Vec<ViewEntry>,
+    /// Absent in files written before sites existed.
+    #[serde(default)]
+    pub sites: Vec<SiteEntry>,
 }
 
 /// Reads and writes [`CatalogState`] under the data dir.
@@ -93,6 +105,11 @@ mod tests {
                 name: "demo.public.v".into(),
                 database: "demo".into(),
                 sql: "CREATE VIEW v AS SELECT 1".into(),
+            }],
+            sites: vec![SiteEntry {
+                name: "eu".into(),
+                credential: crate::sites::SiteCredential::new("token"),
+                created_at_us: 1,
             }],
         };
         store.save(&state).unwrap();

@@ -45,6 +45,38 @@ pub struct Settings {
     pub users: Vec<UserConfig>,
     /// Sources declared in the config file (the same options as `CREATE SOURCE`).
     pub sources: Vec<SourceConfig>,
+    /// Coordinator: the sites that may connect (`[[sites]]`), as with
+    /// `CREATE SITE`.
+    pub sites: Vec<SiteConfig>,
+    /// Site process (`fedsql site`): its token and its policy (`[site]`).
+    pub site: Option<SitePolicy>,
+}
+
+/// A `[[sites]]` entry of a coordinator: a site's name and the variable
+/// holding the token it authenticates with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: String,
+    pub token_env: String,
+}
+
+/// A site's `[site]` section: how it authenticates to its coordinator and
+/// what the coordinator may read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SitePolicy {
+    /// The variable holding this site's token.
+    pub token_env: Option<String>,
+    /// Tables a coordinator's training and evaluation queries may read, as
+    /// `schema.table` (in `database`) or `catalog.schema.table`. Anything
+    /// else is refused at the site. Empty: nothing may be read.
+    pub allow: Vec<String>,
+    /// The catalog that resolves the coordinator's unqualified names
+    /// [default: the site's default database].
+    pub database: Option<String>,
+    /// PEM certificate authority for a `https://` coordinator.
+    pub coordinator_ca: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -65,6 +97,8 @@ impl Default for Settings {
             flight_tls_key: None,
             users: Vec::new(),
             sources: Vec::new(),
+            sites: Vec::new(),
+            site: None,
         }
     }
 }

@@ -29,12 +29,13 @@ use fedsql_connectors::pushdown::{FedsqlOptions, PolicyFederationRule};
 use fedsql_connectors::RemoteQueryObserver;
 use fedsql_sql::{FedsqlStatement, SourceKind};
 
-use crate::catalog_store::{CatalogState, CatalogStore, SourceEntry, ViewEntry};
+use crate::catalog_store::{CatalogState, CatalogStore, SiteEntry, SourceEntry, ViewEntry};
 use crate::config::Settings;
 use crate::error::{Result, ServerError};
 use crate::front::Planned;
 use crate::model_tables;
 use crate::query_log::QueryLog;
+use crate::sites::{SiteCredential, SiteRegistry};
 use crate::system_tables::{self, SystemTable};
 use datafusion::logical_expr::ScalarUDF;
 use fedsql_udfs::predict::{Output, PredictTable, PredictUdf};
@@ -77,6 +78,7 @@ pub struct Engine {
     queries: Arc<QueryLog>,
     demo: Option<DemoManifest>,
     models: Arc<ModelRegistry>,
+    sites: Arc<SiteRegistry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -113,12 +115,26 @@ impl Engine {
         let state = Arc::new(Mutex::new(store.load()?));
         let queries = Arc::new(QueryLog::default());
         let models = Arc::new(ModelRegistry::open(&settings.data_dir));
+        let sites = Arc::new(SiteRegistry::default());
+        for site in &state.lock().unwrap_or_else(|p| p.into_inner()).sites {
+            sites.define(&site.name, site.credential.clone());
+        }
+        for site in &settings.sites {
+            let token = std::env::var(&site.token_env).map_err(|_| {
+                ServerError::Config(format!(
+                    "site {}: environment variable {} (token_env) is not set",
+                    site.name, site.token_env
+                ))
+            })?;
+            sites.define(&site.name, SiteCredential::new(&token));
+        }
         catalogs.register_catalog(
             SYSTEM_CATALOG.to_string(),
             system_catalog(
                 Arc::clone(&state),
                 Arc::clone(&queries),
                 Arc::clone(&models),
+                Arc::clone(&sites),
             )?,
         );
 
@@ -131,6 +147,7 @@ impl Engine {
             queries,
             demo,
             models,
+            sites,
         });
         engine.open_sources().await?;
         engine.replay_views().await?;
@@ -150,6 +167,11 @@ impl Engine {
     /// The model registry.
     pub fn models(&self) -> &ModelRegistry {
         &self.models
+    }
+
+    /// The sites that may connect to this coordinator.
+    pub fn sites(&self) -> &Arc<SiteRegistry> {
+        &self.sites
     }
 
     /// The recent-query log behind `fedsql.system.queries`.
@@ -335,6 +357,12 @@ impl Engine {
                 self.catalogs.catalogs.remove(name);
                 Ok(FedsqlOutcome::Command("DROP SOURCE".into()))
             }
+            FedsqlStatement::CreateSite {
+                name,
+                if_not_exists,
+                options,
+            } => self.create_site(name, *if_not_exists, options),
+            FedsqlStatement::DropSite { name, if_exists } => self.drop_site(name, *if_exists),
             FedsqlStatement::TrainModel(tm) => self.train_model(ctx, tm).await,
             FedsqlStatement::ShowModels => Ok(FedsqlOutcome::Query(
                 "SELECT model, version, kind, target, strategy, rounds, clients, created_at, metrics \
@@ -506,6 +534,89 @@ impl Engine {
         Arc::clone(&self.queries) as Arc<dyn RemoteQueryObserver>
     }
 
+    /// `CREATE SITE`: reads the token from the variable `token_env` names
+    /// and persists only its salted hash.
+    fn create_site(
+        &self,
+        name: &str,
+        if_not_exists: bool,
+        options: &[(String, fedsql_sql::OptionValue)],
+    ) -> Result<FedsqlOutcome> {
+        let tag = || Ok(FedsqlOutcome::Command("CREATE SITE".into()));
+        let mut token_env = None;
+        for (key, value) in options {
+            match key.as_str() {
+                "token_env" => token_env = Some(value.as_text()),
+                other => {
+                    return Err(ServerError::Config(format!(
+                        "unknown site option {other} (known: token_env)"
+                    )))
+                }
+            }
+        }
+        let token_env = token_env.ok_or_else(|| {
+            ServerError::Config(
+                "CREATE SITE needs OPTIONS (token_env 'VAR'): the variable holding the site's token"
+                    .into(),
+            )
+        })?;
+        let token = std::env::var(&token_env).map_err(|_| {
+            ServerError::Config(format!(
+                "environment variable {token_env} (token_env) is not set in the coordinator's environment"
+            ))
+        })?;
+        if token.is_empty() {
+            return Err(ServerError::Config(format!("{token_env} is empty")));
+        }
+        let mut state = self.lock_state();
+        if self.sites.contains(name) {
+            if if_not_exists {
+                return tag();
+            }
+            return Err(ServerError::DuplicateObject {
+                kind: "site",
+                name: name.to_string(),
+            });
+        }
+        let credential = SiteCredential::new(&token);
+        let mut next = state.clone();
+        next.sites.push(SiteEntry {
+            name: name.to_string(),
+            credential: credential.clone(),
+            created_at_us: now_us(),
+        });
+        self.store.save(&next)?;
+        *state = next;
+        self.sites.define(name, credential);
+        tag()
+    }
+
+    /// `DROP SITE`: sites from `[[sites]]` stay until the config changes.
+    fn drop_site(&self, name: &str, if_exists: bool) -> Result<FedsqlOutcome> {
+        let mut state = self.lock_state();
+        let Some(pos) = state.sites.iter().position(|s| s.name == name) else {
+            if self.settings.sites.iter().any(|s| s.name == name) {
+                return Err(ServerError::NotSupported {
+                    statement: "DROP SITE".into(),
+                    reason: format!("site \"{name}\" is defined in the config file ([[sites]])"),
+                });
+            }
+            if if_exists {
+                return Ok(FedsqlOutcome::Command("DROP SITE".into()));
+            }
+            return Err(ServerError::UndefinedObject {
+                kind: "site",
+                name: name.to_string(),
+            });
+        };
+        let mut next = state.clone();
+        next.sites.remove(pos);
+        self.store.save(&next)?;
+        *state = next;
+        self.sites.remove(name);
+        Ok(FedsqlOutcome::Command("DROP SITE".into()))
+    }
+
     fn lock_state(&self) -> std::sync::MutexGuard<'_, CatalogState> {
         // State is replaced only after a successful save, so it is consistent
         // even if a holder panicked.
@@ -527,8 +638,13 @@ fn system_catalog(
     state: Arc<Mutex<CatalogState>>,
     queries: Arc<QueryLog>,
     models: Arc<ModelRegistry>,
+    sites: Arc<SiteRegistry>,
 ) -> Result<Arc<dyn CatalogProvider>> {
     let system = Arc::new(MemorySchemaProvider::new());
+    let site_rows = SystemTable::new(
+        system_tables::sites_schema(),
+        Arc::new(move || system_tables::sites_batch(&sites.rows())),
+    );
     let sources = SystemTable::new(
         system_tables::sources_schema(),
         Arc::new(move || {
@@ -546,6 +662,9 @@ fn system_catalog(
         .map_err(to_err)?;
     system
         .register_table("queries".into(), Arc::new(log))
+        .map_err(to_err)?;
+    system
+        .register_table("sites".into(), Arc::new(site_rows))
         .map_err(to_err)?;
     type Batch = fn(&ModelRegistry) -> datafusion::error::Result<RecordBatch>;
     let model_tables: [(&str, SchemaRef, Batch); 3] = [

@@ -18,6 +18,7 @@ pub mod pg_compat;
 pub mod query_log;
 mod secure_round;
 pub mod serve;
+pub mod sites;
 pub mod system_tables;
 pub mod training;
 pub mod wire;

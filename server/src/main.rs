@@ -63,14 +63,18 @@ enum Command {
         #[arg(long)]
         full_refresh: bool,
     },
-    /// Run a federated site next to its own data.
+    /// Run a federated site next to its own data: it dials out to the
+    /// coordinator, runs training queries on its own catalog under its
+    /// `[site]` policy, and sends back only weights and metrics.
     Site {
+        /// The site's name, as the coordinator's CREATE SITE / [[sites]] has it.
         #[arg(long)]
         name: String,
+        /// The coordinator's Flight endpoint, e.g. http://10.0.0.1:50051.
         #[arg(long)]
         coordinator: String,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
 }
 
@@ -148,10 +152,11 @@ async fn run(cli: Cli) -> Result<(), ServerError> {
             statement: "fedsql run".into(),
             reason: "dbt-style projects have not landed yet".into(),
         }),
-        Command::Site { .. } => Err(ServerError::NotSupported {
-            statement: "fedsql site".into(),
-            reason: "remote federated sites have not landed yet".into(),
-        }),
+        Command::Site {
+            name,
+            coordinator,
+            settings,
+        } => fedsql_server::sites::agent::run_site(settings.resolve()?, name, coordinator).await,
     }
 }
 

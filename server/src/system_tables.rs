@@ -19,6 +19,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::catalog_store::SourceEntry;
 use crate::query_log::QueryRecord;
+use crate::sites::registry::SiteRow;
 
 /// Produces the current rows of a system table.
 pub type Snapshot = Arc<dyn Fn() -> DfResult<RecordBatch> + Send + Sync>;
@@ -106,6 +107,63 @@ pub fn sources_batch(sources: &[SourceEntry]) -> DfResult<RecordBatch> {
         Arc::new(created.finish()),
     ];
     Ok(RecordBatch::try_new(sources_schema(), columns)?)
+}
+
+/// Schema of `fedsql.system.sites`.
+pub fn sites_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("address", DataType::Utf8, true),
+        Field::new("last_seen", timestamp(), true),
+        Field::new("version", DataType::Utf8, true),
+        Field::new("tables", DataType::Utf8, false),
+    ]))
+}
+
+/// Rows of `fedsql.system.sites`: `tables` lists what each site offers for
+/// training, as `name(column type, …)`, separated by `; ` (names and types
+/// only: the coordinator never sees a site's rows).
+pub fn sites_batch(sites: &[SiteRow]) -> DfResult<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut status = StringBuilder::new();
+    let mut address = StringBuilder::new();
+    let mut last_seen = TimestampMicrosecondBuilder::new();
+    let mut version = StringBuilder::new();
+    let mut tables = StringBuilder::new();
+    for s in sites {
+        name.append_value(&s.name);
+        status.append_value(if s.online { "online" } else { "offline" });
+        address.append_option(s.address.as_deref());
+        last_seen.append_option(s.last_seen.and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_micros()).ok())
+        }));
+        version.append_option(s.version.as_deref());
+        let offered: Vec<String> = s
+            .tables
+            .iter()
+            .map(|t| {
+                let columns: Vec<String> = t
+                    .columns
+                    .iter()
+                    .map(|(c, ty)| format!("{c} {ty}"))
+                    .collect();
+                format!("{}({})", t.name, columns.join(", "))
+            })
+            .collect();
+        tables.append_value(offered.join("; "));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(name.finish()),
+        Arc::new(status.finish()),
+        Arc::new(address.finish()),
+        Arc::new(last_seen.finish()),
+        Arc::new(version.finish()),
+        Arc::new(tables.finish()),
+    ];
+    Ok(RecordBatch::try_new(sites_schema(), columns)?)
 }
 
 /// Schema of `fedsql.system.queries`.

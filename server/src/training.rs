@@ -16,18 +16,18 @@ use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use fedsql_sql::{EvaluateModel, ExistingModel, Federation, TrainModel};
-use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
-use fedsql_udfs::exchange::{ExchangeClient, ExchangeServer};
-use fedsql_udfs::features::{
-    column_kind, text_values, ColumnKind, ColumnSummary, FeatureTransform,
+use fedsql_udfs::client::{
+    profile, Encoding, InputColumns, LocalClient, Profile, TargetMoments, TargetSpec,
+    TrainingClient,
 };
+use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
+use fedsql_udfs::exchange::ExchangeServer;
+use fedsql_udfs::features::{text_values, ColumnSummary, FeatureTransform};
 use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
-use fedsql_udfs::registry::{LiveTraining, ModelVersion, RoundRecord, Task};
+use fedsql_udfs::registry::{LiveTraining, ModelVersion, RoundRecord, Task as ModelTask};
 use fedsql_udfs::strategy::ClientUpdate;
-use fedsql_udfs::train::{
-    evaluate, train_local, Examples, LocalConfig, LocalResult, Metrics, Targets,
-};
+use fedsql_udfs::train::{train_local, Examples, LocalConfig, LocalResult, Metrics};
 use fedsql_udfs::UdfError;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -36,6 +36,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::engine::{quote_literal, Engine, FedsqlOutcome};
 use crate::error::{Result, ServerError};
 use crate::secure_round::{secure_round, SecureClient};
+use crate::sites::protocol::{Reply as SiteReply, Task};
+use crate::sites::remote::RemoteSite;
 use fedsql_connectors::ReadPurpose;
 
 tokio::task_local! {
@@ -69,15 +71,36 @@ fn input_error(message: String) -> ServerError {
     udf_error(UdfError::Input(message))
 }
 
-/// One federated client: its name and its rows split for training and
-/// validation.
-struct Client {
-    name: String,
-    train: Arc<Examples>,
-    validation: Arc<Examples>,
-    /// count, sum and sum of squares of its validation targets (regression),
-    /// for a federated R².
-    target_moments: (f64, f64, f64),
+/// A training input resolved against its clients' profiles.
+struct TrainingInput {
+    /// `FEDERATED BY x` / `FEDERATED ON SITES (…)`, for messages.
+    describe: String,
+    schema: SchemaRef,
+    columns: InputColumns,
+    /// Each client's name and profile, in client order.
+    profiles: Vec<(String, Profile)>,
+    clients: ClientRows,
+}
+
+/// Where each client's rows are.
+enum ClientRows {
+    /// In this process, one batch per partition.
+    Partitions(Vec<(String, RecordBatch)>),
+    /// At the sites: each site's name and the session that prepared it.
+    Sites(Vec<(String, Option<String>)>),
+}
+
+/// The input's columns for `spec`, with 42703 for a missing target.
+fn resolve_columns(schema: &SchemaRef, spec: &TargetSpec) -> Result<InputColumns> {
+    if schema.index_of(&spec.target).is_err() {
+        return Err(missing_column("target", &spec.target, "training", schema));
+    }
+    if let Some(by) = &spec.excluded {
+        if schema.index_of(by).is_err() {
+            return Err(missing_column("FEDERATED BY", by, "training", schema));
+        }
+    }
+    InputColumns::resolve(schema, spec).map_err(udf_error)
 }
 
 /// `mlp(hidden_units = '64,32', activation = 'relu')` → layers and activation.
@@ -301,117 +324,72 @@ impl Engine {
         )
         .map_err(udf_error)?;
         let (hidden, activation) = architecture_params(tm)?;
-        let by = match &tm.federation {
-            Federation::ByColumn(c) => c.clone(),
-            Federation::OnSites(_) => {
-                return Err(ServerError::NotSupported {
-                    statement: "TRAIN MODEL … FEDERATED ON SITES".into(),
-                    reason: "sites (`fedsql site`) have not landed; use FEDERATED BY a column"
-                        .into(),
-                })
-            }
-        };
+        if options.secure_aggregation && matches!(tm.federation, Federation::OnSites(_)) {
+            return Err(ServerError::NotSupported {
+                statement: "TRAIN MODEL … FEDERATED ON SITES WITH (secure_aggregation = true)"
+                    .into(),
+                reason: "secure aggregation runs over FEDERATED BY partitions only so far".into(),
+            });
+        }
 
-        // The input: any fedsql query, planned in the caller's session. Its
-        // source reads are labelled with the version being made, so what a
-        // version was trained on (e.g. the Kafka offsets) can be traced.
+        // The input: any fedsql query. Partitions: planned in the caller's
+        // session, its source reads labelled with the version being made
+        // (so what a version was trained on, e.g. Kafka offsets, can be
+        // traced). Sites: sent to each site, which runs it on its own
+        // catalog and answers only its profile.
         let sql = tm.input.to_sql();
         let version = registry.next_version(&tm.name);
         let purpose = Arc::new(ReadPurpose::new(format!(
             "model {} version {version}",
             tm.name
         )));
-        let all = self
-            .query_rows(&with_purpose(ctx, Arc::clone(&purpose)), &sql)
-            .await?;
-        let schema = all.schema();
-        let find = |name: &str, role: &str| {
-            schema
-                .index_of(name)
-                .map_err(|_| missing_column(role, name, "training", &schema))
+        let spec = TargetSpec {
+            target: tm.target.clone(),
+            algorithm: tm.algorithm.clone(),
+            excluded: match &tm.federation {
+                Federation::ByColumn(by) => Some(by.clone()),
+                Federation::OnSites(_) => None,
+            },
         };
-        let target_index = find(&tm.target, "target")?;
-        let by_index = find(&by, "FEDERATED BY")?;
-        let mut feature_columns = Vec::new();
-        for (i, field) in schema.fields().iter().enumerate() {
-            if i == target_index || i == by_index {
-                continue;
+        let run = format!("{}-{version}-{}", tm.name, crate::flight::random_hex(6));
+        let input = match &tm.federation {
+            Federation::ByColumn(by) => {
+                let ctx = with_purpose(ctx, Arc::clone(&purpose));
+                self.partition_input(&ctx, &sql, by, &spec).await?
             }
-            let kind = column_kind(field.data_type()).ok_or_else(|| {
-                input_error(format!(
-                    "column {} of type {} cannot be a feature; leave it out of the input",
-                    field.name(),
-                    field.data_type()
-                ))
-            })?;
-            feature_columns.push((i, field.name().clone(), field.data_type().clone(), kind));
-        }
-        if feature_columns.is_empty() {
-            return Err(input_error(
-                "the training input has no feature columns besides the target and the FEDERATED BY column".into(),
-            ));
-        }
-        if all.num_rows() == 0 {
-            return Err(input_error("the training input has no rows".into()));
-        }
-
-        // The task, from the model kind and the target's type.
-        let target_type = schema.field(target_index).data_type().clone();
-        let target_kind = column_kind(&target_type);
-        let classify = match (tm.algorithm.as_str(), target_kind) {
-            ("linear_regression", Some(ColumnKind::Numeric))
-                if target_type != DataType::Boolean =>
-            {
-                false
-            }
-            ("linear_regression", _) => {
-                return Err(input_error(format!(
-                    "linear_regression needs a numeric target; {} is {target_type}",
-                    tm.target
-                )))
-            }
-            ("logistic_regression", Some(_)) => true,
-            ("mlp", Some(ColumnKind::Numeric)) => target_type == DataType::Boolean,
-            ("mlp", Some(ColumnKind::Text)) => true,
-            _ => {
-                return Err(input_error(format!(
-                    "the target {} of type {target_type} cannot be predicted",
-                    tm.target
-                )))
+            Federation::OnSites(names) => {
+                self.site_input(names, &sql, &spec, &run, &options).await?
             }
         };
-
-        // Split rows into clients by the FEDERATED BY value; rows without a
-        // target cannot train anything.
-        let targets_text = text_values(all.column(target_index)).map_err(udf_error)?;
-        let client_batches = split_by(&all, by_index, |row| targets_text[row].is_some(), &sql)?;
-        let available = client_batches.len();
+        let available = input.profiles.len();
         if available < options.min_available_nodes || available < options.min_train_nodes {
             return Err(input_error(format!(
-                "FEDERATED BY {by} gives {available} client(s), fewer than \
+                "{} gives {available} client(s), fewer than \
                  min_available_nodes = {} / min_train_nodes = {}",
-                options.min_available_nodes, options.min_train_nodes
+                input.describe, options.min_available_nodes, options.min_train_nodes
             )));
         }
+        let columns = &input.columns;
+        let classify = columns.classify;
+        let target_type = input.schema.field(columns.target).data_type().clone();
 
-        // Federated statistics: each client summarises, the coordinator merges.
-        let mut merged: Vec<ColumnSummary> = vec![ColumnSummary::default(); feature_columns.len()];
+        // Federated statistics: each client summarised, the coordinator merges.
+        let mut merged: Vec<ColumnSummary> = vec![ColumnSummary::default(); columns.features.len()];
         let mut labels = std::collections::BTreeSet::new();
-        for (_, batch) in &client_batches {
-            for (slot, (i, _, _, kind)) in merged.iter_mut().zip(&feature_columns) {
-                slot.merge(&ColumnSummary::of(*kind, batch.column(*i)).map_err(udf_error)?);
+        let mut target_summary = ColumnSummary::default();
+        for (_, p) in &input.profiles {
+            for (slot, summary) in merged.iter_mut().zip(&p.features) {
+                slot.merge(summary);
             }
-            if classify {
-                labels.extend(
-                    text_values(batch.column(target_index))
-                        .map_err(udf_error)?
-                        .into_iter()
-                        .flatten(),
-                );
-            }
+            labels.extend(p.labels.iter().cloned());
+            target_summary.merge(&p.target);
+        }
+        if input.profiles.iter().all(|(_, p)| p.rows == 0) {
+            return Err(input_error("the training input has no rows".into()));
         }
         let transform = FeatureTransform::from_summaries(
-            &feature_columns
+            &columns
+                .features
                 .iter()
                 .zip(merged)
                 .map(|((_, name, t, kind), s)| (name.clone(), t.clone(), *kind, s))
@@ -420,20 +398,19 @@ impl Engine {
         let labels: Vec<String> = labels.into_iter().collect();
         // Regression targets are standardized with federated moments, so one
         // learning rate works whatever the target's units.
-        let (target_mean, target_std) = if classify {
-            (0.0, 1.0)
+        let target_std = if classify {
+            1.0
         } else {
-            let mut s = ColumnSummary::default();
-            for (_, batch) in &client_batches {
-                s.merge(
-                    &ColumnSummary::of(ColumnKind::Numeric, batch.column(target_index))
-                        .map_err(udf_error)?,
-                );
+            let n = target_summary.count.max(1) as f64;
+            let mean = target_summary.sum / n;
+            let std = (target_summary.sum_squares / n - mean * mean)
+                .max(0.0)
+                .sqrt();
+            if std > 1e-12 {
+                std
+            } else {
+                1.0
             }
-            let n = s.count.max(1) as f64;
-            let mean = s.sum / n;
-            let std = (s.sum_squares / n - mean * mean).max(0.0).sqrt();
-            (mean, if std > 1e-12 { std } else { 1.0 })
         };
         if classify && labels.len() < 2 {
             return Err(input_error(format!(
@@ -443,65 +420,34 @@ impl Engine {
             )));
         }
         let task = if classify {
-            Task::Classification {
+            ModelTask::Classification {
                 labels: labels.clone(),
                 boolean: target_type == DataType::Boolean,
             }
         } else {
-            Task::Regression {
-                mean: target_mean,
+            let n = target_summary.count.max(1) as f64;
+            ModelTask::Regression {
+                mean: target_summary.sum / n,
                 std: target_std,
             }
         };
-
-        // Each client's examples, split for validation with its own seed.
-        let mut clients = Vec::new();
-        for (n, (name, batch)) in client_batches.iter().enumerate() {
-            let columns: Vec<ArrayRef> = feature_columns
-                .iter()
-                .map(|(i, ..)| Arc::clone(batch.column(*i)))
-                .collect();
-            let features = transform.encode(&columns).map_err(udf_error)?;
-            let targets = if classify {
-                let text = text_values(batch.column(target_index)).map_err(udf_error)?;
-                Targets::Classes {
-                    labels: text
-                        .into_iter()
-                        .map(|t| t.and_then(|t| labels.binary_search(&t).ok()).unwrap_or(0) as u32)
-                        .collect(),
-                    classes: labels.len(),
-                }
-            } else {
-                let values = fedsql_udfs::features::numeric_values(batch.column(target_index))
-                    .map_err(udf_error)?;
-                Targets::Regression(
-                    values
-                        .into_iter()
-                        .map(|v| ((v - target_mean) / target_std) as f32)
-                        .collect(),
-                )
-            };
-            let examples = Examples {
-                features,
-                width: transform.width(),
-                targets,
-            };
-            let (train, validation) =
-                examples.split(options.validation_split, options.seed + n as u64);
-            let target_moments = match &validation.targets {
-                Targets::Regression(v) => v.iter().fold((0.0, 0.0, 0.0), |(c, s, q), y| {
-                    let y = f64::from(*y);
-                    (c + 1.0, s + y, q + y * y)
-                }),
-                Targets::Classes { .. } => (0.0, 0.0, 0.0),
-            };
-            clients.push(Client {
-                name: name.clone(),
-                train: Arc::new(train),
-                validation: Arc::new(validation),
-                target_moments,
-            });
-        }
+        let encoding = Encoding {
+            transform: transform.clone(),
+            task: task.clone(),
+            validation_split: options.validation_split,
+        };
+        // Each client encodes its rows and holds out validation rows with
+        // its own seed.
+        let (clients, sites) = self
+            .clients(
+                input.clients,
+                columns,
+                &encoding,
+                &options,
+                &run,
+                (&spec, &sql),
+            )
+            .await?;
 
         let arch = Architecture {
             inputs: transform.width(),
@@ -511,9 +457,13 @@ impl Engine {
         };
         // Rounds show in fedsql.system.training_rounds as they finish.
         let live = registry.begin_training(&tm.name, version);
-        let (weights, history, mut metrics) = self
+        let trained = self
             .run_rounds(&tm.name, &arch, &clients, &options, (&live, target_std))
-            .await?;
+            .await;
+        for site in &sites {
+            site.finish().await;
+        }
+        let (weights, history, mut metrics) = trained?;
         // RMSE in the target's own units (the history's already is).
         for (name, value) in metrics.iter_mut() {
             if name == "rmse" {
@@ -531,7 +481,7 @@ impl Engine {
             transform,
             strategy: options.strategy.clone(),
             rounds: options.rounds,
-            clients: clients.iter().map(|c| c.name.clone()).collect(),
+            clients: clients.iter().map(|c| c.name().to_string()).collect(),
             options: tm
                 .options
                 .iter()
@@ -555,6 +505,218 @@ impl Engine {
         )))
     }
 
+    /// A `FEDERATED BY` input: the query runs here and its rows are split
+    /// into one client per value of column `by`.
+    async fn partition_input(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        by: &str,
+        spec: &TargetSpec,
+    ) -> Result<TrainingInput> {
+        let all = self.query_rows(ctx, sql).await?;
+        let schema = all.schema();
+        let columns = resolve_columns(&schema, spec)?;
+        if all.num_rows() == 0 {
+            return Err(input_error("the training input has no rows".into()));
+        }
+        let by_index = schema
+            .index_of(by)
+            .map_err(|_| missing_column("FEDERATED BY", by, "training", &schema))?;
+        // Rows without a target cannot train anything.
+        let targets = text_values(all.column(columns.target)).map_err(udf_error)?;
+        let batches = split_by(&all, by_index, |row| targets[row].is_some(), sql)?;
+        let profiles = batches
+            .iter()
+            .map(|(name, batch)| Ok((name.clone(), profile(batch, &columns).map_err(udf_error)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TrainingInput {
+            describe: format!("FEDERATED BY {by}"),
+            schema,
+            columns,
+            profiles,
+            clients: ClientRows::Partitions(batches),
+        })
+    }
+
+    /// A `FEDERATED ON SITES` input: every site runs the query on its own
+    /// catalog and answers its schema and profile; rows stay at the sites.
+    async fn site_input(
+        &self,
+        names: &[String],
+        sql: &str,
+        spec: &TargetSpec,
+        run: &str,
+        options: &TrainingOptions,
+    ) -> Result<TrainingInput> {
+        let registry = self.sites();
+        for name in names {
+            if !registry.contains(name) {
+                return Err(ServerError::UndefinedObject {
+                    kind: "site",
+                    name: name.clone(),
+                });
+            }
+            if !registry.is_online(name) {
+                return Err(ServerError::Query {
+                    sqlstate: "08006".into(),
+                    message: format!(
+                        "site {name} is offline (see fedsql.system.sites); start `fedsql site --name {name}` or leave it out"
+                    ),
+                    position: None,
+                });
+            }
+        }
+        let prepare = |name: &String| {
+            let task = Task::Prepare {
+                run: run.to_string(),
+                query: sql.to_string(),
+                spec: spec.clone(),
+            };
+            let registry = Arc::clone(registry);
+            let (name, timeout) = (name.clone(), options.round_timeout);
+            async move {
+                let session = registry.session(&name);
+                let reply = registry.call(&name, task, timeout).await;
+                (name, session, reply)
+            }
+        };
+        let replies = futures::future::join_all(names.iter().map(prepare)).await;
+        let mut schema: Option<(String, SchemaRef)> = None;
+        let mut profiles = Vec::new();
+        let mut sites = Vec::new();
+        for (name, session, reply) in replies {
+            let (site_schema, site_profile) = match reply {
+                Ok(SiteReply::Prepared { schema, profile }) => (
+                    crate::sites::agent::decode_schema(&schema).map_err(|e| {
+                        input_error(format!("site {name} sent an unreadable schema: {e}"))
+                    })?,
+                    profile,
+                ),
+                Ok(SiteReply::Failed { message }) => {
+                    return Err(ServerError::Query {
+                        sqlstate: "42501".into(),
+                        message: format!("site {name}: {message}"),
+                        position: None,
+                    })
+                }
+                Ok(other) => {
+                    return Err(input_error(format!(
+                        "site {name} answered {other:?} to a prepare"
+                    )))
+                }
+                Err(e) => {
+                    return Err(ServerError::Query {
+                        sqlstate: "08006".into(),
+                        message: e.to_string(),
+                        position: None,
+                    })
+                }
+            };
+            match &schema {
+                None => schema = Some((name.clone(), site_schema)),
+                Some((first, expected)) => {
+                    let shape = |s: &SchemaRef| -> Vec<(String, DataType)> {
+                        s.fields()
+                            .iter()
+                            .map(|f| (f.name().clone(), f.data_type().clone()))
+                            .collect()
+                    };
+                    if shape(expected) != shape(&site_schema) {
+                        return Err(input_error(format!(
+                            "sites {first} and {name} give the training query different columns: {:?} vs {:?}",
+                            shape(expected),
+                            shape(&site_schema)
+                        )));
+                    }
+                }
+            }
+            profiles.push((name.clone(), site_profile));
+            sites.push((name, session));
+        }
+        let Some((_, schema)) = schema else {
+            return Err(input_error("FEDERATED ON SITES () names no site".into()));
+        };
+        let columns = resolve_columns(&schema, spec)?;
+        Ok(TrainingInput {
+            describe: format!("FEDERATED ON SITES ({})", names.join(", ")),
+            schema,
+            columns,
+            profiles,
+            clients: ClientRows::Sites(sites),
+        })
+    }
+
+    /// The run's training clients: partitions encode their rows here, sites
+    /// are told the encoding and encode theirs.
+    #[allow(clippy::type_complexity)]
+    async fn clients(
+        &self,
+        rows: ClientRows,
+        columns: &InputColumns,
+        encoding: &Encoding,
+        options: &TrainingOptions,
+        run: &str,
+        (spec, sql): (&TargetSpec, &str),
+    ) -> Result<(Vec<Arc<dyn TrainingClient>>, Vec<Arc<RemoteSite>>)> {
+        match rows {
+            ClientRows::Partitions(batches) => {
+                let clients = batches
+                    .iter()
+                    .enumerate()
+                    .map(|(n, (name, batch))| {
+                        let client = LocalClient::from_rows(
+                            name.clone(),
+                            batch,
+                            columns,
+                            encoding,
+                            options.seed + n as u64,
+                        )
+                        .map_err(udf_error)?;
+                        Ok(Arc::new(client) as Arc<dyn TrainingClient>)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((clients, Vec::new()))
+            }
+            ClientRows::Sites(sites) => {
+                let remote: Vec<Arc<RemoteSite>> = sites
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, (name, session))| {
+                        let prepare = Task::Prepare {
+                            run: run.to_string(),
+                            query: sql.to_string(),
+                            spec: spec.clone(),
+                        };
+                        let setup = Task::Setup {
+                            run: run.to_string(),
+                            encoding: encoding.clone(),
+                            split_seed: options.seed + n as u64,
+                        };
+                        Arc::new(RemoteSite::new(
+                            name,
+                            Arc::clone(self.sites()),
+                            run.to_string(),
+                            (prepare, setup),
+                            session,
+                            options.round_timeout,
+                        ))
+                    })
+                    .collect();
+                let ready =
+                    futures::future::join_all(remote.iter().map(|s| s.ensure_ready(true))).await;
+                for result in ready {
+                    result.map_err(udf_error)?;
+                }
+                let clients = remote
+                    .iter()
+                    .map(|s| Arc::clone(s) as Arc<dyn TrainingClient>)
+                    .collect();
+                Ok((clients, remote))
+            }
+        }
+    }
+
     /// The rounds: train on the chosen clients in parallel, merge, evaluate
     /// everywhere. Returns the final weights, the history and the final
     /// validation metrics.
@@ -562,7 +724,7 @@ impl Engine {
         &self,
         model: &str,
         arch: &Architecture,
-        clients: &[Client],
+        clients: &[Arc<dyn TrainingClient>],
         options: &TrainingOptions,
         (live, target_std): (&LiveTraining, f64),
     ) -> Result<(Vec<f32>, Vec<RoundRecord>, Vec<(String, f64)>)> {
@@ -572,8 +734,8 @@ impl Engine {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let fault = std::env::var("FEDSQL_FAULT_INJECT").ok();
         let mut last_eval = Vec::new();
-        // Weights travel over Arrow Flight even though these clients run in
-        // this process: one path for local partitions and remote sites.
+        // Weights travel over Arrow Flight for every client, in this process
+        // or at a site: one path for local partitions and remote sites.
         let exchange = ExchangeServer::start().await.map_err(udf_error)?;
         let endpoint = exchange.endpoint();
         for round in 1..=options.rounds {
@@ -589,15 +751,22 @@ impl Engine {
             let mut updates = Vec::new();
             let mut failures = Vec::new();
             if options.secure_aggregation {
-                let secure: Vec<SecureClient> = chosen
-                    .iter()
-                    .map(|&c| SecureClient {
-                        name: clients[c].name.clone(),
-                        train: Arc::clone(&clients[c].train),
+                let mut secure = Vec::new();
+                for &c in &chosen {
+                    let client = &clients[c];
+                    let train = client.local_examples().ok_or_else(|| {
+                        udf_error(UdfError::Training(format!(
+                            "secure aggregation needs in-process clients; {} is not",
+                            client.name()
+                        )))
+                    })?;
+                    secure.push(SecureClient {
+                        name: client.name().to_string(),
+                        train,
                         config: local_config(options, round, c),
-                        fail: fault.as_deref() == Some(&format!("{}:{round}", clients[c].name)),
-                    })
-                    .collect();
+                        fail: fault.as_deref() == Some(&format!("{}:{round}", client.name())),
+                    });
+                }
                 let outcome = secure_round(round, secure, arch, &global, options, &exchange)
                     .await
                     .map_err(udf_error)?;
@@ -607,27 +776,15 @@ impl Engine {
             }
             let mut tasks = Vec::new();
             for &c in chosen.iter().filter(|_| !options.secure_aggregation) {
-                let client = &clients[c];
+                let client = Arc::clone(&clients[c]);
                 let config = local_config(options, round, c);
-                let injected = fault.as_deref() == Some(&format!("{}:{round}", client.name));
-                let (arch, examples) = (arch.clone(), Arc::clone(&client.train));
-                let (endpoint, name) = (endpoint.clone(), client.name.clone());
+                let injected = fault.as_deref() == Some(&format!("{}:{round}", client.name()));
+                let (arch, endpoint) = (arch.clone(), endpoint.clone());
                 let started = Instant::now();
                 let handle = tokio::spawn(async move {
-                    let mut link = ExchangeClient::connect(&endpoint).await?;
-                    let (weights, fetched) = link.fetch(round).await?;
-                    let trained =
-                        train_off_runtime(arch, Arc::new(weights), examples, config, injected)
-                            .await?;
-                    link.send(
-                        round,
-                        &name,
-                        &trained.weights,
-                        trained.num_examples,
-                        trained.loss,
-                    )
-                    .await?;
-                    Ok::<u64, UdfError>(fetched)
+                    client
+                        .train(round, &endpoint, &arch, config, injected)
+                        .await
                 });
                 tasks.push((
                     c,
@@ -636,7 +793,7 @@ impl Engine {
                 ));
             }
             for (c, started, task) in tasks {
-                let name = clients[c].name.clone();
+                let name = clients[c].name().to_string();
                 let (status, result) = match task.await {
                     // What aggregation uses is what arrived over Flight.
                     Ok(Ok(Ok(fetched))) => match exchange.take_update(round, &name) {
@@ -699,31 +856,56 @@ impl Engine {
             }
             global = strategy.aggregate(&global, &updates).map_err(udf_error)?;
 
-            // Every client evaluates the merged model on its held-out rows.
+            // Every client evaluates the merged model on its held-out rows;
+            // the merged weights are also the next round's, published now so
+            // remote clients read them from the exchange.
+            exchange.publish(round + 1, global.clone());
+            let merged = Arc::new(global.clone());
+            let evaluations = clients.iter().map(|client| {
+                let (client, arch, endpoint, merged) = (
+                    Arc::clone(client),
+                    arch.clone(),
+                    endpoint.clone(),
+                    Arc::clone(&merged),
+                );
+                async move {
+                    let started = Instant::now();
+                    let result = tokio::time::timeout(
+                        options.round_timeout,
+                        client.evaluate(round + 1, &endpoint, &arch, &merged),
+                    )
+                    .await;
+                    (client, started, result)
+                }
+            });
             last_eval.clear();
-            for client in clients {
-                let started = Instant::now();
-                let rows = if client.validation.rows() > 0 {
-                    &client.validation
-                } else {
-                    &client.train
+            for (client, started, result) in futures::future::join_all(evaluations).await {
+                let (status, metrics) = match result {
+                    Ok(Ok((m, moments))) => ("ok", Some((m, moments))),
+                    Ok(Err(e)) => {
+                        tracing::warn!(model, round, client = client.name(), error = %e, "evaluation failed");
+                        ("failed", None)
+                    }
+                    Err(_) => ("timeout", None),
                 };
-                let m = evaluate(arch, &global, rows).map_err(udf_error)?;
+                let m = metrics.map(|(m, _)| m);
                 history.push(RoundRecord {
                     round,
-                    client: client.name.clone(),
+                    client: client.name().to_string(),
                     phase: "evaluate".into(),
-                    num_examples: m.num_examples,
-                    loss: Some(m.loss),
-                    accuracy: m.accuracy,
+                    num_examples: m.map_or(0, |m| m.num_examples),
+                    loss: m.map(|m| m.loss),
+                    accuracy: m.and_then(|m| m.accuracy),
                     // In the target's own units.
-                    rmse: m.rmse.map(|e| e * target_std),
+                    rmse: m.and_then(|m| m.rmse).map(|e| e * target_std),
                     duration_ms: started.elapsed().as_millis() as u64,
                     bytes_sent: None,
                     bytes_received: None,
-                    status: "ok".into(),
+                    status: status.into(),
                 });
-                last_eval.push((m, client.target_moments));
+                if let Some(pair) = metrics {
+                    last_eval.push(pair);
+                }
             }
             live.record(&history[round_start..]);
             let summary = summarize(&last_eval);
@@ -804,7 +986,7 @@ fn with_purpose(ctx: &SessionContext, purpose: Arc<ReadPurpose>) -> SessionConte
 
 /// Example-weighted validation metrics over all clients; R² from the
 /// clients' target moments, so no client sends its targets.
-fn summarize(evals: &[(Metrics, (f64, f64, f64))]) -> Vec<(String, f64)> {
+fn summarize(evals: &[(Metrics, TargetMoments)]) -> Vec<(String, f64)> {
     let n: f64 = evals.iter().map(|(m, _)| m.num_examples as f64).sum();
     if n == 0.0 {
         return vec![];

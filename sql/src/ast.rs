@@ -14,6 +14,15 @@ pub enum FedsqlStatement {
     DropSource { name: String, if_exists: bool },
     /// `SHOW SOURCES`
     ShowSources,
+    /// `CREATE SITE [IF NOT EXISTS] name OPTIONS (token_env 'VAR')`: a site
+    /// that may connect to this coordinator with the token held in `VAR`.
+    CreateSite {
+        name: String,
+        if_not_exists: bool,
+        options: Vec<(String, OptionValue)>,
+    },
+    /// `DROP SITE [IF EXISTS] name`
+    DropSite { name: String, if_exists: bool },
     /// `REFRESH SOURCE name`: discover the source's tables again.
     RefreshSource { name: String },
     /// `TRAIN MODEL …` or its synonym `CREATE [OR REPLACE] MODEL …`
@@ -44,6 +53,8 @@ impl FedsqlStatement {
             FedsqlStatement::CreateSource(_) => "CREATE SOURCE",
             FedsqlStatement::DropSource { .. } => "DROP SOURCE",
             FedsqlStatement::ShowSources => "SHOW SOURCES",
+            FedsqlStatement::CreateSite { .. } => "CREATE SITE",
+            FedsqlStatement::DropSite { .. } => "DROP SITE",
             FedsqlStatement::RefreshSource { .. } => "REFRESH SOURCE",
             FedsqlStatement::TrainModel(_) => "TRAIN MODEL",
             FedsqlStatement::EvaluateModel(_) => "EVALUATE MODEL",

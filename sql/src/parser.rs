@@ -138,6 +138,8 @@ fn is_fedsql_statement(words: &[String]) -> bool {
             | ("CREATE", "SOURCE")
             | ("CREATE", "MODEL")
             | ("DROP", "SOURCE")
+            | ("CREATE", "SITE")
+            | ("DROP", "SITE")
             | ("DROP", "MODEL")
             | ("SHOW", "SOURCES")
             | ("REFRESH", "SOURCE")
@@ -241,10 +243,29 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
             };
             return parse_train_body(p, text, existing);
         }
+        if parse_word(p, "SITE") {
+            let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let name = parse_name(p)?;
+            let options = if p.parse_keyword(Keyword::OPTIONS) {
+                parse_options(p)?
+            } else {
+                Vec::new()
+            };
+            return Ok(FedsqlStatement::CreateSite {
+                name,
+                if_not_exists,
+                options,
+            });
+        }
         expect_word(p, "SOURCE")?;
         return parse_create_source(p);
     }
     if p.parse_keyword(Keyword::DROP) {
+        if parse_word(p, "SITE") {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = parse_name(p)?;
+            return Ok(FedsqlStatement::DropSite { name, if_exists });
+        }
         if parse_word(p, "SOURCE") {
             let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = parse_name(p)?;
@@ -669,6 +690,21 @@ mod tests {
         assert_eq!(
             t.federation,
             Federation::OnSites(vec!["eu".into(), "us".into()])
+        );
+        assert_eq!(
+            one("CREATE SITE eu OPTIONS (token_env 'EU_TOKEN')"),
+            FedsqlStatement::CreateSite {
+                name: "eu".into(),
+                if_not_exists: false,
+                options: vec![("token_env".into(), OptionValue::String("EU_TOKEN".into()))],
+            }
+        );
+        assert_eq!(
+            one("DROP SITE IF EXISTS eu"),
+            FedsqlStatement::DropSite {
+                name: "eu".into(),
+                if_exists: true
+            }
         );
         let FedsqlStatement::TrainModel(t) = one(
             "CREATE MODEL IF NOT EXISTS m USING linear_regression PREDICT y FROM t FEDERATED BY c",

@@ -370,8 +370,8 @@ async fn bad_training_statements_fail_before_training() {
         ),
         (
             base.replace("FEDERATED BY region", "FEDERATED ON SITES ('eu', 'us')"),
-            "0A000",
-            "FEDERATED ON SITES",
+            "42704",
+            "site \"eu\" does not exist",
         ),
         (
             base.replace("USING (customer_id))", "USING (customer_id) WHERE false)"),

@@ -108,14 +108,24 @@ pub fn text_values(array: &ArrayRef) -> Result<Vec<Option<String>>> {
         .collect())
 }
 
+/// A text value becomes a shared category only if a client has it in at
+/// least this many rows: a value that rare could identify a row, and what
+/// a client summarises leaves it (a site's rows never do).
+pub const MIN_CATEGORY_ROWS: u64 = 3;
+
 /// What one client tells the coordinator about one column.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ColumnSummary {
     pub count: u64,
     pub sum: f64,
     pub sum_squares: f64,
-    /// Distinct text values, at most `ONE_HOT_LIMIT + 1` of them.
+    /// Distinct text values seen in at least [`MIN_CATEGORY_ROWS`] rows, at
+    /// most `ONE_HOT_LIMIT` of them; empty when `many`.
     pub distinct: BTreeSet<String>,
+    /// The column has more than `ONE_HOT_LIMIT` distinct values (or only
+    /// rare ones): free text, hashed into words, and no value is reported.
+    #[serde(default)]
+    pub many: bool,
 }
 
 impl ColumnSummary {
@@ -133,11 +143,26 @@ impl ColumnSummary {
                 }
             }
             ColumnKind::Text => {
+                let mut counts: std::collections::HashMap<String, u64> =
+                    std::collections::HashMap::new();
                 for v in text_values(array)?.into_iter().flatten() {
                     s.count += 1;
-                    if s.distinct.len() <= ONE_HOT_LIMIT {
-                        s.distinct.insert(v);
+                    if s.many {
+                        continue;
                     }
+                    *counts.entry(v).or_default() += 1;
+                    if counts.len() > ONE_HOT_LIMIT {
+                        s.many = true;
+                        counts.clear();
+                    }
+                }
+                s.distinct = counts
+                    .into_iter()
+                    .filter(|(_, n)| *n >= MIN_CATEGORY_ROWS)
+                    .map(|(v, _)| v)
+                    .collect();
+                if s.count > 0 && s.distinct.is_empty() {
+                    s.many = true;
                 }
             }
         }
@@ -149,6 +174,7 @@ impl ColumnSummary {
         self.count += other.count;
         self.sum += other.sum;
         self.sum_squares += other.sum_squares;
+        self.many |= other.many;
         for v in &other.distinct {
             if self.distinct.len() > ONE_HOT_LIMIT {
                 break;
@@ -209,9 +235,11 @@ impl FeatureTransform {
                         let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
                         Encoding::Standardized { mean, std }
                     }
-                    ColumnKind::Text if s.distinct.len() <= ONE_HOT_LIMIT => Encoding::OneHot {
-                        categories: s.distinct.iter().cloned().collect(),
-                    },
+                    ColumnKind::Text if !s.many && s.distinct.len() <= ONE_HOT_LIMIT => {
+                        Encoding::OneHot {
+                            categories: s.distinct.iter().cloned().collect(),
+                        }
+                    }
                     ColumnKind::Text => Encoding::HashedWords {
                         buckets: HASH_BUCKETS,
                     },
@@ -354,19 +382,31 @@ mod tests {
 
     #[test]
     fn text_is_one_hot_or_hashed() {
-        let low: ArrayRef = Arc::new(StringArray::from(vec![Some("b"), Some("a"), None]));
+        // Each value in at least MIN_CATEGORY_ROWS rows; "rare" in one row
+        // is not reported (and encodes as no category).
+        let mut values = vec![Some("b"), Some("a"), None];
+        values.extend([Some("a"), Some("a"), Some("b"), Some("b"), Some("rare")]);
+        let low: ArrayRef = Arc::new(StringArray::from(values));
         let s = ColumnSummary::of(ColumnKind::Text, &low).unwrap();
+        assert!(!s.distinct.contains("rare") && !s.many);
         let t =
             FeatureTransform::from_summaries(&[("c".into(), DataType::Utf8, ColumnKind::Text, s)]);
         assert_eq!(t.width(), 2);
         assert_eq!(
-            t.encode(&[low]).unwrap(),
-            vec![0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+            t.encode(&[low]).unwrap()[..6],
+            [0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            t.encode(&[Arc::new(StringArray::from(vec!["rare"])) as ArrayRef])
+                .unwrap(),
+            [0.0, 0.0]
         );
 
         let many: Vec<String> = (0..100).map(|i| format!("word{i} card")).collect();
         let free: ArrayRef = Arc::new(StringArray::from(many));
         let s = ColumnSummary::of(ColumnKind::Text, &free).unwrap();
+        // Free text: no value is reported at all.
+        assert!(s.many && s.distinct.is_empty());
         let t =
             FeatureTransform::from_summaries(&[("m".into(), DataType::Utf8, ColumnKind::Text, s)]);
         assert_eq!(t.width(), HASH_BUCKETS);

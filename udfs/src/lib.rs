@@ -8,6 +8,8 @@
 //! - [`model`]: the networks (linear, logistic, MLP) as Burn modules and their
 //!   flat weight vectors;
 //! - [`train`]: one client's local training and evaluation;
+//! - [`client`]: the [`client::TrainingClient`] trait the coordinator drives,
+//!   and the in-process client a partition or a site trains with;
 //! - [`exchange`]: global weights and client updates over Arrow Flight;
 //! - [`secure_aggregation`]: SecAgg masking, so the coordinator sees only
 //!   the sum of the clients' updates;
@@ -15,6 +17,7 @@
 //! - [`evaluate`]: `EVALUATE MODEL` metrics from per-client sufficient statistics;
 //! - [`predict`]: the `predict` and `predict_proba` SQL functions.
 
+pub mod client;
 pub mod error;
 pub mod evaluate;
 pub mod exchange;

@@ -55,7 +55,7 @@ pub const STRATEGIES: &[&str] = &[
 ];
 
 /// The client-side optimizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Optimizer {
     Sgd,
     Adam,

@@ -82,7 +82,7 @@ impl Examples {
 }
 
 /// How a client trains.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LocalConfig {
     pub epochs: u32,
     pub batch_size: usize,
@@ -103,7 +103,7 @@ pub struct LocalResult {
 }
 
 /// Quality of a model on some rows.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub num_examples: u64,
     pub loss: f64,

@@ -620,6 +620,48 @@ impl FlightSqlService for FlightSqlEndpoint {
         result.map_err(|e| to_status(&e))
     }
 
+    /// fedsql's own actions: the site protocol (`fedsql.site.poll`,
+    /// `fedsql.site.reply`, see `crate::sites::protocol`). Sites
+    /// authenticate with their site token, not a user login.
+    async fn do_action_fallback(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        use crate::sites::protocol::{Hello, ReplyMessage, POLL_ACTION, REPLY_ACTION};
+        let peer = request.remote_addr().map(|a| a.to_string());
+        let action = request.into_inner();
+        let refused = |e: crate::sites::registry::SiteError| {
+            tracing::warn!(peer = ?peer, error = %e, "site refused");
+            Status::unauthenticated(e.to_string())
+        };
+        let body = match action.r#type.as_str() {
+            POLL_ACTION => {
+                let hello: Hello = serde_json::from_slice(&action.body)
+                    .map_err(|e| Status::invalid_argument(format!("bad site poll: {e}")))?;
+                let task = self
+                    .engine
+                    .sites()
+                    .poll(hello, peer.clone())
+                    .await
+                    .map_err(refused)?;
+                serde_json::to_vec(&task).map_err(|e| Status::internal(e.to_string()))?
+            }
+            REPLY_ACTION => {
+                let reply: ReplyMessage = serde_json::from_slice(&action.body)
+                    .map_err(|e| Status::invalid_argument(format!("bad site reply: {e}")))?;
+                self.engine.sites().reply(reply).map_err(refused)?;
+                Vec::new()
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action {other:?}"
+                )))
+            }
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+    }
+
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,

@@ -1,0 +1,426 @@
+//! `fedsql site`: a process next to one site's data.
+//!
+//! It opens its own engine (its own sources and data dir), dials out to the
+//! coordinator's Flight endpoint and long-polls it for tasks. For a training
+//! run it checks the coordinator's query against its policy (`[site] allow`),
+//! plans and runs it on its own catalog, and from then on only counts, sums,
+//! weights and metrics leave it: the rows stay in this process. It never
+//! runs DDL or any statement other than one query.
+//!
+//! A lost coordinator or link is retried with exponential backoff (1 s to
+//! 30 s); a refused token is logged with the coordinator's reason and
+//! retried the same way, so fixing the coordinator's side is enough.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::Action;
+use base64::Engine as _;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ResolvedTableReference, TableReference};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use fedsql_udfs::client::{profile, rows_with_target, InputColumns, LocalClient, TrainingClient};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+use super::protocol::{
+    Envelope, Hello, OfferedTable, Reply, ReplyMessage, Task, POLL_ACTION, REPLY_ACTION,
+};
+use crate::config::{Settings, SitePolicy};
+use crate::engine::Engine;
+use crate::error::{Result, ServerError};
+
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Encodes `schema` as an Arrow IPC stream without batches, in base64.
+pub fn encode_schema(schema: &Schema) -> std::result::Result<String, String> {
+    let mut writer = StreamWriter::try_new(Vec::new(), schema).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let bytes = writer.into_inner().map_err(|e| e.to_string())?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Decodes what [`encode_schema`] made.
+pub fn decode_schema(text: &str) -> std::result::Result<SchemaRef, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| e.to_string())?;
+    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    Ok(reader.schema())
+}
+
+/// What a site holds for one training run.
+struct Run {
+    batch: datafusion::arrow::array::RecordBatch,
+    columns: InputColumns,
+    client: Option<Arc<LocalClient>>,
+}
+
+/// A running site.
+struct Site {
+    name: String,
+    token: String,
+    session: String,
+    engine: Arc<Engine>,
+    database: String,
+    /// `[site] allow`, resolved against `database`.
+    allowed: Vec<ResolvedTableReference>,
+    runs: Mutex<HashMap<String, Run>>,
+}
+
+/// Runs `fedsql site` until Ctrl-C or SIGTERM.
+pub async fn run_site(settings: Settings, name: String, coordinator: String) -> Result<()> {
+    let policy = settings.site.clone().ok_or_else(|| {
+        ServerError::Config(
+            "fedsql site needs a [site] section in its config: token_env and allow".into(),
+        )
+    })?;
+    let token_env = policy.token_env.clone().ok_or_else(|| {
+        ServerError::Config("[site] token_env: the variable holding this site's token".into())
+    })?;
+    let token = std::env::var(&token_env).map_err(|_| {
+        ServerError::Config(format!(
+            "environment variable {token_env} (token_env) is not set"
+        ))
+    })?;
+    let channel = channel(&coordinator, &policy)?;
+    let engine = Engine::open(settings).await?;
+    let database = policy
+        .database
+        .clone()
+        .unwrap_or_else(|| engine.default_database().to_string());
+    let allowed = policy
+        .allow
+        .iter()
+        .map(|t| TableReference::from(t.as_str()).resolve(&database, "public"))
+        .collect();
+    let site = Arc::new(Site {
+        name,
+        token,
+        session: crate::flight::random_hex(12),
+        engine,
+        database,
+        allowed,
+        runs: Mutex::new(HashMap::new()),
+    });
+    println!(
+        "fedsql site {} ({}) polling coordinator {coordinator}",
+        site.name,
+        env!("CARGO_PKG_VERSION")
+    );
+    tokio::select! {
+        () = poll_forever(Arc::clone(&site), channel) => Ok(()),
+        () = crate::serve::shutdown_signal() => {
+            println!("fedsql site: shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// A lazily connecting channel to the coordinator (`http://` or, with TLS,
+/// `https://`; `grpc://` and `grpc+tls://` are read the same way).
+fn channel(coordinator: &str, policy: &SitePolicy) -> Result<Channel> {
+    let url = coordinator
+        .replacen("grpc+tls://", "https://", 1)
+        .replacen("grpc://", "http://", 1);
+    let mut endpoint = Channel::from_shared(url.clone())
+        .map_err(|e| ServerError::Config(format!("coordinator URL {coordinator}: {e}")))?
+        .connect_timeout(Duration::from_secs(10));
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &policy.coordinator_ca {
+            let pem = std::fs::read(ca).map_err(|e| ServerError::io(ca, e))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| ServerError::Config(format!("coordinator TLS: {e}")))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+async fn poll_forever(site: Arc<Site>, channel: Channel) {
+    let mut client = FlightServiceClient::new(channel);
+    let mut backoff = Duration::from_secs(1);
+    let mut connected = false;
+    loop {
+        let hello = Hello {
+            site: site.name.clone(),
+            token: site.token.clone(),
+            session: site.session.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            tables: site.offered_tables().await,
+        };
+        match action(&mut client, POLL_ACTION, &hello).await {
+            Ok(body) => {
+                if !connected {
+                    tracing::info!(site = %site.name, "connected to the coordinator");
+                    connected = true;
+                }
+                backoff = Duration::from_secs(1);
+                match serde_json::from_slice::<Option<Envelope>>(&body) {
+                    Ok(Some(envelope)) => {
+                        let (site, reply_client) = (Arc::clone(&site), client.clone());
+                        tokio::spawn(async move { site.answer(envelope, reply_client).await });
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "unreadable task from the coordinator"),
+                }
+            }
+            Err(status) => {
+                connected = false;
+                if status.code() == tonic::Code::Unauthenticated {
+                    tracing::error!(
+                        site = %site.name,
+                        "the coordinator refused this site: {}",
+                        status.message()
+                    );
+                } else {
+                    tracing::warn!(
+                        site = %site.name,
+                        "coordinator unreachable ({}); retrying in {backoff:?}",
+                        status.message()
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One action call; returns the first result's body.
+async fn action(
+    client: &mut FlightServiceClient<Channel>,
+    kind: &str,
+    body: &impl serde::Serialize,
+) -> std::result::Result<Vec<u8>, tonic::Status> {
+    let body = serde_json::to_vec(body).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let request = tonic::Request::new(Action {
+        r#type: kind.to_string(),
+        body: body.into(),
+    });
+    let mut results = client.do_action(request).await?.into_inner();
+    match results.message().await? {
+        Some(result) => Ok(result.body.to_vec()),
+        None => Ok(Vec::new()),
+    }
+}
+
+impl Site {
+    /// Names and column types of the tables the policy allows.
+    async fn offered_tables(&self) -> Vec<OfferedTable> {
+        let Ok(ctx) = self.engine.session_context(&self.database) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for table in &self.allowed {
+            let reference = TableReference::full(
+                table.catalog.as_ref(),
+                table.schema.as_ref(),
+                table.table.as_ref(),
+            );
+            if let Ok(provider) = ctx.table_provider(reference).await {
+                out.push(OfferedTable {
+                    name: table.to_string(),
+                    columns: provider
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| (f.name().clone(), f.data_type().to_string()))
+                        .collect(),
+                });
+            }
+        }
+        out
+    }
+
+    async fn answer(&self, envelope: Envelope, mut client: FlightServiceClient<Channel>) {
+        let reply = match self.handle(envelope.task).await {
+            Ok(reply) => reply,
+            Err(message) => {
+                tracing::warn!(site = %self.name, "task failed: {message}");
+                Reply::Failed { message }
+            }
+        };
+        let message = ReplyMessage {
+            site: self.name.clone(),
+            token: self.token.clone(),
+            id: envelope.id,
+            reply,
+        };
+        if let Err(e) = action(&mut client, REPLY_ACTION, &message).await {
+            tracing::warn!(site = %self.name, "could not answer the coordinator: {}", e.message());
+        }
+    }
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Run>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn client(&self, run: &str) -> std::result::Result<Arc<LocalClient>, String> {
+        self.runs()
+            .get(run)
+            .and_then(|r| r.client.clone())
+            .ok_or_else(|| format!("run {run} is not set up at this site"))
+    }
+
+    async fn handle(&self, task: Task) -> std::result::Result<Reply, String> {
+        match task {
+            Task::Prepare { run, query, spec } => {
+                let batch = self.read(&query).await?;
+                let columns =
+                    InputColumns::resolve(&batch.schema(), &spec).map_err(|e| e.to_string())?;
+                let batch = rows_with_target(&batch, &columns).map_err(|e| e.to_string())?;
+                let profile = profile(&batch, &columns).map_err(|e| e.to_string())?;
+                let schema = encode_schema(&batch.schema())?;
+                tracing::info!(site = %self.name, %run, rows = batch.num_rows(), "prepared a training run");
+                self.runs().insert(
+                    run,
+                    Run {
+                        batch,
+                        columns,
+                        client: None,
+                    },
+                );
+                Ok(Reply::Prepared { schema, profile })
+            }
+            Task::Setup {
+                run,
+                encoding,
+                split_seed,
+            } => {
+                let mut runs = self.runs();
+                let state = runs
+                    .get_mut(&run)
+                    .ok_or_else(|| format!("run {run} was not prepared at this site"))?;
+                let client = LocalClient::from_rows(
+                    self.name.clone(),
+                    &state.batch,
+                    &state.columns,
+                    &encoding,
+                    split_seed,
+                )
+                .map_err(|e| e.to_string())?;
+                state.client = Some(Arc::new(client));
+                Ok(Reply::Ready)
+            }
+            Task::Train {
+                run,
+                round,
+                endpoint,
+                arch,
+                config,
+            } => {
+                let client = self.client(&run)?;
+                let fetched = client
+                    .train(round, &endpoint, &arch, config, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Reply::Trained { fetched })
+            }
+            Task::Evaluate {
+                run,
+                key,
+                endpoint,
+                arch,
+            } => {
+                let client = self.client(&run)?;
+                let (metrics, moments) = client
+                    .evaluate_published(key, &endpoint, &arch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Reply::Evaluated { metrics, moments })
+            }
+            Task::Finish { run } => {
+                self.runs().remove(&run);
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    /// Runs the coordinator's query on this site's catalog, if the policy
+    /// allows every table it reads.
+    async fn read(
+        &self,
+        query: &str,
+    ) -> std::result::Result<datafusion::arrow::array::RecordBatch, String> {
+        let statements = fedsql_sql::parse(query).map_err(|e| e.to_string())?;
+        let text = match statements.as_slice() {
+            [fedsql_sql::Statement::Sql { text, .. }] => text.clone(),
+            _ => {
+                return Err(format!(
+                    "site {} runs exactly one query for a coordinator, not: {query}",
+                    self.name
+                ))
+            }
+        };
+        let ctx: SessionContext = self
+            .engine
+            .session_context(&self.database)
+            .map_err(|e| e.to_string())?;
+        let plan = self
+            .engine
+            .plan_sql(&ctx, &text)
+            .await
+            .map_err(|e| e.to_string())?;
+        if matches!(
+            plan,
+            LogicalPlan::Ddl(_)
+                | LogicalPlan::Dml(_)
+                | LogicalPlan::Copy(_)
+                | LogicalPlan::Statement(_)
+                | LogicalPlan::DescribeTable(_)
+                | LogicalPlan::Explain(_)
+                | LogicalPlan::Analyze(_)
+        ) {
+            return Err(format!(
+                "site {} runs only queries for a coordinator, not: {text}",
+                self.name
+            ));
+        }
+        self.check_policy(&plan)?;
+        let frame = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| e.to_string())?;
+        let schema = Arc::clone(frame.schema().inner());
+        let batches = frame.collect().await.map_err(|e| e.to_string())?;
+        concat_batches(&schema, &batches).map_err(|e| e.to_string())
+    }
+
+    /// Every table the plan reads, subqueries included, must be allowed.
+    fn check_policy(&self, plan: &LogicalPlan) -> std::result::Result<(), String> {
+        let mut refused = None;
+        let walked = plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let table = scan.table_name.clone().resolve(&self.database, "public");
+                if !self.allowed.contains(&table) {
+                    refused = Some(table);
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        walked.map_err(|e| e.to_string())?;
+        match refused {
+            None => Ok(()),
+            Some(table) => {
+                let allowed: Vec<String> = self.allowed.iter().map(|t| t.to_string()).collect();
+                Err(format!(
+                    "site {} refuses to read {table}: its policy allows only [{}]",
+                    self.name,
+                    allowed.join(", ")
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The messages between a coordinator and its `fedsql site` processes.
+//!
+//! A site dials out to the coordinator's Flight endpoint (sites sit behind
+//! firewalls, as Flower's SuperNodes do) and long-polls it with the Flight
+//! action [`POLL_ACTION`]; each poll is also the site's heartbeat, and its
+//! answer is the next [`Envelope`] for the site, or none. The site answers a
+//! task with [`REPLY_ACTION`]. Both bodies are JSON; weights never travel
+//! here, only on the weight exchange.
+//!
+//! What a site can be asked is closed: the [`Task`]s below. A site never
+//! runs DDL or arbitrary statements for a coordinator; a training query is
+//! checked against the site's own policy before it runs.
+
+use serde::{Deserialize, Serialize};
+
+use fedsql_udfs::client::{Encoding, Profile, TargetMoments, TargetSpec};
+use fedsql_udfs::model::Architecture;
+use fedsql_udfs::train::{LocalConfig, Metrics};
+
+/// The Flight action a site polls with.
+pub const POLL_ACTION: &str = "fedsql.site.poll";
+/// The Flight action a site answers a task with.
+pub const REPLY_ACTION: &str = "fedsql.site.reply";
+
+/// Who is polling: a site's name, its token, and what it offers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub site: String,
+    pub token: String,
+    /// A random id per site process: a site that restarted has lost what
+    /// it prepared, and the coordinator prepares it again.
+    pub session: String,
+    /// The site's fedsql version.
+    pub version: String,
+    /// The tables the site's policy lets a coordinator train on: names and
+    /// column types only.
+    pub tables: Vec<OfferedTable>,
+}
+
+/// One table a site offers for training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OfferedTable {
+    pub name: String,
+    /// `(column, type)` pairs.
+    pub columns: Vec<(String, String)>,
+}
+
+/// A task for one site, with the id its reply names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: u64,
+    pub task: Task,
+}
+
+/// What a coordinator can ask a site.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum Task {
+    /// Run `query` on the site's own catalog (if its policy allows), keep
+    /// the rows for run `run`, and answer their schema and [`Profile`].
+    Prepare {
+        run: String,
+        query: String,
+        spec: TargetSpec,
+    },
+    /// Encode the kept rows of `run` and hold out validation rows.
+    Setup {
+        run: String,
+        encoding: Encoding,
+        split_seed: u64,
+    },
+    /// One round of local training over the weight exchange at `endpoint`.
+    Train {
+        run: String,
+        round: u32,
+        endpoint: String,
+        arch: Architecture,
+        config: LocalConfig,
+    },
+    /// Score the weights published as round `key` on the held-out rows.
+    Evaluate {
+        run: String,
+        key: u32,
+        endpoint: String,
+        arch: Architecture,
+    },
+    /// Forget run `run`.
+    Finish { run: String },
+}
+
+/// A site's answer to a task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Prepared {
+        /// The input's schema as an Arrow IPC stream with no batches, base64.
+        schema: String,
+        profile: Profile,
+    },
+    Ready,
+    Trained {
+        fetched: u64,
+    },
+    Evaluated {
+        metrics: Metrics,
+        moments: TargetMoments,
+    },
+    Done,
+    /// The task failed at the site (its policy refused the query, the query
+    /// failed, training failed); the message says why.
+    Failed {
+        message: String,
+    },
+}
+
+/// The body of [`REPLY_ACTION`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplyMessage {
+    pub site: String,
+    pub token: String,
+    pub id: u64,
+    pub reply: Reply,
+}

@@ -1,0 +1,530 @@
+//! Real federation: a coordinator (`fedsql serve`) and three `fedsql site`
+//! processes, each site with its own PostgreSQL database holding one
+//! region's rows. Training runs `FEDERATED ON SITES`; the rows stay in each
+//! site's database (a byte-counting proxy between each site and the
+//! coordinator sees no row content), a site's policy refuses tables it does
+//! not allow, a wrong token is refused, and a site killed mid-training is a
+//! failed round for it, then rejoins once restarted.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fedsql_tests::{
+    error_message, fedsql_bin, fresh_postgres_database, text_rows, try_text_rows, FedsqlServer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const REGIONS: [&str; 3] = ["apac", "eu", "us"];
+
+/// Deterministic rows for `region`: fraud is likely for large online
+/// amounts, with a region-specific mix (non-IID). Each row carries a unique
+/// secret marker in `memo`, which the training query reads as free text.
+fn region_rows(region: &str, n: usize) -> Vec<String> {
+    let offset = match region {
+        "apac" => 0.0,
+        "eu" => 150.0,
+        _ => 300.0,
+    };
+    (0..n)
+        .map(|i| {
+            let x = (i as f64 * 37.0 + offset) % 1000.0;
+            let channel = ["online", "pos", "atm"][(i * 7 + region.len()) % 3];
+            let fraud = (x > 600.0 && channel == "online") || (i % 23 == 0);
+            format!(
+                "({x}, '{channel}', 'memo SECRET{region}{i:05} paid', {fraud}, 'ROWSECRET-{region}-{i}')"
+            )
+        })
+        .collect()
+}
+
+/// Creates database `fedsql_site_<name>` with `bank.transactions` (this
+/// region's rows) and `bank.customers` (which no policy allows).
+async fn site_database(region: &str, rows: usize) -> String {
+    let (client, url) = fresh_postgres_database(&format!("fedsql_site_{region}")).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA bank;
+             CREATE TABLE bank.transactions (amount float8, channel text, memo text, \
+                 is_fraud boolean, secret text);
+             INSERT INTO bank.transactions VALUES {};
+             CREATE TABLE bank.customers (id int, name text);
+             INSERT INTO bank.customers VALUES (1, 'NOT-ALLOWED');",
+            region_rows(region, rows).join(", ")
+        ))
+        .await
+        .unwrap();
+    url
+}
+
+/// A TCP proxy that records every byte its clients send.
+struct CountingProxy {
+    port: u16,
+    sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl CountingProxy {
+    async fn start(target: u16) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&sent);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match ri.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            record.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if wo.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = wo.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut ro, &mut wi).await;
+                        let _ = wi.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        CountingProxy { port, sent }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+/// A running `fedsql site`, killed when dropped.
+struct SiteProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl SiteProcess {
+    fn start(
+        name: &str,
+        coordinator_port: u16,
+        config: &Path,
+        data_dir: &Path,
+        token: &str,
+    ) -> SiteProcess {
+        let mut child = Command::new(fedsql_bin())
+            .args(["site", "--name", name, "--coordinator"])
+            .arg(format!("http://127.0.0.1:{coordinator_port}"))
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--no-demo")
+            .env("SITE_TOKEN", token)
+            .env("RUST_LOG", "warn,fedsql=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fedsql site");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let log = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("[site] {line}");
+                log.lock().unwrap().push_str(&line);
+                log.lock().unwrap().push('\n');
+            }
+        });
+        SiteProcess { child, stderr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SiteProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn site_config(dir: &Path, region: &str, url: &str, allow: &[&str]) -> PathBuf {
+    let path = dir.join(format!("{region}.toml"));
+    let allow: Vec<String> = allow.iter().map(|t| format!("\"{t}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "[[sources]]\nname = \"bank\"\ntype = \"postgres\"\nurl = \"{url}\"\n\n\
+             [site]\ntoken_env = \"SITE_TOKEN\"\nallow = [{}]\ndatabase = \"bank\"\n",
+            allow.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn token(region: &str) -> String {
+    format!("token-for-{region}-0123456789")
+}
+
+async fn wait_online(client: &tokio_postgres::Client, names: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = text_rows(
+            client,
+            "SELECT name FROM fedsql.system.sites WHERE status = 'online' ORDER BY name",
+        )
+        .await;
+        let online: Vec<String> = rows.into_iter().filter_map(|r| r[0].clone()).collect();
+        if names.iter().all(|n| online.iter().any(|o| o == n)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sites {names:?} not online within 60 s (online: {online:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A coordinator with CREATE SITE for the three regions, each site started
+/// through its own counting proxy.
+async fn coordinator_and_sites(
+    dir: &Path,
+    rows: usize,
+    allow: &[&str],
+) -> (
+    FedsqlServer,
+    tokio_postgres::Client,
+    Vec<(SiteProcess, CountingProxy, PathBuf)>,
+) {
+    let env: Vec<(String, String)> = REGIONS
+        .iter()
+        .map(|r| (format!("{}_TOKEN", r.to_uppercase()), token(r)))
+        .collect();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = FedsqlServer::start_with_env(&dir.join("coordinator"), &[], &env_refs);
+    let client = server.connect("demo").await;
+    let mut sites = Vec::new();
+    for region in REGIONS {
+        client
+            .simple_query(&format!(
+                "CREATE SITE {region} OPTIONS (token_env '{}_TOKEN')",
+                region.to_uppercase()
+            ))
+            .await
+            .unwrap();
+        let url = site_database(region, rows).await;
+        let config = site_config(dir, region, &url, allow);
+        let proxy = CountingProxy::start(server.flight_port).await;
+        let data_dir = dir.join(format!("site-{region}"));
+        let site = SiteProcess::start(region, proxy.port, &config, &data_dir, &token(region));
+        sites.push((site, proxy, config));
+    }
+    wait_online(&client, &REGIONS).await;
+    (server, client, sites)
+}
+
+/// The validation accuracy of `model`'s active version.
+async fn accuracy_of(client: &tokio_postgres::Client, model: &str) -> f64 {
+    let rows = text_rows(
+        client,
+        &format!("SELECT metrics FROM fedsql.system.models WHERE model = '{model}' AND active"),
+    )
+    .await;
+    let metrics = rows[0][0].clone().unwrap();
+    let at = metrics.find("\"accuracy\":").expect("an accuracy metric") + "\"accuracy\":".len();
+    let number: String = metrics[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
+        .collect();
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("accuracy in {metrics}"))
+}
+
+const TRAINING_QUERY: &str = "SELECT amount, channel, memo, is_fraud FROM bank.transactions";
+
+#[tokio::test]
+async fn training_over_three_sites_keeps_rows_at_the_sites() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, client, sites) =
+        coordinator_and_sites(dir.path(), 400, &["bank.transactions"]).await;
+
+    // The coordinator sees each site's offered tables: names and types only.
+    let rows = text_rows(
+        &client,
+        "SELECT name, status, version, tables FROM fedsql.system.sites ORDER BY name",
+    )
+    .await;
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row[1].as_deref(), Some("online"));
+        assert_eq!(row[2].as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        let tables = row[3].clone().unwrap();
+        assert!(
+            tables.starts_with("bank.bank.transactions(amount Float64"),
+            "{tables}"
+        );
+        assert!(!tables.contains("customers"), "{tables}");
+    }
+
+    let train = format!(
+        "TRAIN MODEL fraud_sites USING logistic_regression PREDICT is_fraud \
+         FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us') \
+         WITH (rounds = 4, learning_rate = 0.1, optimizer = 'adam', seed = 7, round_timeout = '60s')"
+    );
+    let trained = text_rows(&client, &train).await;
+    assert_eq!(trained[0][0].as_deref(), Some("fraud_sites"));
+    assert_eq!(trained[0][6].as_deref(), Some("3"));
+
+    // Every site trained every round; the bytes it sent per round are its
+    // update (the model's parameters as Float32) plus framing.
+    let history = text_rows(
+        &client,
+        "SELECT round, client, status, num_examples, bytes_received, accuracy FROM fedsql.system.training_rounds \
+         WHERE model = 'fraud_sites' AND phase = 'train' ORDER BY round, client",
+    )
+    .await;
+    assert_eq!(history.len(), 12, "{history:?}");
+    for row in &history {
+        assert_eq!(row[2].as_deref(), Some("ok"), "{row:?}");
+        let examples: u64 = row[3].as_deref().unwrap().parse().unwrap();
+        assert!(examples > 250 && examples <= 400, "{row:?}");
+        let received: u64 = row[4].as_deref().unwrap().parse().unwrap();
+        assert!(received > 0 && received < 64 * 1024, "{row:?}");
+    }
+    let accuracy = accuracy_of(&client, "fraud_sites").await;
+    assert!(accuracy > 0.75, "accuracy over sites {accuracy}");
+
+    // The same rows as FEDERATED BY partitions give the same model quality
+    // (same seed, same client order).
+    let (all, url) = fresh_postgres_database("fedsql_sites_all").await;
+    let mut values = Vec::new();
+    for region in REGIONS {
+        for row in region_rows(region, 400) {
+            values.push(format!("('{region}', {}", &row[1..]));
+        }
+    }
+    all.batch_execute(&format!(
+        "CREATE SCHEMA bank; CREATE TABLE bank.transactions (region text, amount float8, \
+         channel text, memo text, is_fraud boolean, secret text); \
+         INSERT INTO bank.transactions VALUES {};",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    client
+        .simple_query(&format!(
+            "CREATE SOURCE central TYPE postgres OPTIONS (url '{url}')"
+        ))
+        .await
+        .unwrap();
+    text_rows(
+        &client,
+        "TRAIN MODEL fraud_central USING logistic_regression PREDICT is_fraud \
+         FROM (SELECT region, amount, channel, memo, is_fraud FROM central.bank.transactions) \
+         FEDERATED BY region \
+         WITH (rounds = 4, learning_rate = 0.1, optimizer = 'adam', seed = 7)",
+    )
+    .await;
+    let central = accuracy_of(&client, "fraud_central").await;
+    assert!(
+        (central - accuracy).abs() <= 0.005,
+        "sites {accuracy} vs partitions {central}"
+    );
+
+    // The model scores rows at the coordinator.
+    let scored = text_rows(
+        &client,
+        "SELECT predict('fraud_sites', CAST(900.0 AS DOUBLE), 'online', 'memo paid')",
+    )
+    .await;
+    assert!(scored[0][0].is_some());
+
+    // A query touching a table the sites do not allow is refused at the
+    // site, and the error names the site and the table.
+    let refused = try_text_rows(
+        &client,
+        "TRAIN MODEL leak USING logistic_regression PREDICT is_fraud \
+         FROM (SELECT t.amount, c.name, t.is_fraud FROM bank.transactions t \
+               JOIN bank.customers c ON c.id = 1) \
+         FEDERATED ON SITES ('apac', 'eu', 'us') WITH (rounds = 1)",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.contains("refuses to read bank.bank.customers"),
+        "{refused}"
+    );
+    assert!(refused.contains("site "), "{refused}");
+
+    // Nothing a site sent to the coordinator contains row content: neither
+    // the per-row secrets nor the free-text memos.
+    for (site, proxy, _) in &sites {
+        let sent = proxy.bytes();
+        assert!(!sent.is_empty(), "no bytes went through the proxy");
+        for marker in [&b"ROWSECRET"[..], &b"SECRET"[..], &b"NOT-ALLOWED"[..]] {
+            assert!(
+                !sent.windows(marker.len()).any(|w| w == marker),
+                "a site sent {:?} to the coordinator; site log:\n{}",
+                String::from_utf8_lossy(marker),
+                site.log()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_site_fails_its_rounds_then_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, mut sites) =
+        coordinator_and_sites(dir.path(), 3000, &["bank.transactions"]).await;
+    let coordinator = server.conn_str("demo");
+    let train = tokio::spawn(async move {
+        let (c, connection) = tokio_postgres::connect(&coordinator, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        try_text_rows(
+            &c,
+            &format!(
+                "TRAIN MODEL churn USING logistic_regression PREDICT is_fraud \
+                 FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us') \
+                 WITH (rounds = 40, local_epochs = 3, round_timeout = '3s', \
+                       min_train_nodes = 2, accept_failures = true, seed = 3)"
+            ),
+        )
+        .await
+    });
+    let live_round = |phase_client: &'static str, status: &'static str| {
+        let sql = format!(
+            "SELECT max(round) FROM fedsql.system.training_rounds \
+             WHERE model = 'churn' AND phase = 'train' AND client = '{phase_client}' AND status = '{status}'"
+        );
+        let client = &client;
+        async move {
+            text_rows(client, &sql).await[0][0]
+                .as_deref()
+                .and_then(|r| r.parse::<u32>().ok())
+        }
+    };
+    // Kill eu once it has trained two rounds.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while live_round("eu", "ok").await.unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "eu did not train two rounds");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sites[1].0.kill();
+    // Its next round is a timeout (or failed) row, and the run goes on.
+    while live_round("eu", "timeout").await.is_none() && live_round("eu", "failed").await.is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failed round for the killed site"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed_at = live_round("eu", "timeout")
+        .await
+        .or(live_round("eu", "failed").await)
+        .unwrap();
+    // Restarted, it rejoins a later round.
+    let (config, data_dir) = (sites[1].2.clone(), dir.path().join("site-eu"));
+    sites[1].0 = SiteProcess::start("eu", sites[1].1.port, &config, &data_dir, &token("eu"));
+    let result = train.await.unwrap();
+    let trained = result.unwrap_or_else(|e| panic!("training failed: {e}"));
+    assert_eq!(trained[0][0].as_deref(), Some("churn"));
+    let rejoined = text_rows(
+        &client,
+        &format!(
+            "SELECT count(*) FROM fedsql.system.training_rounds WHERE model = 'churn' \
+             AND client = 'eu' AND phase = 'train' AND status = 'ok' AND round > {failed_at}"
+        ),
+    )
+    .await;
+    let rejoined: u32 = rejoined[0][0].as_deref().unwrap().parse().unwrap();
+    assert!(rejoined > 0, "eu never rejoined after round {failed_at}");
+    // The other sites trained every round.
+    let apac = text_rows(
+        &client,
+        "SELECT count(*) FROM fedsql.system.training_rounds WHERE model = 'churn' \
+         AND client = 'apac' AND phase = 'train' AND status = 'ok'",
+    )
+    .await;
+    assert_eq!(apac[0][0].as_deref(), Some("40"));
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start_with_env(dir.path(), &[], &[("EU_TOKEN", "the-right-token")]);
+    let client = server.connect("demo").await;
+    client
+        .simple_query("CREATE SITE eu OPTIONS (token_env 'EU_TOKEN')")
+        .await
+        .unwrap();
+    // CREATE SITE with an unset variable is a clear error.
+    let e = client
+        .simple_query("CREATE SITE us OPTIONS (token_env 'NOT_SET_ANYWHERE')")
+        .await
+        .unwrap_err();
+    assert!(
+        error_message(&e).contains("NOT_SET_ANYWHERE"),
+        "{}",
+        error_message(&e)
+    );
+    let (_db, url) = fresh_postgres_database("fedsql_site_wrong_token").await;
+    let config = site_config(dir.path(), "eu", &url, &["bank.transactions"]);
+    let site = SiteProcess::start(
+        "eu",
+        server.flight_port,
+        &config,
+        &dir.path().join("s"),
+        "wrong",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !site.log().contains("refused this site") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal in the site's log:\n{}",
+            site.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        site.log().contains("wrong token for site \"eu\""),
+        "{}",
+        site.log()
+    );
+    assert!(!site.log().contains("the-right-token"));
+    let rows = text_rows(
+        &client,
+        "SELECT status FROM fedsql.system.sites WHERE name = 'eu'",
+    )
+    .await;
+    assert_eq!(rows[0][0].as_deref(), Some("offline"));
+    // The stored catalog keeps only a salted hash of the token.
+    let catalog = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
+    assert!(catalog.contains("\"eu\"") && !catalog.contains("the-right-token"));
+}
