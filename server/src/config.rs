@@ -50,6 +50,13 @@ pub struct Settings {
     pub sites: Vec<SiteConfig>,
     /// Site process (`fedsql site`): its token and its policy (`[site]`).
     pub site: Option<SitePolicy>,
+    /// The address each training run's weight exchange listens on (a free
+    /// port of it). Loopback serves `FEDERATED BY` and sites on this
+    /// machine; sites elsewhere need an address they can reach.
+    pub exchange_host: std::net::IpAddr,
+    /// The host name sites connect to the weight exchange by, when it is
+    /// not `exchange_host` (a container's service name, a public name).
+    pub exchange_advertise: Option<String>,
 }
 
 /// A `[[sites]]` entry of a coordinator: a site's name and the variable
@@ -99,6 +106,8 @@ impl Default for Settings {
             sources: Vec::new(),
             sites: Vec::new(),
             site: None,
+            exchange_host: std::net::Ipv4Addr::LOCALHOST.into(),
+            exchange_advertise: None,
         }
     }
 }
@@ -169,6 +178,12 @@ pub struct SettingsArgs {
     /// PEM private key for Flight SQL over TLS.
     #[arg(long, env = "FEDSQL_FLIGHT_TLS_KEY")]
     pub flight_tls_key: Option<PathBuf>,
+    /// Address training runs' weight exchanges listen on [default: 127.0.0.1].
+    #[arg(long, env = "FEDSQL_EXCHANGE_HOST")]
+    pub exchange_host: Option<std::net::IpAddr>,
+    /// Host name sites reach the weight exchange by.
+    #[arg(long, env = "FEDSQL_EXCHANGE_ADVERTISE")]
+    pub exchange_advertise: Option<String>,
 }
 
 impl SettingsArgs {
@@ -216,6 +231,12 @@ impl SettingsArgs {
         }
         if let Some(v) = &self.flight_tls_key {
             settings.flight_tls_key = Some(v.clone());
+        }
+        if let Some(v) = self.exchange_host {
+            settings.exchange_host = v;
+        }
+        if let Some(v) = &self.exchange_advertise {
+            settings.exchange_advertise = Some(v.clone());
         }
         settings.validate()?;
         Ok(settings)

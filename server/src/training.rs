@@ -228,36 +228,42 @@ impl Engine {
             None => em.name.clone(),
         };
         let model = self.models().load(&reference).map_err(udf_error)?;
-        let all = self.query_rows(ctx, &em.query).await?;
-        let schema = all.schema();
-        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        check_target(&model, &columns).map_err(udf_error)?;
-
         // Each client's statistics are computed on its rows alone.
-        let clients = match &em.federated_by {
-            Some(by) => {
-                let index = schema
-                    .index_of(by)
-                    .map_err(|_| missing_column("FEDERATED BY", by, "evaluation", &schema))?;
-                split_by(&all, index, |_| true, &em.query)?
+        let per_client: Vec<(String, EvalStats)> = match &em.federation {
+            Some(Federation::OnSites(names)) => {
+                self.score_on_sites(names, &em.query, &model).await?
             }
-            None => vec![("all".to_string(), all)],
+            by => {
+                let all = self.query_rows(ctx, &em.query).await?;
+                let schema = all.schema();
+                let columns: Vec<String> =
+                    schema.fields().iter().map(|f| f.name().clone()).collect();
+                check_target(&model, &columns).map_err(udf_error)?;
+                let clients = match by {
+                    Some(Federation::ByColumn(by)) => {
+                        let index = schema.index_of(by).map_err(|_| {
+                            missing_column("FEDERATED BY", by, "evaluation", &schema)
+                        })?;
+                        split_by(&all, index, |_| true, &em.query)?
+                    }
+                    _ => vec![("all".to_string(), all)],
+                };
+                clients
+                    .iter()
+                    .map(|(name, batch)| {
+                        Ok((
+                            name.clone(),
+                            EvalStats::of_rows(&model, batch).map_err(udf_error)?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?
+            }
         };
         let mut rows = Vec::new();
         let mut total = EvalStats::default();
-        for (name, batch) in clients {
-            let features = model
-                .meta
-                .transform
-                .columns_by_name(&batch)
-                .map_err(udf_error)?;
-            let target = batch
-                .column_by_name(&model.meta.target)
-                .cloned()
-                .ok_or_else(|| input_error(format!("missing target {}", model.meta.target)))?;
-            let stats = EvalStats::of(&model, &features, &target).map_err(udf_error)?;
+        for (name, stats) in per_client {
             total.merge(&stats);
-            if em.federated_by.is_some() {
+            if em.federation.is_some() {
                 rows.push((name, stats));
             }
         }
@@ -505,6 +511,81 @@ impl Engine {
         )))
     }
 
+    /// `EVALUATE … FEDERATED ON SITES`: each site scores its own rows and
+    /// answers only sufficient statistics; the weights reach it over the
+    /// weight exchange.
+    async fn score_on_sites(
+        &self,
+        names: &[String],
+        query: &str,
+        model: &fedsql_udfs::registry::LoadedModel,
+    ) -> Result<Vec<(String, EvalStats)>> {
+        self.check_sites_online(names)?;
+        let exchange = ExchangeServer::start_on(
+            self.settings().exchange_host,
+            self.settings().exchange_advertise.clone(),
+        )
+        .await
+        .map_err(udf_error)?;
+        exchange.publish(1, model.weights.clone());
+        let endpoint = exchange.endpoint();
+        let timeout = std::time::Duration::from_secs(600);
+        let calls = names.iter().map(|name| {
+            let task = Task::Score {
+                query: query.to_string(),
+                model: Box::new(model.meta.clone()),
+                endpoint: endpoint.clone(),
+                key: 1,
+            };
+            let registry = Arc::clone(self.sites());
+            async move { (name.clone(), registry.call(name, task, timeout).await) }
+        });
+        let replies = futures::future::join_all(calls).await;
+        exchange.stop().await;
+        replies
+            .into_iter()
+            .map(|(name, reply)| match reply {
+                Ok(SiteReply::Scored { stats }) => Ok((name, stats)),
+                Ok(SiteReply::Failed { message }) => Err(ServerError::Query {
+                    sqlstate: "42501".into(),
+                    message: format!("site {name}: {message}"),
+                    position: None,
+                }),
+                Ok(other) => Err(input_error(format!(
+                    "site {name} answered {other:?} to an evaluation"
+                ))),
+                Err(e) => Err(ServerError::Query {
+                    sqlstate: "08006".into(),
+                    message: e.to_string(),
+                    position: None,
+                }),
+            })
+            .collect()
+    }
+
+    /// Every named site is defined (42704) and online (08006).
+    fn check_sites_online(&self, names: &[String]) -> Result<()> {
+        let registry = self.sites();
+        for name in names {
+            if !registry.contains(name) {
+                return Err(ServerError::UndefinedObject {
+                    kind: "site",
+                    name: name.clone(),
+                });
+            }
+            if !registry.is_online(name) {
+                return Err(ServerError::Query {
+                    sqlstate: "08006".into(),
+                    message: format!(
+                        "site {name} is offline (see fedsql.system.sites); start `fedsql site --name {name}` or leave it out"
+                    ),
+                    position: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A `FEDERATED BY` input: the query runs here and its rows are split
     /// into one client per value of column `by`.
     async fn partition_input(
@@ -549,24 +630,8 @@ impl Engine {
         run: &str,
         options: &TrainingOptions,
     ) -> Result<TrainingInput> {
+        self.check_sites_online(names)?;
         let registry = self.sites();
-        for name in names {
-            if !registry.contains(name) {
-                return Err(ServerError::UndefinedObject {
-                    kind: "site",
-                    name: name.clone(),
-                });
-            }
-            if !registry.is_online(name) {
-                return Err(ServerError::Query {
-                    sqlstate: "08006".into(),
-                    message: format!(
-                        "site {name} is offline (see fedsql.system.sites); start `fedsql site --name {name}` or leave it out"
-                    ),
-                    position: None,
-                });
-            }
-        }
         let prepare = |name: &String| {
             let task = Task::Prepare {
                 run: run.to_string(),
@@ -736,7 +801,12 @@ impl Engine {
         let mut last_eval = Vec::new();
         // Weights travel over Arrow Flight for every client, in this process
         // or at a site: one path for local partitions and remote sites.
-        let exchange = ExchangeServer::start().await.map_err(udf_error)?;
+        let exchange = ExchangeServer::start_on(
+            self.settings().exchange_host,
+            self.settings().exchange_advertise.clone(),
+        )
+        .await
+        .map_err(udf_error)?;
         let endpoint = exchange.endpoint();
         for round in 1..=options.rounds {
             let round_start = history.len();

@@ -27,7 +27,7 @@ pub enum FedsqlStatement {
     RefreshSource { name: String },
     /// `TRAIN MODEL …` or its synonym `CREATE [OR REPLACE] MODEL …`
     TrainModel(TrainModel),
-    /// `EVALUATE MODEL name [VERSION n] ON ( query ) [FEDERATED BY column]`
+    /// `EVALUATE MODEL name [VERSION n] ON ( query ) [FEDERATED BY column | FEDERATED ON SITES (…)]`
     EvaluateModel(EvaluateModel),
     /// `SHOW MODELS`
     ShowModels,
@@ -221,5 +221,7 @@ pub struct EvaluateModel {
     pub name: String,
     pub version: Option<u64>,
     pub query: String,
-    pub federated_by: Option<String>,
+    /// `FEDERATED BY column` or `FEDERATED ON SITES (…)`; none scores all
+    /// rows as one client.
+    pub federation: Option<Federation>,
 }

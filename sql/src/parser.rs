@@ -313,9 +313,8 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
         };
         p.expect_keyword(Keyword::ON)?;
         let query = parse_parenthesized_query(p, text)?;
-        let federated_by = if parse_word(p, "FEDERATED") {
-            p.expect_keyword(Keyword::BY)?;
-            Some(parse_name(p)?)
+        let federation = if parse_word(p, "FEDERATED") {
+            Some(parse_federation(p)?)
         } else {
             None
         };
@@ -323,7 +322,7 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
             name,
             version,
             query,
-            federated_by,
+            federation,
         }));
     }
     if parse_word(p, "DESCRIBE") {
@@ -339,6 +338,21 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
     expect_word(p, "VERSION")?;
     let version = p.parse_literal_uint()?;
     Ok(FedsqlStatement::AlterModelSetActiveVersion { name, version })
+}
+
+/// What follows `FEDERATED`: `BY column` or `ON SITES ('site', …)`.
+fn parse_federation(p: &mut Parser<'_>) -> Result<Federation, ParserError> {
+    if p.parse_keyword(Keyword::BY) {
+        return Ok(Federation::ByColumn(parse_name(p)?));
+    }
+    if !p.parse_keyword(Keyword::ON) {
+        return p.expected("BY column or ON SITES ('site', …)", p.peek_token());
+    }
+    expect_word(p, "SITES")?;
+    p.expect_token(&Token::LParen)?;
+    let sites = p.parse_comma_separated(|p| p.parse_literal_string())?;
+    p.expect_token(&Token::RParen)?;
+    Ok(Federation::OnSites(sites))
 }
 
 fn parse_create_source(p: &mut Parser<'_>) -> Result<FedsqlStatement, ParserError> {
@@ -392,18 +406,7 @@ fn parse_train_body(
         TrainingInput::Table(p.parse_object_name(false)?.to_string())
     };
     expect_word(p, "FEDERATED")?;
-    let federation = if p.parse_keyword(Keyword::BY) {
-        Federation::ByColumn(parse_name(p)?)
-    } else {
-        if !p.parse_keyword(Keyword::ON) {
-            return p.expected("BY column or ON SITES ('site', …)", p.peek_token());
-        }
-        expect_word(p, "SITES")?;
-        p.expect_token(&Token::LParen)?;
-        let sites = p.parse_comma_separated(|p| p.parse_literal_string())?;
-        p.expect_token(&Token::RParen)?;
-        Federation::OnSites(sites)
-    };
+    let federation = parse_federation(p)?;
     let options = if p.parse_keyword(Keyword::WITH) {
         parse_options(p)?
     } else {
@@ -750,7 +753,16 @@ mod tests {
                 name: "fraud".into(),
                 version: Some(1),
                 query: "SELECT * FROM t".into(),
-                federated_by: Some("region".into()),
+                federation: Some(Federation::ByColumn("region".into())),
+            })
+        );
+        assert_eq!(
+            one("EVALUATE MODEL fraud ON (SELECT * FROM t) FEDERATED ON SITES ('eu', 'us')"),
+            FedsqlStatement::EvaluateModel(EvaluateModel {
+                name: "fraud".into(),
+                version: None,
+                query: "SELECT * FROM t".into(),
+                federation: Some(Federation::OnSites(vec!["eu".into(), "us".into()])),
             })
         );
     }

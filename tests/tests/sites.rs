@@ -354,6 +354,40 @@ async fn training_over_three_sites_keeps_rows_at_the_sites() {
         "sites {accuracy} vs partitions {central}"
     );
 
+    // EVALUATE over the sites answers per-site and merged metrics from
+    // sufficient statistics; they equal scoring the same rows here.
+    let on_sites = text_rows(
+        &client,
+        &format!(
+            "EVALUATE MODEL fraud_sites ON ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us')"
+        ),
+    )
+    .await;
+    assert_eq!(on_sites.len(), 4, "{on_sites:?}");
+    assert_eq!(on_sites[0][2].as_deref(), Some("all"));
+    assert_eq!(on_sites[0][3].as_deref(), Some("1200"));
+    let here = text_rows(
+        &client,
+        "EVALUATE MODEL fraud_sites ON (SELECT region, amount, channel, memo, is_fraud          FROM central.bank.transactions) FEDERATED BY region",
+    )
+    .await;
+    // Equal up to float summation order (rows reach the sums in a
+    // different order over the two paths).
+    assert_eq!(on_sites.len(), here.len());
+    for (a, b) in on_sites.iter().zip(&here) {
+        for (x, y) in a.iter().zip(b) {
+            match (
+                x.as_deref().map(str::parse::<f64>),
+                y.as_deref().map(str::parse::<f64>),
+            ) {
+                (Some(Ok(x)), Some(Ok(y))) => {
+                    assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{a:?} vs {b:?}")
+                }
+                _ => assert_eq!(x, y, "{a:?} vs {b:?}"),
+            }
+        }
+    }
+
     // The model scores rows at the coordinator.
     let scored = text_rows(
         &client,

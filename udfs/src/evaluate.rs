@@ -7,7 +7,7 @@
 //! come from what the clients send, never from their rows. AUC comes from the
 //! merged histograms (1,000 bins, exact up to ties within a bin).
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 
 use crate::error::{Result, UdfError};
 use crate::features::{numeric_values, text_values};
@@ -17,7 +17,7 @@ use crate::train::predict;
 const BINS: usize = 1000;
 
 /// What one client contributes to an evaluation.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct EvalStats {
     pub n: u64,
     // Classification.
@@ -36,6 +36,24 @@ pub struct EvalStats {
 }
 
 impl EvalStats {
+    /// Scores one client's rows: the model's features matched by name, and
+    /// its target column.
+    pub fn of_rows(model: &LoadedModel, batch: &RecordBatch) -> Result<EvalStats> {
+        let columns: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        check_target(model, &columns)?;
+        let features = model.meta.transform.columns_by_name(batch)?;
+        let target = batch
+            .column_by_name(&model.meta.target)
+            .cloned()
+            .ok_or_else(|| UdfError::Input(format!("missing target {}", model.meta.target)))?;
+        EvalStats::of(model, &features, &target)
+    }
+
     /// Scores `features` (columns in the model's order) against `target`.
     pub fn of(model: &LoadedModel, features: &[ArrayRef], target: &ArrayRef) -> Result<EvalStats> {
         let meta = &model.meta;

@@ -21,7 +21,6 @@
 //!   read waits until the stage is closed and returns every post.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -435,7 +434,8 @@ impl FlightService for WeightExchange {
 /// A running weight exchange, stopped by [`ExchangeServer::stop`] or when
 /// dropped.
 pub struct ExchangeServer {
-    addr: SocketAddr,
+    /// The URL clients connect to.
+    endpoint: String,
     state: Arc<ExchangeState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -444,12 +444,26 @@ pub struct ExchangeServer {
 impl ExchangeServer {
     /// Starts the service on a free loopback port.
     pub async fn start() -> Result<ExchangeServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), None).await
+    }
+
+    /// Starts the service on a free port of `host`; clients are told to
+    /// connect to `advertise` (a host name or address other processes reach
+    /// this one by) instead of `host` when given.
+    pub async fn start_on(
+        host: std::net::IpAddr,
+        advertise: Option<String>,
+    ) -> Result<ExchangeServer> {
+        let listener = TcpListener::bind((host, 0))
             .await
             .map_err(|e| UdfError::Training(format!("weight exchange: cannot listen: {e}")))?;
         let addr = listener
             .local_addr()
             .map_err(|e| UdfError::Training(format!("weight exchange: {e}")))?;
+        let endpoint = match advertise {
+            Some(name) => format!("http://{name}:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
         let state = Arc::new(ExchangeState::default());
         let service = FlightServiceServer::new(WeightExchange {
             state: Arc::clone(&state),
@@ -474,7 +488,7 @@ impl ExchangeServer {
             }
         });
         Ok(ExchangeServer {
-            addr,
+            endpoint,
             state,
             stop: Some(stop),
             task: Some(task),
@@ -483,7 +497,7 @@ impl ExchangeServer {
 
     /// Where clients connect.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.endpoint.clone()
     }
 
     /// Opens `round` with these global weights.

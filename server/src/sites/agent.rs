@@ -28,6 +28,9 @@ use datafusion::common::{ResolvedTableReference, TableReference};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use fedsql_udfs::client::{profile, rows_with_target, InputColumns, LocalClient, TrainingClient};
+use fedsql_udfs::evaluate::EvalStats;
+use fedsql_udfs::exchange::ExchangeClient;
+use fedsql_udfs::registry::LoadedModel;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use super::protocol::{
@@ -343,6 +346,24 @@ impl Site {
             Task::Finish { run } => {
                 self.runs().remove(&run);
                 Ok(Reply::Done)
+            }
+            Task::Score {
+                query,
+                model,
+                endpoint,
+                key,
+            } => {
+                let batch = self.read(&query).await?;
+                let mut link = ExchangeClient::connect(&endpoint)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (weights, _) = link.fetch(key).await.map_err(|e| e.to_string())?;
+                let model = LoadedModel {
+                    meta: *model,
+                    weights,
+                };
+                let stats = EvalStats::of_rows(&model, &batch).map_err(|e| e.to_string())?;
+                Ok(Reply::Scored { stats })
             }
         }
     }

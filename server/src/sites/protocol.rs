@@ -14,7 +14,9 @@
 use serde::{Deserialize, Serialize};
 
 use fedsql_udfs::client::{Encoding, Profile, TargetMoments, TargetSpec};
+use fedsql_udfs::evaluate::EvalStats;
 use fedsql_udfs::model::Architecture;
+use fedsql_udfs::registry::ModelVersion;
 use fedsql_udfs::train::{LocalConfig, Metrics};
 
 /// The Flight action a site polls with.
@@ -86,6 +88,14 @@ pub enum Task {
     },
     /// Forget run `run`.
     Finish { run: String },
+    /// `EVALUATE MODEL … FEDERATED ON SITES`: score `model` (its weights
+    /// published as round `key` at `endpoint`) on the rows of `query`.
+    Score {
+        query: String,
+        model: Box<ModelVersion>,
+        endpoint: String,
+        key: u32,
+    },
 }
 
 /// A site's answer to a task.
@@ -106,6 +116,9 @@ pub enum Reply {
         moments: TargetMoments,
     },
     Done,
+    Scored {
+        stats: EvalStats,
+    },
     /// The task failed at the site (its policy refused the query, the query
     /// failed, training failed); the message says why.
     Failed {
