@@ -55,6 +55,24 @@ for name, service in services.items():
         volume_name = str(volume).split(":")[0]
         if not volume_name.startswith((".", "/")) and volume_name not in (compose.get("volumes") or {}):
             errors.append(f"service {name}: volume {volume_name} is used but not declared")
+# Three federated sites that dial out to the coordinator, each with its own
+# database; their configs exist.
+configs = compose.get("configs") or {}
+for region in ("eu", "us", "apac"):
+    site = services.get(f"site-{region}")
+    if not site:
+        errors.append(f"no site-{region} service")
+        continue
+    command = [str(c) for c in site.get("command", [])]
+    if command[:2] != ["fedsql", "site"] or "--coordinator" not in command:
+        errors.append(f"site-{region} must run `fedsql site --coordinator …`, runs {command}")
+    if site.get("ports"):
+        errors.append(f"site-{region} publishes ports; sites only dial out")
+    for config in site.get("configs", []):
+        if config.get("source") not in configs:
+            errors.append(f"site-{region} uses config {config.get('source')}, which is not defined")
+    if f"pg-{region}" not in services:
+        errors.append(f"site-{region} has no database service pg-{region}")
 kafka = services.get("kafka")
 if not kafka or not str(kafka.get("image", "")).startswith("apache/kafka:"):
     errors.append("a kafka service with Apache's official image (apache/kafka) is expected")

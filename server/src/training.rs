@@ -630,8 +630,33 @@ impl Engine {
         run: &str,
         options: &TrainingOptions,
     ) -> Result<TrainingInput> {
-        self.check_sites_online(names)?;
+        // With accept_failures (the default), a site that is offline or does
+        // not answer is left out of the run, as Flower samples only the
+        // nodes that are available; a site that answers with a refusal
+        // (its policy) always stops it.
         let registry = self.sites();
+        let mut names = names.to_vec();
+        if options.accept_failures {
+            for name in &names {
+                if !registry.contains(name) {
+                    return Err(ServerError::UndefinedObject {
+                        kind: "site",
+                        name: name.clone(),
+                    });
+                }
+            }
+            names.retain(|name| {
+                let online = registry.is_online(name);
+                if !online {
+                    progress(format!("site {name} is offline; training without it"));
+                    tracing::warn!(site = %name, "site offline; training without it");
+                }
+                online
+            });
+        } else {
+            self.check_sites_online(&names)?;
+        }
+        let names = names.as_slice();
         let prepare = |name: &String| {
             let task = Task::Prepare {
                 run: run.to_string(),
@@ -670,6 +695,11 @@ impl Engine {
                         "site {name} answered {other:?} to a prepare"
                     )))
                 }
+                Err(e) if options.accept_failures => {
+                    progress(format!("{e}; training without it"));
+                    tracing::warn!(site = %name, error = %e, "site left out of the run");
+                    continue;
+                }
                 Err(e) => {
                     return Err(ServerError::Query {
                         sqlstate: "08006".into(),
@@ -700,7 +730,11 @@ impl Engine {
             sites.push((name, session));
         }
         let Some((_, schema)) = schema else {
-            return Err(input_error("FEDERATED ON SITES () names no site".into()));
+            return Err(ServerError::Query {
+                sqlstate: "08006".into(),
+                message: "no site of FEDERATED ON SITES (…) is online and answering".into(),
+                position: None,
+            });
         };
         let columns = resolve_columns(&schema, spec)?;
         Ok(TrainingInput {

@@ -507,6 +507,30 @@ async fn a_killed_site_fails_its_rounds_then_rejoins() {
     )
     .await;
     assert_eq!(apac[0][0].as_deref(), Some("40"));
+
+    // A site that is down when training starts is left out (the default
+    // accept_failures), and the version names the clients that trained.
+    sites[0].0.kill();
+    let without = text_rows(
+        &client,
+        &format!(
+            "TRAIN MODEL churn USING logistic_regression PREDICT is_fraud \
+             FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us') \
+             WITH (rounds = 1, round_timeout = '3s')"
+        ),
+    )
+    .await;
+    assert_eq!(without[0][6].as_deref(), Some("2"), "{without:?}");
+    let clients = text_rows(
+        &client,
+        "SELECT DISTINCT client FROM fedsql.system.training_rounds \
+         WHERE model = 'churn' AND version = 2 ORDER BY client",
+    )
+    .await;
+    assert_eq!(
+        clients,
+        [[Some("eu".to_string())], [Some("us".to_string())]]
+    );
 }
 
 #[tokio::test]
