@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion_postgres::pgwire;
-use futures::Sink;
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, SCRAM_ITERATIONS};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
@@ -156,6 +156,42 @@ impl<Open: StartupHandler> StartupHandler for PgStartup<Open> {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        match self.startup(client, message).await {
+            // Postgres ends the connection after a FATAL error at login,
+            // with no ReadyForQuery (pgwire would send one, which asyncpg
+            // and libpq read as a protocol violation): send the error,
+            // close, and let pgwire's own reply fail on the closed socket.
+            Err(PgWireError::UserError(info)) if info.severity == "FATAL" => {
+                let again = ErrorInfo::new("FATAL".into(), info.code.clone(), info.message.clone());
+                let _ = client
+                    .send(PgWireBackendMessage::ErrorResponse((*info).into()))
+                    .await;
+                let _ = client.close().await;
+                Err(PgWireError::UserError(Box::new(again)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<Open: StartupHandler> PgStartup<Open> {
+    async fn startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(startup) = &message {
+            // Postgres's own refusal; without it the connection would wait
+            // for a password nobody can check.
+            if startup.parameters.get("user").is_none_or(|u| u.is_empty()) {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".into(),
+                    "28000".into(),
+                    "no PostgreSQL user name specified in startup packet".into(),
+                ))));
+            }
+        }
         if matches!(message, PgWireFrontendMessage::Startup(_))
             && self.engine.settings().pg_tls_required
             && !client.is_secure()

@@ -236,18 +236,22 @@ async fn fedsql_statements_run_or_say_what_is_missing() {
     let client = server.connect("demo").await;
 
     // Parsed by fedsql's front, not yet backed by a capability: 0A000.
-    for sql in [
-        "TRAIN MODEL fraud USING logistic_regression PREDICT is_fraud \
-         FROM (SELECT amount, is_fraud, c.region FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id)) \
-         FEDERATED ON SITES ('eu', 'us')",
-        "CREATE SOURCE f TYPE flightsql OPTIONS (url 'http://127.0.0.1:1')",
-    ] {
+    // Sites that were never created are unknown objects (42704).
+    let err = client
+        .simple_query(
+            "TRAIN MODEL fraud USING logistic_regression PREDICT is_fraud \
+             FROM (SELECT amount, is_fraud, c.region FROM demo.bank.transactions t JOIN demo.bank.customers c USING (customer_id)) \
+             FEDERATED ON SITES ('eu', 'us')",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "42704", "{err:?}");
+    for sql in ["CREATE SOURCE f TYPE flightsql OPTIONS (url 'http://127.0.0.1:1')"] {
         let err = client.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&err), "0A000", "{sql}: {err:?}");
         let message = err.as_db_error().unwrap().message();
         assert!(
-            message.contains("FEDERATED ON SITES")
-                || message.contains("CREATE SOURCE"),
+            message.contains("FEDERATED ON SITES") || message.contains("CREATE SOURCE"),
             "{message}"
         );
     }
