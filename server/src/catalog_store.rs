@@ -67,8 +67,18 @@ impl CatalogStore {
         }
     }
 
-    /// Loads the state; a missing file is an empty state.
+    /// Loads the state; a missing file is an empty state. Temporary files
+    /// of a write that a crash interrupted are removed first (the state
+    /// itself is the old or the new one, never torn).
     pub fn load(&self) -> Result<CatalogState> {
+        match fedsql_connectors::fsutil::remove_stale_temp_files(&self.path) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "removed temporary catalog files of an interrupted write"
+            ),
+            Err(e) => return Err(ServerError::io(&self.path, e)),
+        }
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 ServerError::Config(format!(

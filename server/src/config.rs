@@ -57,6 +57,8 @@ pub struct Settings {
     /// The host name sites connect to the weight exchange by, when it is
     /// not `exchange_host` (a container's service name, a public name).
     pub exchange_advertise: Option<String>,
+    /// The longest statement text accepted, in bytes (longer: 54000).
+    pub max_statement_bytes: usize,
 }
 
 /// A `[[sites]]` entry of a coordinator: a site's name and the variable
@@ -108,6 +110,7 @@ impl Default for Settings {
             site: None,
             exchange_host: std::net::Ipv4Addr::LOCALHOST.into(),
             exchange_advertise: None,
+            max_statement_bytes: 16 << 20,
         }
     }
 }
@@ -184,6 +187,9 @@ pub struct SettingsArgs {
     /// Host name sites reach the weight exchange by.
     #[arg(long, env = "FEDSQL_EXCHANGE_ADVERTISE")]
     pub exchange_advertise: Option<String>,
+    /// Longest statement accepted, in bytes [default: 16 MiB].
+    #[arg(long, env = "FEDSQL_MAX_STATEMENT_BYTES")]
+    pub max_statement_bytes: Option<usize>,
 }
 
 impl SettingsArgs {
@@ -237,6 +243,9 @@ impl SettingsArgs {
         }
         if let Some(v) = &self.exchange_advertise {
             settings.exchange_advertise = Some(v.clone());
+        }
+        if let Some(v) = self.max_statement_bytes {
+            settings.max_statement_bytes = v;
         }
         settings.validate()?;
         Ok(settings)

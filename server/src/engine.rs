@@ -457,7 +457,7 @@ impl Engine {
     pub async fn run(&self, database: &str, sql: &str) -> Result<Vec<StatementResult>> {
         let ctx = self.session_context(database)?;
         let mut results = Vec::new();
-        for statement in fedsql_sql::parse(sql)? {
+        for statement in self.parse(sql)? {
             let offset = statement.offset();
             let result = match self.run_statement(&ctx, database, &statement).await {
                 Ok(Planned::Command(tag)) => Ok(StatementResult::Command(tag)),

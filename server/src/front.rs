@@ -34,6 +34,24 @@ pub enum Planned {
 }
 
 impl Engine {
+    /// Splits `sql` into statements, the one way every wire does: refuses
+    /// text over `max_statement_bytes` (54000) before anything reads it,
+    /// then [`fedsql_sql::parse`] (with its depth limit, 54001).
+    pub fn parse(&self, sql: &str) -> Result<Vec<fedsql_sql::Statement>> {
+        let limit = self.settings().max_statement_bytes;
+        if sql.len() > limit {
+            return Err(ServerError::Query {
+                sqlstate: "54000".into(),
+                message: format!(
+                    "statement too large: {} bytes, at most {limit} (max_statement_bytes)",
+                    sql.len()
+                ),
+                position: None,
+            });
+        }
+        Ok(fedsql_sql::parse(sql)?)
+    }
+
     /// Plans one standard SQL statement without running it.
     ///
     /// Errors carry positions relative to `sql`.

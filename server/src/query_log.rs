@@ -56,6 +56,8 @@ pub struct Finished<'a> {
 
 impl QueryLog {
     /// Appends a finished statement, dropping the oldest beyond capacity.
+    /// Records one finished statement; its text is kept up to
+    /// [`MAX_LOGGED_QUERY_BYTES`].
     pub fn record(&self, f: Finished<'_>) {
         let started_at_us = f
             .started
@@ -68,7 +70,7 @@ impl QueryLog {
             database: f.database.to_string(),
             user: f.user.to_string(),
             protocol: f.protocol,
-            query: f.query.to_string(),
+            query: truncated(f.query),
             status: if f.error.is_some() { "error" } else { "ok" },
             sqlstate: f.error.as_ref().map(|(s, _)| s.to_string()),
             error: f.error.map(|(_, m)| m),
@@ -132,5 +134,34 @@ mod tests {
         assert_eq!(snap.len(), CAPACITY);
         assert_eq!(snap[0].query, "SELECT 5");
         assert_eq!(snap.last().unwrap().query_id, (CAPACITY + 5) as i64);
+    }
+}
+
+/// The longest statement text `fedsql.system.queries` keeps; longer ones
+/// end with `…` and their length.
+pub const MAX_LOGGED_QUERY_BYTES: usize = 16 * 1024;
+
+fn truncated(query: &str) -> String {
+    if query.len() <= MAX_LOGGED_QUERY_BYTES {
+        return query.to_string();
+    }
+    let mut end = MAX_LOGGED_QUERY_BYTES;
+    while !query.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &query[..end], query.len())
+}
+
+#[cfg(test)]
+mod truncation_tests {
+    use super::*;
+
+    #[test]
+    fn long_statements_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_LOGGED_QUERY_BYTES);
+        let kept = truncated(&long);
+        assert!(kept.len() < MAX_LOGGED_QUERY_BYTES + 32);
+        assert!(kept.ends_with(&format!("({} bytes)", long.len())));
+        assert_eq!(truncated("SELECT 1"), "SELECT 1");
     }
 }

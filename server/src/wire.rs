@@ -409,7 +409,7 @@ impl FedsqlService {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = connection_session(&self.engine, client).map_err(|e| to_wire(Err(e), 0).0)?;
-        let statements = fedsql_sql::parse(query).map_err(|e| to_wire(Err(e.into()), 0).0)?;
+        let statements = self.engine.parse(query).map_err(|e| to_wire(Err(e), 0).0)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -831,7 +831,7 @@ impl FedsqlParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let session = connection_session(&self.engine, client).map_err(|e| to_wire(Err(e), 0).0)?;
-        let mut statements = fedsql_sql::parse(sql).map_err(|e| to_wire(Err(e.into()), 0).0)?;
+        let mut statements = self.engine.parse(sql).map_err(|e| to_wire(Err(e), 0).0)?;
         if statements.len() > 1 {
             let e = ServerError::Syntax {
                 message: "cannot insert multiple commands into a prepared statement".into(),

@@ -175,3 +175,27 @@ async fn a_panic_in_one_statement_is_xx000_and_the_server_goes_on() {
     }
     still_serving(&mut server).await;
 }
+
+#[tokio::test]
+async fn oversized_statements_are_refused_and_crash_leftovers_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    // What kill -9 mid-write leaves behind.
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path().join("catalog.json.tmp.4242"), b"{\"torn").unwrap();
+    let mut server = FedsqlServer::start_with(dir.path(), &["--max-statement-bytes", "4096"]);
+    assert!(!dir.path().join("catalog.json.tmp.4242").exists());
+    let client = server.connect("demo").await;
+    let big = format!("SELECT '{}'", "x".repeat(5000));
+    let e = client.simple_query(&big).await.expect_err("too large");
+    assert_eq!(sqlstate(&e), "54000", "{}", error_message(&e));
+    assert!(error_message(&e).contains("max_statement_bytes"));
+    let e = client
+        .prepare(&big)
+        .await
+        .expect_err("too large to prepare");
+    assert_eq!(sqlstate(&e), "54000", "{}", error_message(&e));
+    // Under the limit it runs; the session and the server go on.
+    let small = format!("SELECT '{}'", "x".repeat(3000));
+    client.simple_query(&small).await.unwrap();
+    still_serving(&mut server).await;
+}

@@ -105,7 +105,7 @@ impl FlightSqlEndpoint {
     /// Runs every statement of `sql`; earlier statements run to completion
     /// and the last one's answer is returned.
     async fn run_sql(&self, session: &FlightSession, sql: &str) -> Result<Planned, ServerError> {
-        let statements = fedsql_sql::parse(sql)?;
+        let statements = self.engine.parse(sql)?;
         let count = statements.len();
         let mut last = None;
         for (i, statement) in statements.iter().enumerate() {
@@ -474,7 +474,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         // JDBC and ADBC users write `?` markers; DataFusion plans `$n`.
         let sql = fedsql_sql::parser::number_question_marks(&query.query).unwrap_or(query.query);
         let prepared = async {
-            let mut statements = fedsql_sql::parse(&sql)?;
+            let mut statements = self.engine.parse(&sql)?;
             if statements.len() > 1 {
                 return Err(ServerError::Syntax {
                     message: "cannot insert multiple commands into a prepared statement".into(),

@@ -374,7 +374,7 @@ impl Site {
         &self,
         query: &str,
     ) -> std::result::Result<datafusion::arrow::array::RecordBatch, String> {
-        let statements = fedsql_sql::parse(query).map_err(|e| e.to_string())?;
+        let statements = self.engine.parse(query).map_err(|e| e.to_string())?;
         let text = match statements.as_slice() {
             [fedsql_sql::Statement::Sql { text, .. }] => text.clone(),
             _ => {
