@@ -101,14 +101,19 @@ pub fn version_string() -> String {
 /// `to_regtype(name)` becomes a lookup in `pg_type`.
 /// User queries are never rewritten.
 pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
-    // Cheap gate: only catalog queries are worth parsing twice.
+    // Cheap gate: only catalog queries and scalar subqueries are worth
+    // parsing twice.
     let lower = sql.to_ascii_lowercase();
-    if !lower.contains("pg_") {
+    let subquery = lower.contains("(select") || lower.contains("( select");
+    if !lower.contains("pg_") && !subquery {
         return None;
     }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     if statements.len() != 1 || !matches!(statements[0], Statement::Query(_)) {
         return None;
+    }
+    if !lower.contains("pg_") {
+        return protect_scalar_subqueries(&mut statements[0]).then(|| statements[0].to_string());
     }
     let only_catalog = visit_relations(&statements[0], |name| {
         let first = name.0.first().map(|p| p.to_string().to_ascii_lowercase());
@@ -120,7 +125,7 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         }
     });
     if only_catalog.is_break() {
-        return None;
+        return protect_scalar_subqueries(&mut statements[0]).then(|| statements[0].to_string());
     }
     // A typed NULL: `NULL || NULL` has no type DataFusion can infer.
     let empty_options = parse_expr("CAST(NULL AS TEXT[])")?;
@@ -162,6 +167,44 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         ControlFlow::<()>::Continue(())
     });
     changed.then(|| statements[0].to_string())
+}
+
+/// Keeps user queries' scalar subqueries in a select list intact.
+///
+/// datafusion-postgres's SQL front (`PostgresCompatibilityParser`, which
+/// every statement passes through) replaces a *correlated* scalar subquery
+/// in a select list with `NULL` and adds `LIMIT 1` to an uncorrelated one —
+/// meant for catalog queries DataFusion cannot plan, but applied to every
+/// query: `SELECT (SELECT max(t.amount) FROM t WHERE t.c = c.id) FROM c`
+/// answered NULLs. Its rule matches only a bare `(subquery)` item; wrapped
+/// in parentheses (`((subquery))`, the same expression) it is left alone and
+/// DataFusion plans it as written.
+fn protect_scalar_subqueries(statement: &mut Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{Query, SelectItem, SetExpr, VisitMut, VisitorMut};
+    struct Wrap(bool);
+    impl VisitorMut for Wrap {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                for item in &mut select.projection {
+                    let (SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. }) =
+                        item
+                    else {
+                        continue;
+                    };
+                    if matches!(expr, Expr::Subquery(_)) {
+                        let inner = std::mem::replace(expr, Expr::value(Value::Null));
+                        *expr = Expr::Nested(Box::new(inner));
+                        self.0 = true;
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut wrap = Wrap(false);
+    let _ = statement.visit(&mut wrap);
+    wrap.0
 }
 
 /// Parses one SQL expression written by this module.
