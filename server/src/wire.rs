@@ -317,6 +317,37 @@ where
     result
 }
 
+/// `rows`, ended by a cancel request: the next row after it is an error
+/// (57014) and nothing follows. If the cancel registration is replaced
+/// (the sender dropped), the rows simply continue.
+fn until_canceled<S, T>(
+    rows: S,
+    cancel: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
+) -> impl futures::Stream<Item = PgWireResult<T>> + Send
+where
+    S: futures::Stream<Item = PgWireResult<T>> + Send + Unpin,
+    T: Send,
+{
+    stream::unfold(Some((rows, cancel)), |state| async move {
+        let (mut rows, mut cancel) = state?;
+        let canceled = futures::poll!(&mut cancel);
+        if matches!(canceled, std::task::Poll::Ready(Ok(()))) {
+            return Some((Err(PgWireError::QueryCanceled), None));
+        }
+        let live = matches!(canceled, std::task::Poll::Pending);
+        let next = if live {
+            match futures::future::select(rows.next(), &mut cancel).await {
+                Either::Left((row, _)) => row,
+                Either::Right((Ok(()), _)) => return Some((Err(PgWireError::QueryCanceled), None)),
+                Either::Right((Err(_), _)) => rows.next().await,
+            }
+        } else {
+            rows.next().await
+        };
+        next.map(|row| (row, Some((rows, cancel))))
+    })
+}
+
 /// The client's error for a panic caught while serving one statement.
 fn panic_error(payload: &(dyn std::any::Any + Send)) -> PgWireError {
     let e = ServerError::Internal(crate::error::panic_message(payload));
@@ -509,6 +540,28 @@ impl FedsqlService {
                     break;
                 }
             }
+        }
+        // pgwire races a cancel request against this handler only; the rows
+        // it then streams would not stop. Register for cancel again and let
+        // each result's rows end with 57014 when one arrives.
+        if let Some(handle) = client.session_extensions().get::<Arc<ConnectionHandle>>() {
+            let cancel = handle.start_query().await.shared();
+            responses = responses
+                .into_iter()
+                .map(|response| match response {
+                    Response::Query(mut query) => {
+                        let tag = query.command_tag().to_string();
+                        let rows = std::mem::replace(query.data_rows(), Box::pin(stream::empty()));
+                        let mut cancellable = QueryResponse::new(
+                            query.row_schema(),
+                            until_canceled(rows, cancel.clone()),
+                        );
+                        cancellable.set_command_tag(&tag);
+                        Response::Query(cancellable)
+                    }
+                    other => other,
+                })
+                .collect();
         }
         Ok(responses)
     }

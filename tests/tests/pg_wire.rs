@@ -202,6 +202,32 @@ async fn unknown_database_is_refused_and_postgres_means_the_default() {
 }
 
 #[tokio::test]
+async fn cancel_stops_a_simple_query_whose_rows_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let client = server.connect("demo").await;
+    let cancel = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cancel.cancel_query(tokio_postgres::NoTls).await
+    });
+    // 400 million rows whose first arrives at once: the rows are streaming
+    // when the cancel request comes.
+    let started = std::time::Instant::now();
+    let err = client
+        .simple_query(
+            "SELECT a.tx_id FROM demo.bank.transactions a CROSS JOIN demo.bank.transactions b",
+        )
+        .await
+        .unwrap_err();
+    canceller.await.unwrap().unwrap();
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let one: i64 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test]
 async fn cancel_stops_a_running_query_and_the_session_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let server = FedsqlServer::start(dir.path());
