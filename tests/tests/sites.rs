@@ -586,3 +586,120 @@ async fn a_wrong_token_is_refused_on_both_sides() {
     let catalog = std::fs::read_to_string(dir.path().join("catalog.json")).unwrap();
     assert!(catalog.contains("\"eu\"") && !catalog.contains("the-right-token"));
 }
+
+/// A CA and a certificate for localhost / 127.0.0.1 signed by it, made with
+/// openssl (scripts/test installs it).
+fn ca_and_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca_key, ca) = (dir.join("ca.key"), dir.join("ca.pem"));
+    let (key, csr, cert) = (
+        dir.join("key.pem"),
+        dir.join("req.csr"),
+        dir.join("cert.pem"),
+    );
+    let ext = dir.join("ext.cnf");
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{out:?}");
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    run(&[
+        &os("req"),
+        &os("-x509"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-days"),
+        &os("1"),
+        &os("-subj"),
+        &os("/CN=fedsql test CA"),
+        &os("-keyout"),
+        ca_key.as_os_str(),
+        &os("-out"),
+        ca.as_os_str(),
+    ]);
+    run(&[
+        &os("req"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-subj"),
+        &os("/CN=localhost"),
+        &os("-keyout"),
+        key.as_os_str(),
+        &os("-out"),
+        csr.as_os_str(),
+    ]);
+    run(&[
+        &os("x509"),
+        &os("-req"),
+        &os("-in"),
+        csr.as_os_str(),
+        &os("-CA"),
+        ca.as_os_str(),
+        &os("-CAkey"),
+        ca_key.as_os_str(),
+        &os("-CAcreateserial"),
+        &os("-days"),
+        &os("1"),
+        &os("-extfile"),
+        ext.as_os_str(),
+        &os("-out"),
+        cert.as_os_str(),
+    ]);
+    (ca, cert, key)
+}
+
+#[tokio::test]
+async fn a_site_trains_over_tls_to_its_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_certificate(dir.path());
+    let server = FedsqlServer::start_with_env(
+        &dir.path().join("coordinator"),
+        &[
+            "--flight-tls-cert",
+            cert.to_str().unwrap(),
+            "--flight-tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("EU_TOKEN", "tls-site-token")],
+    );
+    let client = server.connect("demo").await;
+    client
+        .simple_query("CREATE SITE eu OPTIONS (token_env 'EU_TOKEN')")
+        .await
+        .unwrap();
+    let url = site_database("tls", 200).await;
+    let config = site_config(dir.path(), "eu", &url, &["bank.transactions"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("coordinator_ca = \"{}\"\n", ca.display()));
+    std::fs::write(&config, text).unwrap();
+    let mut site = Command::new(fedsql_bin())
+        .args(["site", "--name", "eu", "--coordinator"])
+        .arg(format!("https://localhost:{}", server.flight_port))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("site"))
+        .arg("--no-demo")
+        .env("SITE_TOKEN", "tls-site-token")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_online(&client, &["eu"]).await;
+    let trained = text_rows(
+        &client,
+        &format!(
+            "TRAIN MODEL over_tls USING logistic_regression PREDICT is_fraud \
+             FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('eu') \
+             WITH (rounds = 2, min_train_nodes = 1, min_available_nodes = 1)"
+        ),
+    )
+    .await;
+    assert_eq!(trained[0][0].as_deref(), Some("over_tls"));
+    let _ = site.kill();
+    let _ = site.wait();
+}
