@@ -134,3 +134,87 @@ mod tests {
             .required());
     }
 }
+
+/// Per-address back-off after failed logins, shared by the Postgres wire and
+/// Flight SQL: after the n-th failure from an address within
+/// [`LoginThrottle::WINDOW`], its next login attempts wait
+/// `min(100 ms · 2^(n-1), 5 s)` before they are checked, so guessing
+/// passwords from one address goes at a few attempts a second at most.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    failures:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl LoginThrottle {
+    /// Failures older than this are forgotten.
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+    /// The longest wait.
+    pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+    > {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long a login attempt from `ip` waits before it is checked.
+    pub fn delay(&self, ip: std::net::IpAddr) -> std::time::Duration {
+        match self.lock().get(&ip) {
+            Some((n, last)) if last.elapsed() < Self::WINDOW && *n > 0 => {
+                let exponent = (n - 1).min(16);
+                std::time::Duration::from_millis(100u64 << exponent).min(Self::MAX_DELAY)
+            }
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
+    /// Waits [`LoginThrottle::delay`] for `ip`.
+    pub async fn wait(&self, ip: std::net::IpAddr) {
+        let delay = self.delay(ip);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Records a failed login from `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        let mut failures = self.lock();
+        // Bounded: forget addresses whose failures are old.
+        if failures.len() > 10_000 {
+            failures.retain(|_, (_, last)| last.elapsed() < Self::WINDOW);
+        }
+        let entry = failures.entry(ip).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= Self::WINDOW {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = std::time::Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_per_address_and_are_capped() {
+        let t = LoginThrottle::default();
+        let a: std::net::IpAddr = [10, 0, 0, 1].into();
+        let b: std::net::IpAddr = [10, 0, 0, 2].into();
+        assert!(t.delay(a).is_zero());
+        t.failed(a);
+        assert_eq!(t.delay(a), std::time::Duration::from_millis(100));
+        t.failed(a);
+        t.failed(a);
+        assert_eq!(t.delay(a), std::time::Duration::from_millis(400));
+        for _ in 0..20 {
+            t.failed(a);
+        }
+        assert_eq!(t.delay(a), LoginThrottle::MAX_DELAY);
+        assert!(t.delay(b).is_zero(), "other addresses are not slowed");
+    }
+}

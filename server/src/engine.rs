@@ -79,6 +79,7 @@ pub struct Engine {
     demo: Option<DemoManifest>,
     models: Arc<ModelRegistry>,
     sites: Arc<SiteRegistry>,
+    logins: crate::accounts::LoginThrottle,
 }
 
 impl std::fmt::Debug for Engine {
@@ -148,6 +149,7 @@ impl Engine {
             demo,
             models,
             sites,
+            logins: crate::accounts::LoginThrottle::default(),
         });
         engine.open_sources().await?;
         engine.replay_views().await?;
@@ -167,6 +169,11 @@ impl Engine {
     /// The model registry.
     pub fn models(&self) -> &ModelRegistry {
         &self.models
+    }
+
+    /// The back-off on failed logins, for both wires.
+    pub fn logins(&self) -> &crate::accounts::LoginThrottle {
+        &self.logins
     }
 
     /// The sites that may connect to this coordinator.

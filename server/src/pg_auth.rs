@@ -209,6 +209,10 @@ impl<Open: StartupHandler> PgStartup<Open> {
             let database = startup.parameters.get("database").map(String::as_str);
             crate::wire::refuse_unknown_database(&self.engine, database)?;
         }
+        let peer = client.socket_addr().ip();
+        if matches!(message, PgWireFrontendMessage::Startup(_)) {
+            self.engine.logins().wait(peer).await;
+        }
         let secure = client.is_secure();
         let scram = self
             .scram
@@ -220,6 +224,7 @@ impl<Open: StartupHandler> PgStartup<Open> {
             .await
             .map_err(|e| match e {
                 PgWireError::InvalidPassword(_) => {
+                    self.engine.logins().failed(peer);
                     let user = client.metadata().get(METADATA_USER).cloned();
                     PgWireError::UserError(Box::new(ErrorInfo::new(
                         "FATAL".into(),

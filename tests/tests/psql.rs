@@ -296,6 +296,29 @@ fn psql_logs_in_with_scram_over_tls_as_each_configured_user() {
     assert!(out.contains("database \"nope\" does not exist"), "{out}");
     let (ok, out) = psql_login(&server, "", Some(password));
     assert!(ok, "{out}");
+
+    // Failed logins slow the next attempts from the same address: after
+    // six more failures an attempt waits at least 100 ms · 2^5 (by then the
+    // failures above count too) before it is even checked.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let conninfo = format!("{} password=wrong", server.conn_str("demo"));
+        for _ in 0..6 {
+            assert!(tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .is_err());
+        }
+        let started = std::time::Instant::now();
+        let refused = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await;
+        assert!(refused.is_err());
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(3200),
+            "not throttled: {:?}",
+            started.elapsed()
+        );
+    });
+    // The right password still gets in (after its wait).
+    let (ok, out) = psql_login(&server, "", Some(password));
+    assert!(ok, "{out}");
 }
 
 #[test]

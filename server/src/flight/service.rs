@@ -375,7 +375,16 @@ impl FlightSqlService for FlightSqlEndpoint {
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        let (token, user) = self.auth.login(&request)?;
+        // Failed logins from one address slow its next ones (both wires).
+        let peer = request.remote_addr().map(|a| a.ip());
+        if let Some(ip) = peer {
+            self.engine.logins().wait(ip).await;
+        }
+        let (token, user) = self.auth.login(&request).inspect_err(|status| {
+            if let (Some(ip), tonic::Code::Unauthenticated) = (peer, status.code()) {
+                self.engine.logins().failed(ip);
+            }
+        })?;
         tracing::debug!(%user, "flight sql handshake");
         let reply = HandshakeResponse {
             protocol_version: 0,
