@@ -30,7 +30,7 @@ use fedsql_udfs::secure_aggregation::{
 use fedsql_udfs::strategy::ClientUpdate;
 use fedsql_udfs::train::{Examples, LocalConfig};
 
-use crate::training::train_off_runtime;
+use fedsql_udfs::client::train_off_runtime;
 use fedsql_udfs::UdfError;
 
 /// A client of the round, as the coordinator hands it out.

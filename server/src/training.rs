@@ -27,7 +27,7 @@ use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
 use fedsql_udfs::registry::{LiveTraining, ModelVersion, RoundRecord, Task as ModelTask};
 use fedsql_udfs::strategy::ClientUpdate;
-use fedsql_udfs::train::{train_local, Examples, LocalConfig, LocalResult, Metrics};
+use fedsql_udfs::train::{LocalConfig, Metrics};
 use fedsql_udfs::UdfError;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -86,8 +86,12 @@ struct TrainingInput {
 enum ClientRows {
     /// In this process, one batch per partition.
     Partitions(Vec<(String, RecordBatch)>),
-    /// At the sites: each site's name and the session that prepared it.
-    Sites(Vec<(String, Option<String>)>),
+    /// At the sites: the task that prepared them (sent again to a site that
+    /// restarts), and each site's name and the session that prepared it.
+    Sites {
+        prepare: Task,
+        sites: Vec<(String, Option<String>)>,
+    },
 }
 
 /// The input's columns for `spec`, with 42703 for a missing target.
@@ -445,14 +449,7 @@ impl Engine {
         // Each client encodes its rows and holds out validation rows with
         // its own seed.
         let (clients, sites) = self
-            .clients(
-                input.clients,
-                columns,
-                &encoding,
-                &options,
-                &run,
-                (&spec, &sql),
-            )
+            .clients(input.clients, columns, &encoding, &options, &run)
             .await?;
 
         let arch = Architecture {
@@ -511,6 +508,17 @@ impl Engine {
         )))
     }
 
+    /// A weight exchange for one run, where `exchange_host` /
+    /// `exchange_advertise` say (loopback by default).
+    async fn start_exchange(&self) -> Result<ExchangeServer> {
+        ExchangeServer::start_on(
+            self.settings().exchange_host,
+            self.settings().exchange_advertise.clone(),
+        )
+        .await
+        .map_err(udf_error)
+    }
+
     /// `EVALUATE … FEDERATED ON SITES`: each site scores its own rows and
     /// answers only sufficient statistics; the weights reach it over the
     /// weight exchange.
@@ -520,13 +528,8 @@ impl Engine {
         query: &str,
         model: &fedsql_udfs::registry::LoadedModel,
     ) -> Result<Vec<(String, EvalStats)>> {
-        self.check_sites_online(names)?;
-        let exchange = ExchangeServer::start_on(
-            self.settings().exchange_host,
-            self.settings().exchange_advertise.clone(),
-        )
-        .await
-        .map_err(udf_error)?;
+        self.online_sites(names, true)?;
+        let exchange = self.start_exchange().await?;
         exchange.publish(1, model.weights.clone());
         let endpoint = exchange.endpoint();
         let timeout = std::time::Duration::from_secs(600);
@@ -563,17 +566,22 @@ impl Engine {
             .collect()
     }
 
-    /// Every named site is defined (42704) and online (08006).
-    fn check_sites_online(&self, names: &[String]) -> Result<()> {
+    /// The named sites that are online, once each is known to be defined
+    /// (42704). An offline site is an error (08006) if `require_online`,
+    /// else it is left out with a progress line.
+    fn online_sites(&self, names: &[String], require_online: bool) -> Result<Vec<String>> {
         let registry = self.sites();
+        if let Some(name) = names.iter().find(|n| !registry.contains(n)) {
+            return Err(ServerError::UndefinedObject {
+                kind: "site",
+                name: name.clone(),
+            });
+        }
+        let mut online = Vec::with_capacity(names.len());
         for name in names {
-            if !registry.contains(name) {
-                return Err(ServerError::UndefinedObject {
-                    kind: "site",
-                    name: name.clone(),
-                });
-            }
-            if !registry.is_online(name) {
+            if registry.is_online(name) {
+                online.push(name.clone());
+            } else if require_online {
                 return Err(ServerError::Query {
                     sqlstate: "08006".into(),
                     message: format!(
@@ -581,9 +589,12 @@ impl Engine {
                     ),
                     position: None,
                 });
+            } else {
+                progress(format!("site {name} is offline; training without it"));
+                tracing::warn!(site = %name, "site offline; training without it");
             }
         }
-        Ok(())
+        Ok(online)
     }
 
     /// A `FEDERATED BY` input: the query runs here and its rows are split
@@ -634,35 +645,16 @@ impl Engine {
         // not answer is left out of the run, as Flower samples only the
         // nodes that are available; a site that answers with a refusal
         // (its policy) always stops it.
-        let registry = self.sites();
-        let mut names = names.to_vec();
-        if options.accept_failures {
-            for name in &names {
-                if !registry.contains(name) {
-                    return Err(ServerError::UndefinedObject {
-                        kind: "site",
-                        name: name.clone(),
-                    });
-                }
-            }
-            names.retain(|name| {
-                let online = registry.is_online(name);
-                if !online {
-                    progress(format!("site {name} is offline; training without it"));
-                    tracing::warn!(site = %name, "site offline; training without it");
-                }
-                online
-            });
-        } else {
-            self.check_sites_online(&names)?;
-        }
+        let names = self.online_sites(names, !options.accept_failures)?;
         let names = names.as_slice();
+        let registry = self.sites();
+        let prepare_task = Task::Prepare {
+            run: run.to_string(),
+            query: sql.to_string(),
+            spec: spec.clone(),
+        };
         let prepare = |name: &String| {
-            let task = Task::Prepare {
-                run: run.to_string(),
-                query: sql.to_string(),
-                spec: spec.clone(),
-            };
+            let task = prepare_task.clone();
             let registry = Arc::clone(registry);
             let (name, timeout) = (name.clone(), options.round_timeout);
             async move {
@@ -742,7 +734,10 @@ impl Engine {
             schema,
             columns,
             profiles,
-            clients: ClientRows::Sites(sites),
+            clients: ClientRows::Sites {
+                prepare: prepare_task,
+                sites,
+            },
         })
     }
 
@@ -756,7 +751,6 @@ impl Engine {
         encoding: &Encoding,
         options: &TrainingOptions,
         run: &str,
-        (spec, sql): (&TargetSpec, &str),
     ) -> Result<(Vec<Arc<dyn TrainingClient>>, Vec<Arc<RemoteSite>>)> {
         match rows {
             ClientRows::Partitions(batches) => {
@@ -777,16 +771,11 @@ impl Engine {
                     .collect::<Result<Vec<_>>>()?;
                 Ok((clients, Vec::new()))
             }
-            ClientRows::Sites(sites) => {
+            ClientRows::Sites { prepare, sites } => {
                 let remote: Vec<Arc<RemoteSite>> = sites
                     .into_iter()
                     .enumerate()
                     .map(|(n, (name, session))| {
-                        let prepare = Task::Prepare {
-                            run: run.to_string(),
-                            query: sql.to_string(),
-                            spec: spec.clone(),
-                        };
                         let setup = Task::Setup {
                             run: run.to_string(),
                             encoding: encoding.clone(),
@@ -796,7 +785,7 @@ impl Engine {
                             name,
                             Arc::clone(self.sites()),
                             run.to_string(),
-                            (prepare, setup),
+                            (prepare.clone(), setup),
                             session,
                             options.round_timeout,
                         ))
@@ -835,12 +824,7 @@ impl Engine {
         let mut last_eval = Vec::new();
         // Weights travel over Arrow Flight for every client, in this process
         // or at a site: one path for local partitions and remote sites.
-        let exchange = ExchangeServer::start_on(
-            self.settings().exchange_host,
-            self.settings().exchange_advertise.clone(),
-        )
-        .await
-        .map_err(udf_error)?;
+        let exchange = self.start_exchange().await?;
         let endpoint = exchange.endpoint();
         for round in 1..=options.rounds {
             let round_start = history.len();
@@ -1041,27 +1025,6 @@ impl Engine {
         exchange.stop().await;
         Ok((global, history, summarize(&last_eval)))
     }
-}
-
-/// One client's local training, on the blocking pool (it is CPU-bound:
-/// off the async workers); `fail` is the fault-injection hook.
-pub(crate) async fn train_off_runtime(
-    arch: Architecture,
-    global: Arc<Vec<f32>>,
-    examples: Arc<Examples>,
-    config: LocalConfig,
-    fail: bool,
-) -> std::result::Result<LocalResult, UdfError> {
-    tokio::task::spawn_blocking(move || {
-        if fail {
-            return Err(UdfError::Training(
-                "fault injected (FEDSQL_FAULT_INJECT)".into(),
-            ));
-        }
-        train_local(&arch, &global, &examples, &config)
-    })
-    .await
-    .map_err(|e| UdfError::Training(format!("client task: {e}")))?
 }
 
 /// How client `c` trains in `round`.

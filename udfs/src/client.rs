@@ -29,7 +29,7 @@ use crate::features::FeatureTransform;
 use crate::features::{column_kind, numeric_values, text_values, ColumnKind, ColumnSummary};
 use crate::model::Architecture;
 use crate::registry::Task;
-use crate::train::{evaluate, train_local, Examples, LocalConfig, Metrics, Targets};
+use crate::train::{evaluate, train_local, Examples, LocalConfig, LocalResult, Metrics, Targets};
 
 /// Count, sum and sum of squares of a client's standardized validation
 /// targets (regression), for a federated R² without sending targets.
@@ -223,6 +223,27 @@ pub struct Encoding {
     pub validation_split: f64,
 }
 
+/// One client's local training, on the blocking pool (it is CPU-bound:
+/// off the async workers); `fail` is the fault-injection hook.
+pub async fn train_off_runtime(
+    arch: Architecture,
+    global: Arc<Vec<f32>>,
+    examples: Arc<Examples>,
+    config: LocalConfig,
+    fail: bool,
+) -> Result<LocalResult> {
+    tokio::task::spawn_blocking(move || {
+        if fail {
+            return Err(UdfError::Training(
+                "fault injected (FEDSQL_FAULT_INJECT)".into(),
+            ));
+        }
+        train_local(&arch, &global, &examples, &config)
+    })
+    .await
+    .map_err(|e| UdfError::Training(format!("client task: {e}")))?
+}
+
 /// A client whose rows are in this process.
 pub struct LocalClient {
     name: String,
@@ -301,18 +322,14 @@ impl TrainingClient for LocalClient {
     ) -> Result<u64> {
         let mut link = ExchangeClient::connect(endpoint).await?;
         let (weights, fetched) = link.fetch(round).await?;
-        let (arch, examples) = (arch.clone(), Arc::clone(&self.train));
-        // CPU-bound: on the blocking pool, off the async workers.
-        let trained = tokio::task::spawn_blocking(move || {
-            if fail {
-                return Err(UdfError::Training(
-                    "fault injected (FEDSQL_FAULT_INJECT)".into(),
-                ));
-            }
-            train_local(&arch, &weights, &examples, &config)
-        })
-        .await
-        .map_err(|e| UdfError::Training(format!("client task: {e}")))??;
+        let trained = train_off_runtime(
+            arch.clone(),
+            Arc::new(weights),
+            Arc::clone(&self.train),
+            config,
+            fail,
+        )
+        .await?;
         link.send(
             round,
             &self.name,
