@@ -45,6 +45,17 @@ pub enum ServerError {
     /// A named object already exists (42710).
     #[error("{kind} \"{name}\" already exists")]
     DuplicateObject { kind: &'static str, name: String },
+    /// `FETCH`, `MOVE` or `CLOSE` named a cursor the connection does not
+    /// have (34000).
+    #[error("cursor \"{0}\" does not exist")]
+    UndefinedCursor(String),
+    /// `DECLARE` named a cursor that is already open (42P03).
+    #[error("cursor \"{0}\" already exists")]
+    DuplicateCursor(String),
+    /// A cursor was asked to move backward (55000): fedsql's cursors read
+    /// their query's stream once, forward.
+    #[error("cursor \"{0}\" can only scan forward")]
+    CursorForwardOnly(String),
     /// Settings or options are invalid (22023 / F0000 at startup).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -79,6 +90,9 @@ impl ServerError {
             ServerError::UnknownDatabase { .. } => "3D000",
             ServerError::UndefinedObject { .. } => "42704",
             ServerError::DuplicateObject { .. } => "42710",
+            ServerError::UndefinedCursor(_) => "34000",
+            ServerError::DuplicateCursor(_) => "42P03",
+            ServerError::CursorForwardOnly(_) => "55000",
             ServerError::Config(_) => "22023",
             ServerError::Io { .. } => "58030",
             ServerError::Connector(e) => e.sqlstate(),

@@ -143,6 +143,12 @@ impl Engine {
                     }
                 }
             }
+            fedsql_sql::Statement::Connection { statement, .. } => Err(ServerError::NotSupported {
+                statement: statement.kind().to_string(),
+                reason: "cursors and COPY … TO STDOUT are Postgres-wire statements; \
+                             here, run the query itself (its rows stream in batches)"
+                    .into(),
+            }),
             fedsql_sql::Statement::Sql { text, .. } => {
                 // Transactions are not supported; savepoints are accepted as
                 // no-ops so drivers that wrap every statement keep working.

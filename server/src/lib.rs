@@ -5,6 +5,8 @@
 pub mod accounts;
 pub mod catalog_store;
 pub mod config;
+pub mod copy_out;
+pub mod cursors;
 mod debug_panic;
 pub mod engine;
 pub mod error;

@@ -29,8 +29,10 @@ use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::query::{send_describe_response, ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeResponse, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
@@ -40,14 +42,18 @@ use pgwire::api::{
     METADATA_USER,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::extendedquery::{Bind, BindComplete, Execute};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Describe, Execute, TARGET_TYPE_BYTE_PORTAL,
+};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use crate::cursors::{Cursor, Cursors};
 use crate::engine::{Engine, FedsqlOutcome};
 use crate::error::ServerError;
 use crate::pg_auth::{PgAuth, PgStartup};
 use crate::pg_compat::{rewrite_catalog_query, savepoint_tag};
 use crate::query_log::Finished;
+use fedsql_sql::ConnectionStatement;
 
 /// The statement type datafusion-postgres stores in a client's portal store.
 /// fedsql uses the same type, with no plan, for its own statements, because
@@ -466,6 +472,13 @@ impl FedsqlService {
                         Err(e) => Err(Err(e)),
                     }
                 }
+                fedsql_sql::Statement::Connection {
+                    statement, offset, ..
+                } => self
+                    .run_connection_statement(client, &session, statement, *offset, None)
+                    .await
+                    .map(|r| vec![r])
+                    .map_err(Err),
                 fedsql_sql::Statement::Sql { text, .. } if savepoint_tag(text).is_some() => {
                     Ok(vec![Response::Execution(Tag::new(
                         savepoint_tag(text).unwrap_or("SAVEPOINT"),
@@ -493,7 +506,10 @@ impl FedsqlService {
                     let sql = rewritten.as_deref().unwrap_or(text);
                     match SimpleQueryHandler::do_query(&session.service, client, sql).await {
                         Ok(r) => match self.engine.after_statement(&session.database, text) {
-                            Ok(()) => Ok(with_ddl_tag(r, text)),
+                            Ok(()) => {
+                                close_cursors_at_transaction_end(client, &r);
+                                Ok(with_ddl_tag(r, text))
+                            }
                             Err(e) => Err(Err(e)),
                         },
                         Err(e) => Err(classify(e, text)),
@@ -559,6 +575,12 @@ impl FedsqlService {
                         cancellable.set_command_tag(&tag);
                         Response::Query(cancellable)
                     }
+                    Response::CopyOut(mut copy) => {
+                        let data =
+                            std::mem::replace(&mut copy.data_stream, Box::pin(stream::empty()));
+                        copy.data_stream = Box::pin(until_canceled(data, cancel.clone()));
+                        Response::CopyOut(copy)
+                    }
                     other => other,
                 })
                 .collect();
@@ -574,6 +596,71 @@ impl ExtendedQueryHandler for FedsqlService {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         Arc::clone(&self.parser)
+    }
+
+    /// pgwire's Describe, plus Postgres's cursor portals: a cursor declared
+    /// with `DECLARE` is also a portal of the same name, and drivers
+    /// (psycopg's named cursors) describe it to learn the rows `FETCH`
+    /// returns.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        if message.target_type == TARGET_TYPE_BYTE_PORTAL
+            && client.portal_store().get_portal(name).is_none()
+        {
+            if let Some(cursor) = client
+                .session_extensions()
+                .get::<Cursors>()
+                .and_then(|c| c.get(name))
+            {
+                let fields = cursor.fields(None)?;
+                return send_describe_response(client, &DescribePortalResponse::new(fields)).await;
+            }
+        }
+        self._on_describe(client, message).await
+    }
+
+    /// pgwire's portal Describe, except that a `FETCH` describes the rows
+    /// of its cursor (in the portal's result formats), as in Postgres.
+    async fn do_describe_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let (sql, None) = &portal.statement.statement {
+            if let Ok(mut statements) = fedsql_sql::parse(sql) {
+                if let Some(fedsql_sql::Statement::Connection {
+                    statement: ConnectionStatement::Fetch(fetch),
+                    ..
+                }) = statements.pop()
+                {
+                    let cursors = client.session_extensions().get::<Cursors>();
+                    return match cursors.and_then(|c| c.get(&fetch.name)) {
+                        Some(cursor) if !fetch.discard => Ok(DescribePortalResponse::new(
+                            cursor.fields(Some(&portal.result_column_format))?,
+                        )),
+                        Some(_) => Ok(DescribePortalResponse::no_data()),
+                        None => Err(to_wire(Err(ServerError::UndefinedCursor(fetch.name)), 0).0),
+                    };
+                }
+            }
+        }
+        let fields = self.parser.get_result_schema(
+            &portal.statement.statement,
+            Some(&portal.result_column_format),
+        )?;
+        Ok(DescribePortalResponse::new(fields))
     }
 
     /// pgwire's Bind, plus Postgres's arity check: a Bind with more values
@@ -776,15 +863,18 @@ impl FedsqlService {
         let result = match &portal.statement.statement {
             (sql, None) if !sql.trim().is_empty() => match savepoint_tag(sql) {
                 Some(tag) => Ok(Response::Execution(Tag::new(tag))),
-                None => self.execute_fedsql_text(&session, sql).await,
+                None => self.execute_unplanned(client, &session, sql, portal).await,
             },
             _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows)
                 .await
             {
                 Ok(r) => match self.engine.after_statement(&session.database, &text) {
-                    Ok(()) => start_rows(with_ddl_tag(vec![r], &text).remove(0), &text)
-                        .await
-                        .map_err(|e| classify(e, &text)),
+                    Ok(()) => {
+                        close_cursors_at_transaction_end(client, std::slice::from_ref(&r));
+                        start_rows(with_ddl_tag(vec![r], &text).remove(0), &text)
+                            .await
+                            .map_err(|e| classify(e, &text))
+                    }
                     Err(e) => Err(Err(e)),
                 },
                 Err(e) => Err(classify(e, &text)),
@@ -805,19 +895,33 @@ impl FedsqlService {
 }
 
 impl FedsqlService {
-    /// Runs a fedsql statement stored by [`FedsqlParser`] (which already
-    /// turned the query-shaped ones into plans).
-    async fn execute_fedsql_text(
+    /// Runs a statement [`FedsqlParser`] stored without a plan: a fedsql
+    /// statement (the query-shaped ones already became plans), a cursor
+    /// statement or `COPY … TO STDOUT`.
+    async fn execute_unplanned<C>(
         &self,
+        client: &C,
         session: &ConnectionSession,
         sql: &str,
-    ) -> Result<Response, Result<PgWireError, ServerError>> {
+        portal: &Portal<PreparedStatement>,
+    ) -> Result<Response, Result<PgWireError, ServerError>>
+    where
+        C: ClientInfo + ?Sized,
+    {
         let statement = match fedsql_sql::parse(sql)
             .map_err(|e| Err(e.into()))?
             .into_iter()
             .next()
         {
             Some(fedsql_sql::Statement::Fedsql { statement, .. }) => statement,
+            Some(fedsql_sql::Statement::Connection {
+                statement, offset, ..
+            }) => {
+                return self
+                    .run_connection_statement(client, session, &statement, offset, Some(portal))
+                    .await
+                    .map_err(Err)
+            }
             _ => return Ok(Response::EmptyQuery),
         };
         match self
@@ -831,6 +935,122 @@ impl FedsqlService {
             // rows (its plan cannot exist before it runs): answer with its
             // tag; the simple protocol (psql) also shows the result row.
             FedsqlOutcome::Query(_) => Ok(Response::Execution(Tag::new(statement.kind()))),
+        }
+    }
+}
+
+impl FedsqlService {
+    /// Runs a cursor statement or `COPY … TO STDOUT` on this connection.
+    /// `offset` is the statement's in the query string (errors in a cursor's
+    /// query point into it); `portal` is the extended protocol's, whose
+    /// parameters the query takes and whose result formats `FETCH` answers in.
+    async fn run_connection_statement<C>(
+        &self,
+        client: &C,
+        session: &ConnectionSession,
+        statement: &ConnectionStatement,
+        offset: usize,
+        portal: Option<&Portal<PreparedStatement>>,
+    ) -> Result<Response, ServerError>
+    where
+        C: ClientInfo + ?Sized,
+    {
+        let cursors = client
+            .session_extensions()
+            .get_or_insert_with(Cursors::default);
+        match statement {
+            ConnectionStatement::Declare(declare) => {
+                if cursors.get(&declare.name).is_some() {
+                    return Err(ServerError::DuplicateCursor(declare.name.clone()));
+                }
+                let rows = self
+                    .query_stream(session, &declare.query, portal)
+                    .await
+                    .map_err(|e| e.offset_by(declare.query_offset.saturating_sub(offset)))?;
+                let cursor = Cursor::new(&declare.name, rows, declare.binary, declare.hold);
+                cursors.declare(&declare.name, cursor)?;
+                Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+            }
+            ConnectionStatement::Fetch(fetch) if fetch.discard => {
+                let moved = cursors.expect(&fetch.name)?.skip(fetch.direction).await?;
+                Ok(Response::Execution(Tag::new("MOVE").with_rows(moved)))
+            }
+            ConnectionStatement::Fetch(fetch) => {
+                let format = portal.map(|p| &p.result_column_format);
+                let rows = cursors
+                    .expect(&fetch.name)?
+                    .fetch(fetch.direction, format)
+                    .await?;
+                Ok(Response::Query(rows))
+            }
+            ConnectionStatement::Close(name) => {
+                cursors.close(name.as_deref())?;
+                Ok(Response::Execution(Tag::new("CLOSE CURSOR")))
+            }
+            ConnectionStatement::CopyTo(copy) => {
+                let rows = self
+                    .query_stream(session, &copy.query, portal)
+                    .await
+                    .map_err(|e| e.offset_by(copy.query_offset.saturating_sub(offset)))?;
+                Ok(Response::CopyOut(crate::copy_out::copy_out(copy, rows)?))
+            }
+        }
+    }
+
+    /// Plans `sql` (a query), binds the portal's parameters, and starts it.
+    async fn query_stream(
+        &self,
+        session: &ConnectionSession,
+        sql: &str,
+        portal: Option<&Portal<PreparedStatement>>,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream, ServerError> {
+        let mut plan = self.engine.plan_sql(&session.ctx, sql).await?;
+        if let Some(portal) = portal.filter(|p| p.parameter_len() > 0) {
+            let planning = |e: DataFusionError| ServerError::from_datafusion(&e, sql);
+            let mut types: Vec<(usize, Option<datafusion::arrow::datatypes::DataType>)> = plan
+                .get_parameter_types()
+                .map_err(planning)?
+                .into_iter()
+                .filter_map(|(name, t)| Some((name.trim_start_matches('$').parse().ok()?, t)))
+                .collect();
+            types.sort_by_key(|(index, _)| *index);
+            let types: Vec<_> = types.iter().map(|(_, t)| t.as_ref()).collect();
+            let values = datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters(
+                portal, &types,
+            )
+            .map_err(|e| ServerError::Query {
+                sqlstate: "22P02".into(),
+                message: e.to_string(),
+                position: None,
+            })?;
+            plan = plan.replace_params_with_values(&values).map_err(planning)?;
+        }
+        match self
+            .engine
+            .execute_plan(&session.ctx, &session.database, sql, plan)
+            .await?
+        {
+            crate::front::Planned::Rows(frame) => frame
+                .execute_stream()
+                .await
+                .map_err(|e| ServerError::from_datafusion(&e, sql)),
+            crate::front::Planned::Command(tag) => Err(ServerError::Syntax {
+                message: format!("a cursor or COPY needs a query, not {tag}"),
+                position: None,
+            }),
+        }
+    }
+}
+
+/// A transaction that ended (`COMMIT`, `ROLLBACK`) closes the connection's
+/// cursors declared without `WITH HOLD`, as in Postgres.
+fn close_cursors_at_transaction_end<C: ClientInfo + ?Sized>(client: &C, responses: &[Response]) {
+    if responses
+        .iter()
+        .any(|r| matches!(r, Response::TransactionEnd(_)))
+    {
+        if let Some(cursors) = client.session_extensions().get::<Cursors>() {
+            cursors.end_transaction();
         }
     }
 }
@@ -916,6 +1136,9 @@ impl FedsqlParser {
                     _ => Ok(Some((text, None))),
                 }
             }
+            // Cursors and COPY run at Execute, with the portal's parameters
+            // and result formats.
+            fedsql_sql::Statement::Connection { text, .. } => Ok(Some((text, None))),
             fedsql_sql::Statement::Sql { text, .. } if savepoint_tag(&text).is_some() => {
                 Ok(Some((text, None)))
             }

@@ -8,9 +8,11 @@
 
 pub mod ast;
 pub mod complexity;
+pub mod connection;
 pub mod error;
 pub mod parser;
 
 pub use ast::*;
+pub use connection::ConnectionStatement;
 pub use error::{locate, ParseError, ParseErrorKind};
 pub use parser::{parse, Statement};

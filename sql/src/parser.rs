@@ -13,6 +13,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 
 use crate::ast::*;
+use crate::connection::{is_connection_statement, parse_connection_statement, ConnectionStatement};
 use crate::error::ParseError;
 
 /// One statement of a query string.
@@ -26,6 +27,15 @@ pub enum Statement {
         /// Offset of the text in the whole query string, in characters.
         offset: usize,
     },
+    /// A statement about the connection itself (cursors, `COPY … TO
+    /// STDOUT`), which the Postgres wire runs.
+    Connection {
+        statement: ConnectionStatement,
+        /// The statement's text, without the trailing semicolon.
+        text: String,
+        /// Offset of the text in the whole query string, in characters.
+        offset: usize,
+    },
     /// Any other statement: its exact text, for DataFusion.
     Sql { text: String, offset: usize },
 }
@@ -34,14 +44,18 @@ impl Statement {
     /// The statement's text as written.
     pub fn text(&self) -> &str {
         match self {
-            Statement::Fedsql { text, .. } | Statement::Sql { text, .. } => text,
+            Statement::Fedsql { text, .. }
+            | Statement::Connection { text, .. }
+            | Statement::Sql { text, .. } => text,
         }
     }
 
     /// Offset of the statement in the query string, in characters.
     pub fn offset(&self) -> usize {
         match self {
-            Statement::Fedsql { offset, .. } | Statement::Sql { offset, .. } => *offset,
+            Statement::Fedsql { offset, .. }
+            | Statement::Connection { offset, .. }
+            | Statement::Sql { offset, .. } => *offset,
         }
     }
 }
@@ -119,6 +133,27 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, ParseError> {
                 text: statement_text,
                 offset,
             });
+        } else if is_connection_statement(&words) {
+            let mut parser = Parser::new(&dialect).with_tokens_with_locations(group);
+            let statement = parse_connection_statement(&mut parser, &text)
+                .and_then(|s| match s {
+                    Some(_) if parser.peek_token().token != Token::EOF => {
+                        parser.expected("end of statement", parser.peek_token())
+                    }
+                    s => Ok(s),
+                })
+                .map_err(|e| ParseError::from_parser_error(&e, sql))?;
+            statements.push(match statement {
+                Some(statement) => Statement::Connection {
+                    statement,
+                    text: statement_text,
+                    offset,
+                },
+                None => Statement::Sql {
+                    text: statement_text,
+                    offset,
+                },
+            });
         } else {
             statements.push(Statement::Sql {
                 text: statement_text,
@@ -183,8 +218,8 @@ fn split_statements(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
 }
 
 /// Maps sqlparser's (line, column) locations back to byte offsets of the input.
-struct SourceText<'a> {
-    sql: &'a str,
+pub(crate) struct SourceText<'a> {
+    pub(crate) sql: &'a str,
     line_starts: Vec<usize>,
 }
 
@@ -196,7 +231,7 @@ impl<'a> SourceText<'a> {
     }
 
     /// Byte offset of a location; columns count characters from 1.
-    fn byte(&self, loc: Location) -> usize {
+    pub(crate) fn byte(&self, loc: Location) -> usize {
         let Some(&line_start) = self.line_starts.get(loc.line.saturating_sub(1) as usize) else {
             return self.sql.len();
         };
@@ -488,7 +523,7 @@ fn parse_name(p: &mut Parser<'_>) -> Result<String, ParserError> {
 }
 
 /// Consumes the unquoted word `word` if it is next.
-fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
+pub(crate) fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
     match &p.peek_token().token {
         Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word) => {
             p.next_token();
@@ -498,7 +533,7 @@ fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
     }
 }
 
-fn expect_word(p: &mut Parser<'_>, word: &str) -> Result<(), ParserError> {
+pub(crate) fn expect_word(p: &mut Parser<'_>, word: &str) -> Result<(), ParserError> {
     if parse_word(p, word) {
         Ok(())
     } else {

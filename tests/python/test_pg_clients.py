@@ -1,0 +1,182 @@
+"""The Postgres-wire clients people pick, against a real `fedsql serve`:
+psycopg 3 server-side cursors and COPY, psycopg2, asyncpg, connectorx,
+polars and pandas. Every test compares values with the same query run
+through a plain client-side cursor.
+"""
+
+import asyncio
+
+import asyncpg
+import connectorx as cx
+import pandas as pd
+import polars as pl
+import psycopg
+import psycopg2
+import pytest
+import sqlalchemy
+
+from conftest import start_fedsql
+
+BIG = "SELECT value AS n, value * 2 AS twice, 'r' || value AS label FROM generate_series(1, 100000)"
+DEMO = ("SELECT customer_id, region, income, age FROM bank.customers "
+        "WHERE customer_id > %s ORDER BY customer_id")
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = start_fedsql()
+    yield server
+    assert server.stop() == 0, "fedsql did not shut down cleanly"
+
+
+def dsn(server):
+    return f"postgresql://fedsql@127.0.0.1:{server.pg_port}/demo"
+
+
+def test_psycopg_server_side_cursor_pages_equal_the_full_query(server):
+    with psycopg.connect(dsn(server)) as conn:
+        full = conn.execute(BIG + " ORDER BY n").fetchall()
+        assert len(full) == 100000
+        for binary in (False, True):
+            with conn.cursor(name=f"big_{binary}", binary=binary) as cur:
+                cur.itersize = 7000
+                cur.execute(BIG + " ORDER BY n")
+                assert [d.name for d in cur.description] == ["n", "twice", "label"]
+                first = cur.fetchmany(1234)
+                assert first == full[:1234]
+                rest = list(cur)
+                assert first + rest == full
+
+
+def test_psycopg_server_side_cursor_parameters_scroll_and_errors(server):
+    with psycopg.connect(dsn(server)) as conn:
+        expected = conn.execute(DEMO, (1990,)).fetchall()
+        assert len(expected) == 10
+        with conn.cursor(name="demo") as cur:
+            cur.execute(DEMO, (1990,))
+            assert cur.fetchone() == expected[0]
+            cur.scroll(2)  # MOVE 2: skips rows 2 and 3
+            assert cur.fetchone() == expected[3]
+            cur.scroll(7, mode="absolute")
+            assert cur.fetchone() == expected[7]
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                cur.scroll(-1)
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("FETCH 1 FROM never_declared")
+        conn.rollback()
+        conn.execute("DECLARE twice CURSOR FOR SELECT 1")
+        with pytest.raises(psycopg.errors.DuplicateCursor):
+            conn.execute("DECLARE twice CURSOR FOR SELECT 2")
+        conn.rollback()
+        # The server keeps serving the connection.
+        assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
+
+
+def test_cursors_close_with_their_transaction_unless_held(server):
+    with psycopg.connect(dsn(server)) as conn:
+        conn.execute("DECLARE held CURSOR WITH HOLD FOR SELECT value FROM generate_series(1, 5)")
+        conn.execute("DECLARE scoped CURSOR FOR SELECT 1")
+        conn.commit()
+        assert conn.execute("FETCH 2 FROM held").fetchall() == [(1,), (2,)]
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("FETCH 1 FROM scoped")
+        conn.rollback()
+        assert conn.execute("FETCH ALL FROM held").fetchall() == [(3,), (4,), (5,)]
+        conn.execute("CLOSE held")
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("CLOSE held")
+
+
+def test_psycopg_copy_out_text_csv_and_binary_equal_the_select(server):
+    query = ("SELECT customer_id, region, income, NULLIF(segment, 'retail') AS segment "
+             "FROM bank.customers ORDER BY customer_id")
+    with psycopg.connect(dsn(server), autocommit=True) as conn:
+        rows = conn.execute(query).fetchall()
+        assert any(r[3] is None for r in rows) and any(r[3] is not None for r in rows)
+        cur = conn.cursor()
+        with cur.copy(f"COPY ({query}) TO STDOUT") as copy:
+            text = b"".join(bytes(b) for b in copy).decode()
+        assert text.splitlines() == [
+            "\t".join("\\N" if v is None else str(v) for v in row) for row in rows]
+        assert cur.rowcount == len(rows)
+        with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER)") as copy:
+            csv = b"".join(bytes(b) for b in copy).decode().splitlines()
+        assert csv[0] == "customer_id,region,income,segment"
+        assert csv[1:] == [",".join("" if v is None else str(v) for v in row) for row in rows]
+        with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as copy:
+            copy.set_types(["int8", "text", "float8", "text"])
+            assert list(copy.rows()) == rows
+        # An empty result is still valid PGCOPY.
+        with cur.copy("COPY (SELECT 1::int8 AS x WHERE false) TO STDOUT BINARY") as copy:
+            copy.set_types(["int8"])
+            assert list(copy.rows()) == []
+        with cur.copy("COPY bank.customers (customer_id, region) TO STDOUT WITH CSV") as copy:
+            lines = b"".join(bytes(b) for b in copy).decode().splitlines()
+        assert sorted(lines) == sorted(f"{r[0]},{r[1]}" for r in rows)
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            with cur.copy("COPY (SELECT * FROM bank.nope) TO STDOUT") as copy:
+                pass
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_psycopg2_named_cursor(server):
+    conn = psycopg2.connect(dsn(server))
+    try:
+        plain = conn.cursor()
+        plain.execute(DEMO, (1900,))
+        expected = plain.fetchall()
+        named = conn.cursor(name="pg2")
+        named.itersize = 17
+        named.execute(DEMO, (1900,))
+        assert named.fetchmany(5) == expected[:5]
+        assert list(named) == expected[5:]
+        named.close()
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_asyncpg_fetch_and_cursor(server):
+
+    async def run():
+        conn = await asyncpg.connect(dsn(server))
+        try:
+            query = DEMO.replace("%s", "$1")
+            rows = await conn.fetch(query, 1950)
+            async with conn.transaction():
+                streamed = [r async for r in conn.cursor(query, 1950, prefetch=7)]
+            return [tuple(r) for r in rows], [tuple(r) for r in streamed]
+        finally:
+            await conn.close()
+
+    rows, streamed = asyncio.run(run())
+    assert len(rows) == 50
+    assert streamed == rows
+
+
+def test_connectorx_every_protocol_and_polars(server):
+    query = "SELECT customer_id, region, income FROM bank.customers ORDER BY customer_id"
+    with psycopg.connect(dsn(server)) as conn:
+        expected = conn.execute(query).fetchall()
+    for protocol in ("binary", "csv", "cursor"):
+        table = cx.read_sql(f"{dsn(server)}?cxprotocol={protocol}", query, return_type="arrow")
+        got = list(zip(*(table.column(i).to_pylist() for i in range(3))))
+        assert got == expected, protocol
+    frame = pl.read_database_uri(query, dsn(server))
+    assert frame.columns == ["customer_id", "region", "income"]
+    assert list(frame.iter_rows()) == expected
+
+
+def test_pandas_chunked_read_over_a_server_side_cursor(server):
+    engine = sqlalchemy.create_engine(
+        f"postgresql+psycopg://fedsql@127.0.0.1:{server.pg_port}/demo")
+    query = sqlalchemy.text(
+        "SELECT customer_id, region FROM bank.customers ORDER BY customer_id")
+    with engine.connect() as conn:
+        whole = pd.read_sql(query, conn)
+    with engine.connect().execution_options(stream_results=True, max_row_buffer=300) as conn:
+        chunks = list(pd.read_sql(query, conn, chunksize=300))
+    engine.dispose()
+    assert len(chunks) == 7
+    assert pd.concat(chunks, ignore_index=True).equals(whole)
