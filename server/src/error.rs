@@ -169,6 +169,8 @@ impl ServerError {
                     "42P01"
                 } else if msg.contains("Invalid function") || msg.contains("No function matches") {
                     "42883"
+                } else if msg.starts_with("unrecognized configuration parameter") {
+                    "42704"
                 } else if msg.contains("coerce") || msg.contains("Cannot infer") {
                     "42804"
                 } else {

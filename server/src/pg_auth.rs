@@ -181,6 +181,16 @@ impl<Open: StartupHandler> PgStartup<Open> {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if matches!(message, PgWireFrontendMessage::Startup(_)) {
+            // `SHOW server_version_num` and the like: datafusion-postgres
+            // answers SHOW from the connection's metadata.
+            for (name, value) in crate::pg_compat::SERVER_SETTINGS {
+                client
+                    .metadata_mut()
+                    .entry((*name).to_string())
+                    .or_insert_with(|| (*value).to_string());
+            }
+        }
         if let PgWireFrontendMessage::Startup(startup) = &message {
             // Postgres's own refusal; without it the connection would wait
             // for a password nobody can check.

@@ -48,6 +48,167 @@ impl ScalarUDFImpl for ConstantFunction {
     }
 }
 
+/// The read-only server settings fedsql reports, as Postgres 16 does (the
+/// version pgwire announces at startup): `SHOW` and `current_setting` answer
+/// them. Drivers branch on `server_version_num` and `max_identifier_length`.
+pub const SERVER_SETTINGS: &[(&str, &str)] = &[
+    ("server_version", "16.6"),
+    ("server_version_num", "160006"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("max_identifier_length", "63"),
+    ("datestyle", "ISO, MDY"),
+    ("intervalstyle", "postgres"),
+    ("is_superuser", "on"),
+    ("default_transaction_read_only", "off"),
+    ("transaction_read_only", "off"),
+    ("default_transaction_isolation", "read committed"),
+    ("transaction_isolation", "read committed"),
+    ("in_hot_standby", "off"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+    ("block_size", "8192"),
+    ("max_index_keys", "32"),
+    ("search_path", "public"),
+];
+
+/// A server setting by name (any case).
+pub fn server_setting(name: &str) -> Option<&'static str> {
+    SERVER_SETTINGS
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| *value)
+}
+
+/// `current_setting(name [, missing_ok])`: the session's time zone and
+/// DataFusion/fedsql options (`datafusion.execution.batch_size`), then the
+/// server settings; an unknown name is 42704 unless `missing_ok`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let scalar = |i: usize| match args.args.get(i) {
+            Some(ColumnarValue::Scalar(v)) => Ok(Some(v.clone())),
+            Some(ColumnarValue::Array(_)) => Err(datafusion::error::DataFusionError::Plan(
+                "current_setting() takes a constant setting name".into(),
+            )),
+            None => Ok(None),
+        };
+        let name = match scalar(0)? {
+            Some(ScalarValue::Utf8(Some(n)) | ScalarValue::Utf8View(Some(n))) => n,
+            Some(ScalarValue::LargeUtf8(Some(n))) => n,
+            Some(v) if v.is_null() => return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None))),
+            _ => {
+                return Err(datafusion::error::DataFusionError::Plan(
+                    "current_setting(name text [, missing_ok boolean])".into(),
+                ))
+            }
+        };
+        let missing_ok = matches!(scalar(1)?, Some(ScalarValue::Boolean(Some(true))));
+        let lower = name.to_ascii_lowercase();
+        let value = if lower == "timezone" {
+            Some(
+                args.config_options
+                    .execution
+                    .time_zone
+                    .clone()
+                    .unwrap_or_else(|| "UTC".into()),
+            )
+        } else if let Some(entry) = args
+            .config_options
+            .entries()
+            .into_iter()
+            .find(|e| e.key.eq_ignore_ascii_case(&name))
+        {
+            Some(entry.value.unwrap_or_default())
+        } else {
+            server_setting(&name).map(str::to_string)
+        };
+        match value {
+            Some(v) => Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(v)))),
+            None if missing_ok => Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None))),
+            // SQLSTATE 42704, like Postgres (see `ServerError::from_datafusion`).
+            None => Err(datafusion::error::DataFusionError::Plan(format!(
+                "unrecognized configuration parameter \"{name}\""
+            ))),
+        }
+    }
+}
+
+/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's
+/// reflection builds identity and collation details with it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::array::{Array, StringBuilder};
+        if !args.args.len().is_multiple_of(2) {
+            return Err(datafusion::error::DataFusionError::Plan(
+                "argument list must have even number of elements".into(),
+            ));
+        }
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut out = StringBuilder::new();
+        for row in 0..args.number_rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                if key.is_null() {
+                    return Err(datafusion::error::DataFusionError::Plan(
+                        "null value not allowed for object key".into(),
+                    ));
+                }
+                let value = if pair[1].is_null(row) {
+                    serde_json::Value::Null
+                } else {
+                    match ScalarValue::try_from_array(&pair[1], row)? {
+                        ScalarValue::Boolean(Some(b)) => serde_json::Value::Bool(b),
+                        v if v.data_type().is_numeric() => {
+                            serde_json::from_str(&v.to_string()).unwrap_or(serde_json::Value::Null)
+                        }
+                        v => serde_json::Value::String(v.to_string()),
+                    }
+                };
+                object.insert(key.to_string(), value);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(std::sync::Arc::new(out.finish())))
+    }
+}
+
 /// Registers the catalog functions psql's `\d+`, `\df` and friends call.
 pub fn register_functions(ctx: &SessionContext) {
     let text_null = ScalarValue::Utf8(None);
@@ -59,17 +220,35 @@ pub fn register_functions(ctx: &SessionContext) {
         ("pg_get_function_result", text_null.clone()),
         ("pg_get_function_arguments", text_null),
         ("pg_function_is_visible", ScalarValue::Boolean(Some(true))),
+        ("pg_collation_is_visible", ScalarValue::Boolean(Some(true))),
+        // fedsql tables have no serial columns (SQLAlchemy's reflection).
+        ("pg_get_serial_sequence", ScalarValue::Utf8(None)),
+        // No temporary schema (ADBC's `get_objects`).
+        ("pg_my_temp_schema", ScalarValue::Int32(Some(0))),
     ] {
         // pg_catalog's own version wins where it exists.
         if ctx.udf(name).is_ok() {
             continue;
         }
+        let signature = if name == "pg_my_temp_schema" {
+            Signature::nullary(Volatility::Stable)
+        } else {
+            Signature::variadic_any(Volatility::Stable)
+        };
         ctx.register_udf(ScalarUDF::from(ConstantFunction {
             name,
             value,
-            signature: Signature::variadic_any(Volatility::Stable),
+            signature,
         }));
     }
+    if ctx.udf("json_build_object").is_err() {
+        ctx.register_udf(ScalarUDF::from(JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }));
+    }
+    ctx.register_udf(ScalarUDF::from(CurrentSetting {
+        signature: Signature::variadic_any(Volatility::Stable),
+    }));
     // Drivers (SQLAlchemy, JDBC) parse `version()` for "PostgreSQL X.Y";
     // DataFusion's own answer names only DataFusion.
     ctx.register_udf(ScalarUDF::from(ConstantFunction {
@@ -83,7 +262,8 @@ pub fn register_functions(ctx: &SessionContext) {
 /// then fedsql's own.
 pub fn version_string() -> String {
     format!(
-        "PostgreSQL 15.0 (fedsql {}, Apache DataFusion {}) on {}",
+        "PostgreSQL {} (fedsql {}, Apache DataFusion {}) on {}",
+        SERVER_SETTINGS[0].1,
         env!("CARGO_PKG_VERSION"),
         datafusion::DATAFUSION_VERSION,
         std::env::consts::ARCH
@@ -136,6 +316,20 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
             changed = true;
             return ControlFlow::<()>::Continue(());
         }
+        if let Some(rewritten) = catalog_scalar_subquery(expr) {
+            *expr = rewritten;
+            changed = true;
+            return ControlFlow::<()>::Continue(());
+        }
+        if let Some(rewritten) = int2vector_as_array(expr) {
+            *expr = rewritten;
+            changed = true;
+            return ControlFlow::<()>::Continue(());
+        }
+        if regproc_compared_to_zero(expr) {
+            changed = true;
+            return ControlFlow::<()>::Continue(());
+        }
         if let Expr::Like {
             pattern,
             escape_char,
@@ -167,6 +361,298 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         ControlFlow::<()>::Continue(())
     });
     changed.then(|| statements[0].to_string())
+}
+
+/// A scalar subquery in a catalog query, made plannable: DataFusion plans a
+/// correlated scalar subquery only when it aggregates, and SQLAlchemy's
+/// column reflection looks up defaults, identity sequences and collations
+/// with plain ones (inside `CASE`). One over `pg_attrdef` or
+/// `pg_sequence`, which are always empty in fedsql (no column defaults, no
+/// sequences), is NULL; any other single-column one takes `first_value` of
+/// its at most one row (Postgres would fail on more).
+fn catalog_scalar_subquery(expr: &Expr) -> Option<Expr> {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let Expr::Subquery(query) = expr else {
+        return None;
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    if reads_only(select, &["pg_attrdef", "pg_sequence"]) {
+        return Some(empty_subquery(expr));
+    }
+    let ([item], true) = (
+        select.projection.as_slice(),
+        matches!(&select.group_by, datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty()),
+    ) else {
+        return None;
+    };
+    let (inner, alias) = match item {
+        SelectItem::UnnamedExpr(e) => (e, None),
+        SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+        _ => return None,
+    };
+    let aggregated = matches!(inner, Expr::Function(f) if matches!(
+        f.name.to_string().to_ascii_lowercase().as_str(),
+        "count" | "max" | "min" | "sum" | "avg" | "array_agg" | "string_agg" | "bool_and"
+            | "bool_or" | "first_value" | "every"
+    ));
+    if aggregated || query.limit_clause.is_some() {
+        return None;
+    }
+    let wrapped = parse_expr(&format!("first_value({inner})"))?;
+    let mut query = query.clone();
+    let mut outer_conditions = Vec::new();
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        select.projection = vec![match alias {
+            Some(alias) => SelectItem::ExprWithAlias {
+                expr: wrapped,
+                alias: alias.clone(),
+            },
+            None => SelectItem::UnnamedExpr(wrapped),
+        }];
+        // A condition on the outer row alone (`WHERE outer.flag AND …`),
+        // which DataFusion cannot decorrelate, moves out:
+        // `(SELECT … WHERE c AND rest)` is `CASE WHEN c THEN (SELECT … WHERE
+        // rest) END`.
+        let local = local_names(select);
+        if let Some(selection) = select.selection.take() {
+            let mut kept = Vec::new();
+            for conjunct in conjuncts(selection) {
+                if reads_only_outer(&conjunct, &local) {
+                    outer_conditions.push(conjunct)
+                } else {
+                    kept.push(conjunct)
+                }
+            }
+            select.selection = kept.into_iter().reduce(|a, b| Expr::BinaryOp {
+                left: Box::new(a),
+                op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+                right: Box::new(b),
+            });
+        }
+    }
+    let subquery = Expr::Subquery(query);
+    if outer_conditions.is_empty() {
+        return Some(subquery);
+    }
+    let conditions: Vec<String> = outer_conditions.iter().map(ToString::to_string).collect();
+    parse_expr(&format!(
+        "CASE WHEN {} THEN {subquery} ELSE NULL END",
+        conditions.join(" AND ")
+    ))
+}
+
+/// Whether every FROM item of `select` is one of `tables`.
+fn reads_only(select: &datafusion::sql::sqlparser::ast::Select, tables: &[&str]) -> bool {
+    use datafusion::sql::sqlparser::ast::TableFactor;
+    !select.from.is_empty()
+        && select.from.iter().all(|from| {
+            std::iter::once(&from.relation)
+                .chain(from.joins.iter().map(|j| &j.relation))
+                .all(|factor| match factor {
+                    TableFactor::Table { name, .. } => name.0.last().is_some_and(|p| {
+                        let table = p.to_string().trim_matches('"').to_ascii_lowercase();
+                        tables.contains(&table.as_str())
+                    }),
+                    _ => false,
+                })
+        })
+}
+
+/// A NULL standing for a subquery known to return no row. Its parameters
+/// stay in the statement (in a branch never taken), so a client's `$n`
+/// keep their numbers and types.
+fn empty_subquery(subquery: &Expr) -> Expr {
+    use datafusion::sql::sqlparser::ast::visit_expressions;
+    let mut parameters = Vec::new();
+    let _ = visit_expressions(subquery, |e| {
+        match e {
+            Expr::Cast { expr, .. } if matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, Value::Placeholder(_))) => {
+                parameters.push(e.to_string())
+            }
+            Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) => {
+                let text = e.to_string();
+                if !parameters
+                    .iter()
+                    .any(|p| p.starts_with(&format!("CAST({text} ")))
+                {
+                    parameters.push(text)
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let null = "CAST(NULL AS TEXT)";
+    if parameters.is_empty() {
+        return parse_expr(null).unwrap_or(Expr::Value(Value::Null.into()));
+    }
+    let kept: Vec<String> = parameters.iter().map(|p| format!("{p} IS NULL")).collect();
+    parse_expr(&format!(
+        "CASE WHEN FALSE AND ({}) THEN {null} ELSE {null} END",
+        kept.join(" OR ")
+    ))
+    .unwrap_or(Expr::Value(Value::Null.into()))
+}
+
+/// Whether `expr` names columns, all qualified by tables not in `local`
+/// (so of an outer query), and holds no subquery.
+fn reads_only_outer(expr: &Expr, local: &[String]) -> bool {
+    use datafusion::sql::sqlparser::ast::visit_expressions;
+    let mut columns = 0;
+    let only_outer = visit_expressions(expr, |e| match e {
+        Expr::CompoundIdentifier(parts)
+            if parts.len() >= 2
+                && !local.contains(&parts[parts.len() - 2].value.to_ascii_lowercase()) =>
+        {
+            columns += 1;
+            ControlFlow::Continue(())
+        }
+        Expr::Identifier(_)
+        | Expr::CompoundIdentifier(_)
+        | Expr::Subquery(_)
+        | Expr::Exists { .. }
+        | Expr::InSubquery { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    only_outer.is_continue() && columns > 0
+}
+
+/// The names a select's FROM items go by (tables and aliases), lower-cased.
+fn local_names(select: &datafusion::sql::sqlparser::ast::Select) -> Vec<String> {
+    use datafusion::sql::sqlparser::ast::TableFactor;
+    let mut names = Vec::new();
+    for from in &select.from {
+        for factor in std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation))
+        {
+            if let TableFactor::Table { name, alias, .. } = factor {
+                if let Some(last) = name.0.last() {
+                    names.push(last.to_string().trim_matches('"').to_ascii_lowercase());
+                }
+                if let Some(alias) = alias {
+                    names.push(alias.name.value.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// `a AND b AND c` as `[a, b, c]`.
+fn conjuncts(expr: Expr) -> Vec<Expr> {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+            right,
+        } => {
+            let mut all = conjuncts(*left);
+            all.extend(conjuncts(*right));
+            all
+        }
+        Expr::Nested(inner)
+            if matches!(
+                *inner,
+                Expr::BinaryOp {
+                    op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            conjuncts(*inner)
+        }
+        other => vec![other],
+    }
+}
+
+/// `unnest(pg_index.indkey)` and `generate_subscripts(pg_index.indkey, 1)`
+/// (SQLAlchemy's primary-key and index reflection): `int2vector` columns
+/// are space-separated text in fedsql's `pg_index`, as Postgres prints
+/// them, so they are split into an array first.
+fn int2vector_as_array(expr: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let name = f.name.to_string().to_ascii_lowercase();
+    let name = name.trim_start_matches("pg_catalog.");
+    if name != "unnest" && name != "generate_subscripts" {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let column = match list.args.first()? {
+        datafusion::sql::sqlparser::ast::FunctionArg::Unnamed(
+            datafusion::sql::sqlparser::ast::FunctionArgExpr::Expr(e),
+        ) => e,
+        _ => return None,
+    };
+    let vector_column = |name: &str| {
+        ["indkey", "indclass", "indoption", "indcollation"]
+            .iter()
+            .any(|c| name.eq_ignore_ascii_case(c))
+    };
+    let is_int2vector = match column {
+        Expr::Identifier(i) => vector_column(&i.value),
+        Expr::CompoundIdentifier(parts) => parts.last().is_some_and(|p| vector_column(&p.value)),
+        _ => false,
+    };
+    if !is_int2vector {
+        return None;
+    }
+    let array = format!("CAST(string_to_array({column}, ' ') AS BIGINT[])");
+    if name == "unnest" {
+        return parse_expr(&format!("unnest({array})"));
+    }
+    // The dimension argument (1 for a vector) is kept: it may be a
+    // client's parameter, whose number must not change.
+    let dimension = match list.args.get(1)? {
+        datafusion::sql::sqlparser::ast::FunctionArg::Unnamed(
+            datafusion::sql::sqlparser::ast::FunctionArgExpr::Expr(e),
+        ) => e,
+        _ => return None,
+    };
+    parse_expr(&format!(
+        "unnest(range(CAST({dimension} AS BIGINT), CAST(cardinality({array}) AS BIGINT) + CAST({dimension} AS BIGINT)))"
+    ))
+}
+
+/// `pg_type.typreceive != 0` (ADBC's PostgreSQL driver asks so at connect):
+/// `regproc` columns are text in fedsql's `pg_type`, naming the function or
+/// `-` for none, as Postgres prints them; comparing them with the oid 0
+/// becomes comparing with `-`. Returns whether `expr` was rewritten.
+fn regproc_compared_to_zero(expr: &mut Expr) -> bool {
+    const REGPROC_COLUMNS: [&str; 7] = [
+        "typinput",
+        "typoutput",
+        "typreceive",
+        "typsend",
+        "typmodin",
+        "typmodout",
+        "typanalyze",
+    ];
+    let Expr::BinaryOp { left, right, .. } = expr else {
+        return false;
+    };
+    let is_regproc = |e: &Expr| {
+        let name = match e {
+            Expr::Identifier(i) => Some(&i.value),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|p| &p.value),
+            _ => None,
+        };
+        name.is_some_and(|n| REGPROC_COLUMNS.iter().any(|c| n.eq_ignore_ascii_case(c)))
+    };
+    let is_zero = |e: &Expr| matches!(e, Expr::Value(ValueWithSpan { value: Value::Number(n, _), .. }) if n == "0");
+    let zero = if is_regproc(left) && is_zero(right) {
+        right
+    } else if is_regproc(right) && is_zero(left) {
+        left
+    } else {
+        return false;
+    };
+    **zero = Expr::Value(Value::SingleQuotedString("-".into()).into());
+    true
 }
 
 /// Keeps user queries' scalar subqueries in a select list intact.
@@ -301,6 +787,53 @@ mod tests {
         let rewritten = rewrite_catalog_query(sql).unwrap();
         assert!(
             rewritten.contains("array_to_string(CAST(NULL AS TEXT[]) || CAST(NULL AS TEXT[])"),
+            "{rewritten}"
+        );
+    }
+
+    #[test]
+    fn regproc_zero_is_a_dash() {
+        let rewritten = rewrite_catalog_query(
+            "SELECT oid FROM pg_catalog.pg_type WHERE (typreceive != 0 OR 0 <> typsend)",
+        )
+        .unwrap();
+        assert!(
+            rewritten.contains("typreceive <> '-' OR '-' <> typsend"),
+            "{rewritten}"
+        );
+    }
+
+    #[test]
+    fn int2vectors_become_arrays_keeping_parameters() {
+        let rewritten = rewrite_catalog_query(
+            "SELECT unnest(i.indkey), generate_subscripts(i.indkey, $1::INTEGER) FROM pg_catalog.pg_index i",
+        )
+        .unwrap();
+        assert!(
+            rewritten.contains("unnest(CAST(string_to_array(i.indkey, ' ') AS BIGINT[]))"),
+            "{rewritten}"
+        );
+        assert!(
+            rewritten.contains("CAST($1::INTEGER AS BIGINT)"),
+            "{rewritten}"
+        );
+    }
+
+    #[test]
+    fn catalog_scalar_subqueries_aggregate_or_vanish_keeping_parameters() {
+        let rewritten = rewrite_catalog_query(
+            "SELECT CASE WHEN a.atthasdef THEN (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d \
+             WHERE d.adrelid = a.attrelid AND d.adnum = $1) END, \
+             (SELECT t.typname FROM pg_catalog.pg_type t WHERE a.attnotnull AND t.oid = a.atttypid) \
+             FROM pg_catalog.pg_attribute a",
+        )
+        .unwrap();
+        // pg_attrdef is always empty: NULL, with $1 still in the statement.
+        assert!(!rewritten.contains("pg_attrdef"), "{rewritten}");
+        assert!(rewritten.contains("$1 IS NULL"), "{rewritten}");
+        // The outer-only condition moves out; the lookup aggregates.
+        assert!(
+            rewritten.contains("CASE WHEN a.attnotnull THEN (SELECT first_value(t.typname) FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid)"),
             "{rewritten}"
         );
     }

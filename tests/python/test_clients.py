@@ -60,8 +60,7 @@ def test_sqlalchemy_inspect_lists_tables(server):
     assert "bank" in insp.get_schema_names()
     assert sorted(insp.get_table_names(schema="bank")) == [
         "customers", "support_messages", "transactions"]
-    # get_columns() is not covered: SQLAlchemy's column reflection uses
-    # correlated subqueries inside CASE, which DataFusion cannot plan yet.
+    # Column and key reflection: test_pg_clients.py.
     with engine.connect() as conn:
         n = conn.execute(text("SELECT count(*) FROM bank.customers WHERE region = :r"),
                          {"r": "eu"}).scalar_one()

@@ -180,3 +180,52 @@ def test_pandas_chunked_read_over_a_server_side_cursor(server):
     engine.dispose()
     assert len(chunks) == 7
     assert pd.concat(chunks, ignore_index=True).equals(whole)
+
+
+def test_adbc_postgresql_driver(server):
+    import adbc_driver_postgresql.dbapi as adbc
+
+    with psycopg.connect(dsn(server)) as conn:
+        expected = conn.execute(DEMO, (1995,)).fetchall()
+    with adbc.connect(dsn(server)) as conn, conn.cursor() as cur:
+        cur.execute(DEMO.replace("%s", "$1"), parameters=(1995,))
+        table = cur.fetch_arrow_table()
+        assert table.column_names == ["customer_id", "region", "income", "age"]
+        assert list(zip(*(c.to_pylist() for c in table.columns))) == expected
+        objects = conn.adbc_get_objects(depth="db_schemas", catalog_filter="demo").read_all()
+        schemas = objects.to_pylist()[0]["catalog_db_schemas"]
+        assert {s["db_schema_name"] for s in schemas} >= {"public", "bank"}
+
+
+def test_sqlalchemy_reflects_columns_and_keys(server):
+    engine = sqlalchemy.create_engine(
+        f"postgresql+psycopg://fedsql@127.0.0.1:{server.pg_port}/demo")
+    insp = sqlalchemy.inspect(engine)
+    columns = insp.get_columns("customers", schema="bank")
+    with psycopg.connect(dsn(server)) as conn:
+        names = [d.name for d in conn.execute("SELECT * FROM bank.customers LIMIT 0").description]
+    assert [c["name"] for c in columns] == names
+    types = {c["name"]: type(c["type"]).__name__ for c in columns}
+    assert types["customer_id"] == "BIGINT" and types["income"] == "DOUBLE_PRECISION"
+    assert types["region"] == "TEXT"
+    assert insp.get_pk_constraint("customers", schema="bank")["constrained_columns"] == []
+    assert insp.get_indexes("customers", schema="bank") == []
+    table = sqlalchemy.Table("transactions", sqlalchemy.MetaData(), schema="bank",
+                             autoload_with=engine)
+    assert "amount" in table.columns
+    with engine.connect() as conn:
+        n = conn.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(table)).scalar_one()
+    assert n == 20000
+    engine.dispose()
+
+
+def test_session_settings(server):
+    with psycopg.connect(dsn(server), autocommit=True) as conn:
+        assert conn.execute("SHOW server_version_num").fetchone() == ("160006",)
+        assert conn.execute("SELECT current_setting('server_version_num')").fetchone() == ("160006",)
+        assert conn.execute("SELECT current_setting('max_identifier_length')").fetchone() == ("63",)
+        assert conn.execute("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)
+        assert conn.execute("SELECT current_setting('no.such', true)").fetchone() == (None,)
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            conn.execute("SELECT current_setting('no_such_setting')")
+        assert conn.info.server_version >= 160000
