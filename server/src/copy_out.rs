@@ -10,16 +10,18 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion_postgres::arrow_pg::datatypes::arrow_schema_to_pg_fields;
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::arrow_pg::encoder::{encode_value, Encoder};
 use fedsql_sql::connection::{CopyFormat, CopyTo, ForceQuote};
 use futures::{stream, StreamExt};
 use pgwire::api::portal::Format;
-use pgwire::api::results::{CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo};
+use pgwire::api::results::{CopyEncoder, CopyResponse, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
+use pgwire::messages::data::DataRow;
 
 use crate::error::{Result, ServerError};
+use crate::pg_text::TextFixes;
 
 /// The signature, flags and header-extension length that start PGCOPY
 /// binary data.
@@ -95,41 +97,38 @@ pub fn copy_out(copy: &CopyTo, rows: SendableRecordBatchStream) -> Result<CopyRe
             "\\N".into()
         }
     });
-    let encoder = match copy.format {
-        CopyFormat::Binary => CopyEncoder::new_binary(Arc::clone(&fields)),
-        CopyFormat::Text => CopyEncoder::new_text(
-            Arc::clone(&fields),
-            CopyTextOptions {
-                delimiter: delimiter.to_string().into(),
-                null_string: null.into(),
-            },
-        ),
-        CopyFormat::Csv => CopyEncoder::new_csv(
-            Arc::clone(&fields),
-            CopyCsvOptions {
-                delimiter: delimiter.to_string().into(),
-                quote: quote.to_string().into(),
-                escape: quote.to_string().into(),
-                null_string: null.into(),
-                force_quote,
-            },
-        ),
+    let layout = match copy.format {
+        CopyFormat::Binary => Layout::Binary(CopyEncoder::new_binary(Arc::clone(&fields))),
+        format => Layout::Delimited(Delimited {
+            csv: format == CopyFormat::Csv,
+            delimiter,
+            quote,
+            null,
+            force_quote: (0..fields.len())
+                .map(|i| force_quote.contains(&i))
+                .collect(),
+            fixes: TextFixes::for_fields(&fields),
+        }),
     };
     // What precedes the first row: the PGCOPY header (which the encoder
     // writes with its first row, so only needed for an empty result) or the
     // header line. It is sent in the first row's message, because pgwire
     // counts messages as rows for the `COPY n` tag.
-    let prefix = if copy.header {
-        let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
-        Some(header_line(&names, copy.format, delimiter, quote))
-    } else {
-        None
+    let prefix = match (&layout, copy.header) {
+        (Layout::Delimited(d), true) => {
+            let mut line = String::new();
+            for (i, field) in fields.iter().enumerate() {
+                d.push_value(&mut line, i, Some(field.name()));
+            }
+            line.push('\n');
+            Some(Bytes::from(line))
+        }
+        _ => None,
     };
     let copier = Copier {
-        encoder,
+        layout,
         fields: Arc::clone(&fields),
         prefix,
-        binary,
         wrote_row: false,
     };
     let body = stream::unfold(Some((rows, copier)), |state| async move {
@@ -151,53 +150,169 @@ pub fn copy_out(copy: &CopyTo, rows: SendableRecordBatchStream) -> Result<CopyRe
     Ok(response)
 }
 
+/// How rows become bytes.
+enum Layout {
+    /// PGCOPY, by pgwire's encoder (the same field encoding as binary rows).
+    Binary(CopyEncoder),
+    /// Text or CSV: each row's text values, as `SELECT` sends them, escaped
+    /// and joined.
+    Delimited(Delimited),
+}
+
+/// Text and CSV layout options.
+struct Delimited {
+    csv: bool,
+    delimiter: char,
+    quote: char,
+    null: String,
+    force_quote: Vec<bool>,
+    fixes: Option<TextFixes>,
+}
+
+impl Delimited {
+    /// Appends one value (`None` is NULL), preceded by the delimiter unless
+    /// it is the first.
+    fn push_value(&self, line: &mut String, column: usize, value: Option<&str>) {
+        if column > 0 {
+            line.push(self.delimiter);
+        }
+        let Some(value) = value else {
+            line.push_str(&self.null);
+            return;
+        };
+        if self.csv {
+            let quoted = self.force_quote.get(column).copied().unwrap_or(false)
+                || value == self.null
+                || value.contains([self.delimiter, self.quote, '\n', '\r'])
+                || value == "\\.";
+            if !quoted {
+                line.push_str(value);
+                return;
+            }
+            line.push(self.quote);
+            for c in value.chars() {
+                if c == self.quote {
+                    line.push(self.quote);
+                }
+                line.push(c);
+            }
+            line.push(self.quote);
+            return;
+        }
+        for c in value.chars() {
+            match c {
+                '\\' => line.push_str("\\\\"),
+                '\n' => line.push_str("\\n"),
+                '\r' => line.push_str("\\r"),
+                '\t' => line.push_str("\\t"),
+                c if c == self.delimiter => {
+                    line.push('\\');
+                    line.push(c);
+                }
+                c => line.push(c),
+            }
+        }
+    }
+
+    /// One text-format `DataRow` as a line.
+    fn line(&self, row: DataRow) -> Bytes {
+        let row = match &self.fixes {
+            Some(fixes) => fixes.apply(row),
+            None => row,
+        };
+        let mut line = String::new();
+        let mut rest: &[u8] = &row.data;
+        let mut column = 0;
+        while rest.len() >= 4 {
+            let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            rest = &rest[4..];
+            if len < 0 {
+                self.push_value(&mut line, column, None);
+            } else {
+                let len = (len as usize).min(rest.len());
+                self.push_value(
+                    &mut line,
+                    column,
+                    Some(&String::from_utf8_lossy(&rest[..len])),
+                );
+                rest = &rest[len..];
+            }
+            column += 1;
+        }
+        line.push('\n');
+        Bytes::from(line)
+    }
+}
+
 /// Encodes batches into per-row `CopyData` messages.
 struct Copier {
-    encoder: CopyEncoder,
+    layout: Layout,
     fields: Arc<Vec<FieldInfo>>,
     prefix: Option<Bytes>,
-    binary: bool,
     wrote_row: bool,
 }
 
 impl Copier {
     fn batch(&mut self, batch: &RecordBatch) -> Vec<PgWireResult<CopyData>> {
-        let schema = batch.schema();
-        let mut messages = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            for (column, array) in batch.columns().iter().enumerate() {
-                let encoded = encode_value(
-                    &mut self.encoder,
-                    array,
-                    row,
-                    schema.field(column),
-                    &self.fields[column],
-                );
-                if let Err(e) = encoded {
-                    messages.push(Err(e));
-                    return messages;
+        let mut messages: Vec<PgWireResult<Bytes>> = Vec::with_capacity(batch.num_rows());
+        match &mut self.layout {
+            Layout::Binary(encoder) => {
+                let schema = batch.schema();
+                'rows: for row in 0..batch.num_rows() {
+                    for (column, array) in batch.columns().iter().enumerate() {
+                        let encoded = encode_value(
+                            encoder,
+                            array,
+                            row,
+                            schema.field(column),
+                            &self.fields[column],
+                        );
+                        if let Err(e) = encoded {
+                            messages.push(Err(e));
+                            break 'rows;
+                        }
+                    }
+                    messages.push(Ok(encoder.take_row().data));
                 }
             }
-            let data = self.encoder.take_row();
-            self.wrote_row = true;
-            messages.push(Ok(match self.prefix.take() {
-                Some(prefix) => {
-                    let mut joined = BytesMut::with_capacity(prefix.len() + data.data.len());
-                    joined.put_slice(&prefix);
-                    joined.put_slice(&data.data);
+            Layout::Delimited(delimited) => {
+                for row in encode_recordbatch(Arc::clone(&self.fields), batch.clone()) {
+                    match row {
+                        Ok(row) => messages.push(Ok(delimited.line(row))),
+                        Err(e) => {
+                            messages.push(Err(e));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let prefix = self.prefix.take();
+        let mut data: Vec<PgWireResult<CopyData>> = Vec::with_capacity(messages.len());
+        for (i, message) in messages.into_iter().enumerate() {
+            data.push(message.map(|bytes| match (&prefix, i) {
+                (Some(prefix), 0) => {
+                    let mut joined = BytesMut::with_capacity(prefix.len() + bytes.len());
+                    joined.put_slice(prefix);
+                    joined.put_slice(&bytes);
                     CopyData::new(joined.freeze())
                 }
-                None => data,
+                _ => CopyData::new(bytes),
             }));
         }
-        messages
+        if data.is_empty() {
+            self.prefix = prefix;
+        } else {
+            self.wrote_row = true;
+        }
+        data
     }
 
     /// What ends the data: for binary, the trailer, after the PGCOPY
     /// header if no row carried it (in one message, as Postgres sends it
     /// and psycopg expects); for text, the header line of an empty result.
     fn finish(&mut self) -> Vec<PgWireResult<CopyData>> {
-        let end = if self.binary {
+        let end = if matches!(self.layout, Layout::Binary(_)) {
             let mut end = BytesMut::new();
             if !self.wrote_row {
                 end.put_slice(PGCOPY_HEADER);
@@ -211,54 +326,6 @@ impl Copier {
         };
         end.map(|b| Ok(CopyData::new(b))).into_iter().collect()
     }
-}
-
-/// CSV's or text's header line: the column names, quoted or escaped as
-/// values are.
-fn header_line(names: &[&str], format: CopyFormat, delimiter: char, quote: char) -> Bytes {
-    let mut line = String::new();
-    for (i, name) in names.iter().enumerate() {
-        if i > 0 {
-            line.push(delimiter);
-        }
-        match format {
-            CopyFormat::Csv => {
-                let needs_quotes = name.contains(delimiter)
-                    || name.contains(quote)
-                    || name.contains('\n')
-                    || name.contains('\r');
-                if needs_quotes {
-                    line.push(quote);
-                    for c in name.chars() {
-                        if c == quote {
-                            line.push(quote);
-                        }
-                        line.push(c);
-                    }
-                    line.push(quote);
-                } else {
-                    line.push_str(name);
-                }
-            }
-            _ => {
-                for c in name.chars() {
-                    match c {
-                        '\\' => line.push_str("\\\\"),
-                        '\n' => line.push_str("\\n"),
-                        '\r' => line.push_str("\\r"),
-                        '\t' => line.push_str("\\t"),
-                        c if c == delimiter => {
-                            line.push('\\');
-                            line.push(c);
-                        }
-                        c => line.push(c),
-                    }
-                }
-            }
-        }
-    }
-    line.push('\n');
-    Bytes::from(line)
 }
 
 fn internal(e: PgWireError) -> ServerError {

@@ -140,9 +140,14 @@ impl Cursor {
     ) -> Result<QueryResponse> {
         let batches = self.read(direction).await?;
         let fields = Arc::new(self.fields(format).map_err(internal)?);
+        let fixes = crate::pg_text::TextFixes::for_fields(&fields);
         let rows: Vec<_> = batches
             .into_iter()
             .flat_map(|batch| encode_recordbatch(Arc::clone(&fields), batch))
+            .map(|row| match &fixes {
+                Some(fixes) => row.map(|r| fixes.apply(r)),
+                None => row,
+            })
             .collect();
         let mut response = QueryResponse::new(fields, stream::iter(rows));
         response.set_command_tag("FETCH");

@@ -17,6 +17,7 @@ pub mod output;
 pub mod pg_auth;
 pub mod pg_catalog_scope;
 pub mod pg_compat;
+pub mod pg_text;
 pub mod query_log;
 mod secure_round;
 pub mod serve;

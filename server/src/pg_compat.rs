@@ -278,14 +278,16 @@ pub fn version_string() -> String {
 /// policies or roles that fedsql does not have, so it is replaced by a NULL
 /// text array,
 /// as are references to `reloptions`, which fedsql's `pg_class` lacks.
-/// `to_regtype(name)` becomes a lookup in `pg_type`.
-/// User queries are never rewritten.
+/// `to_regtype(name)` becomes a lookup in `pg_type`; see the helpers below
+/// for what drivers' catalog queries need (ADBC's, SQLAlchemy's).
+/// A user query (one reading any non-catalog table) only gets Postgres's
+/// result column names ([`postgres_column_names`]) and its select-list
+/// scalar subqueries protected ([`protect_scalar_subqueries`]).
 pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
-    // Cheap gate: only catalog queries and scalar subqueries are worth
-    // parsing twice.
     let lower = sql.to_ascii_lowercase();
-    let subquery = lower.contains("(select") || lower.contains("( select");
-    if !lower.contains("pg_") && !subquery {
+    // Cheap gate: only a query whose select list may hold more than plain
+    // columns is worth parsing twice.
+    if !lower.contains('(') && !lower.contains("::") && !lower.contains("pg_") {
         return None;
     }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
@@ -293,7 +295,9 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         return None;
     }
     if !lower.contains("pg_") {
-        return protect_scalar_subqueries(&mut statements[0]).then(|| statements[0].to_string());
+        let named = postgres_column_names(&mut statements[0]);
+        let protected = protect_scalar_subqueries(&mut statements[0]);
+        return (named || protected).then(|| statements[0].to_string());
     }
     let only_catalog = visit_relations(&statements[0], |name| {
         let first = name.0.first().map(|p| p.to_string().to_ascii_lowercase());
@@ -305,10 +309,14 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         }
     });
     if only_catalog.is_break() {
-        return protect_scalar_subqueries(&mut statements[0]).then(|| statements[0].to_string());
+        let named = postgres_column_names(&mut statements[0]);
+        let protected = protect_scalar_subqueries(&mut statements[0]);
+        return (named || protected).then(|| statements[0].to_string());
     }
     // A typed NULL: `NULL || NULL` has no type DataFusion can infer.
     let empty_options = parse_expr("CAST(NULL AS TEXT[])")?;
+    // Catalog queries keep their names and, unless rewritten below, their
+    // text: datafusion-pg-catalog recognises some of psql's by their text.
     let mut changed = false;
     let _ = visit_expressions_mut(&mut statements[0], |expr| {
         if let Some(lookup) = to_regtype_lookup(expr) {
@@ -655,6 +663,116 @@ fn regproc_compared_to_zero(expr: &mut Expr) -> bool {
     true
 }
 
+/// Names the result columns of a query as Postgres does where DataFusion
+/// would name them after the expression: `count(*)` is `count`,
+/// `avg(t.amount)` is `avg`, `x::int` is `x`, `CASE …` is `case`, other
+/// expressions `?column?` (Postgres's `FigureColname`). Clients and tools
+/// key rows by these names. A name that would repeat another output name
+/// is left as DataFusion's (DataFusion refuses duplicate names, Postgres
+/// allows them). Returns whether any item got an alias.
+fn postgres_column_names(statement: &mut Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{Ident, SelectItem, SetExpr};
+    let Statement::Query(query) = statement else {
+        return false;
+    };
+    let mut body = query.body.as_mut();
+    while let SetExpr::SetOperation { left, .. } = body {
+        body = left.as_mut();
+    }
+    let SetExpr::Select(select) = body else {
+        return false;
+    };
+    let mut names: Vec<Option<String>> = Vec::with_capacity(select.projection.len());
+    let mut proposed: Vec<Option<String>> = Vec::with_capacity(select.projection.len());
+    for item in &select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) => match e {
+                Expr::Identifier(i) => names.push(Some(i.value.clone())),
+                Expr::CompoundIdentifier(parts) => {
+                    names.push(parts.last().map(|p| p.value.clone()))
+                }
+                e => {
+                    let name = figure_column_name(e).unwrap_or_else(|| "?column?".into());
+                    names.push(Some(name.clone()));
+                    proposed.push(Some(name));
+                    continue;
+                }
+            },
+            SelectItem::ExprWithAlias { alias, .. } => names.push(Some(alias.value.clone())),
+            // A wildcard's names are not known here; keep clear of them.
+            _ => return false,
+        }
+        proposed.push(None);
+    }
+    let mut changed = false;
+    for (i, name) in proposed.iter().enumerate() {
+        let Some(name) = name else { continue };
+        let unique = names
+            .iter()
+            .enumerate()
+            .all(|(j, other)| j == i || other.as_deref() != Some(name.as_str()));
+        if !unique {
+            continue;
+        }
+        if let SelectItem::UnnamedExpr(e) = &select.projection[i] {
+            select.projection[i] = SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: Ident::with_quote('"', name.clone()),
+            };
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Postgres's name for an unaliased select item, if it has one of its own.
+fn figure_column_name(expr: &Expr) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{DataType as SqlType, SelectItem, SetExpr};
+    let unquoted = |i: &datafusion::sql::sqlparser::ast::Ident| match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_ascii_lowercase(),
+    };
+    match expr {
+        Expr::Identifier(i) => Some(unquoted(i)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(unquoted),
+        Expr::Function(f) => f.name.0.last().and_then(|p| p.as_ident()).map(unquoted),
+        Expr::Nested(e) => figure_column_name(e),
+        Expr::Cast {
+            expr, data_type, ..
+        } => figure_column_name(expr).or_else(|| {
+            Some(match data_type {
+                SqlType::Int(_) | SqlType::Integer(_) | SqlType::Int4(_) => "int4".into(),
+                SqlType::BigInt(_) | SqlType::Int8(_) => "int8".into(),
+                SqlType::SmallInt(_) | SqlType::Int2(_) => "int2".into(),
+                SqlType::Double(_) | SqlType::DoublePrecision | SqlType::Float8 => "float8".into(),
+                SqlType::Real | SqlType::Float4 => "float4".into(),
+                SqlType::Boolean | SqlType::Bool => "bool".into(),
+                SqlType::Varchar(_) | SqlType::CharacterVarying(_) => "varchar".into(),
+                SqlType::Numeric(_) | SqlType::Decimal(_) => "numeric".into(),
+                other => other.to_string().to_ascii_lowercase(),
+            })
+        }),
+        Expr::Case { .. } => Some("case".into()),
+        Expr::Exists { .. } => Some("exists".into()),
+        Expr::Array(_) => Some("array".into()),
+        Expr::Extract { .. } => Some("extract".into()),
+        Expr::Substring { .. } => Some("substring".into()),
+        Expr::Position { .. } => Some("position".into()),
+        Expr::Ceil { .. } => Some("ceil".into()),
+        Expr::Floor { .. } => Some("floor".into()),
+        Expr::Trim { .. } => Some("btrim".into()),
+        Expr::Subquery(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => match s.projection.first() {
+                Some(SelectItem::ExprWithAlias { alias, .. }) => Some(alias.value.clone()),
+                Some(SelectItem::UnnamedExpr(e)) => figure_column_name(e),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Keeps user queries' scalar subqueries in a select list intact.
 ///
 /// datafusion-postgres's SQL front (`PostgresCompatibilityParser`, which
@@ -864,11 +982,30 @@ mod tests {
     }
 
     #[test]
-    fn user_queries_are_left_alone() {
+    fn user_queries_keep_their_expressions() {
+        // Only named (Postgres calls the column `array`), never emptied.
         assert_eq!(
-            rewrite_catalog_query("SELECT array(SELECT 1) FROM demo.bank.customers"),
-            None
+            rewrite_catalog_query("SELECT array(SELECT 1) FROM demo.bank.customers").as_deref(),
+            Some("SELECT array(SELECT 1) AS \"array\" FROM demo.bank.customers")
         );
         assert_eq!(rewrite_catalog_query("SELECT 1"), None);
+        assert_eq!(rewrite_catalog_query("SELECT a, t.b FROM t"), None);
+    }
+
+    #[test]
+    fn result_columns_get_postgres_names() {
+        let rewritten = rewrite_catalog_query(
+            "SELECT count(*), avg(t.x), t.x::int8, 'a'::text, 1 + 1, CASE WHEN t.x > 0 THEN 1 END, \
+             sum(t.x) AS total FROM t",
+        )
+        .unwrap();
+        assert_eq!(
+            rewritten,
+            "SELECT count(*) AS \"count\", avg(t.x) AS \"avg\", t.x::INT8 AS \"x\", \
+             'a'::TEXT AS \"text\", 1 + 1 AS \"?column?\", \
+             CASE WHEN t.x > 0 THEN 1 END AS \"case\", sum(t.x) AS total FROM t"
+        );
+        // Two items Postgres would both call `count`: DataFusion's names stay.
+        assert_eq!(rewrite_catalog_query("SELECT count(*), count(x) FROM t"), None);
     }
 }

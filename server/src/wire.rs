@@ -42,6 +42,7 @@ use pgwire::api::{
     METADATA_USER,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::{
     Bind, BindComplete, Describe, Execute, TARGET_TYPE_BYTE_PORTAL,
 };
@@ -385,6 +386,13 @@ async fn start_rows(response: Response, sql: &str) -> PgWireResult<Response> {
         return Err(e);
     }
     let sql = sql.to_string();
+    // Postgres's float text (see `pg_text`), for results that have floats.
+    let fixes = crate::pg_text::TextFixes::for_fields(&query.row_schema());
+    let fix = move |row: PgWireResult<DataRow>| match &fixes {
+        Some(fixes) => row.map(|r| fixes.apply(r)),
+        None => row,
+    };
+    let first = first.map(&fix);
     // pgwire polls the rest of the rows outside any handler: a panic while
     // computing them ends this result with XX000, not the connection.
     let rest = std::panic::AssertUnwindSafe(std::mem::replace(
@@ -393,7 +401,7 @@ async fn start_rows(response: Response, sql: &str) -> PgWireResult<Response> {
     ))
     .catch_unwind()
     .map(move |row| match row {
-        Ok(row) => row.map_err(|e| to_wire(classify(e, &sql), 0).0),
+        Ok(row) => fix(row.map_err(|e| to_wire(classify(e, &sql), 0).0)),
         Err(payload) => Err(panic_error(payload.as_ref())),
     });
     let tag = query.command_tag().to_string();

@@ -337,3 +337,40 @@ fn a_non_loopback_wire_needs_a_password() {
         "{err}"
     );
 }
+
+#[test]
+fn backslash_copy_exports_a_query_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let csv = dir.path().join("out.csv");
+    let command = format!(
+        "\\copy (SELECT customer_id, region FROM bank.customers WHERE customer_id <= 3 ORDER BY 1) TO '{}' WITH (FORMAT csv, HEADER)",
+        csv.display()
+    );
+    let (ok, out, err) = psql(&server, "demo", &command);
+    assert!(ok, "{err}");
+    assert!(out.contains("COPY 3"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        "customer_id,region\n1,eu\n2,us\n3,apac\n"
+    );
+    let text = dir.path().join("customers.txt");
+    let (ok, out, err) = psql(
+        &server,
+        "demo",
+        &format!("\\copy bank.customers TO '{}'", text.display()),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("COPY 2000"), "{out}");
+    let lines: Vec<String> = std::fs::read_to_string(&text)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 2000);
+    assert!(
+        lines.iter().all(|l| l.split('\t').count() == 7),
+        "{:?}",
+        &lines[..2]
+    );
+}

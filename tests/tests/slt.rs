@@ -10,6 +10,9 @@ use tokio_postgres::SimpleQueryMessage;
 
 struct PgWire {
     client: tokio_postgres::Client,
+    /// Each result starts with a row of its column names (the agreement
+    /// files check naming too).
+    names: bool,
 }
 
 /// A wire error shown as `SQLSTATE: message`, so `.slt` files can match on
@@ -46,7 +49,12 @@ impl AsyncDB for PgWire {
         let mut affected = 0;
         for message in messages {
             match message {
-                SimpleQueryMessage::RowDescription(desc) => columns = Some(desc.len()),
+                SimpleQueryMessage::RowDescription(desc) => {
+                    columns = Some(desc.len());
+                    if self.names {
+                        rows.push(desc.iter().map(|c| c.name().to_string()).collect());
+                    }
+                }
                 SimpleQueryMessage::Row(row) => {
                     columns = Some(row.len());
                     rows.push(
@@ -104,13 +112,64 @@ async fn sqllogictest_files() {
                 let (client, connection) =
                     tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
                 tokio::spawn(connection);
-                Ok(PgWire { client })
+                Ok(PgWire {
+                    client,
+                    names: false,
+                })
             }
         });
         // Types are not compared: the simple protocol returns text.
         runner.with_column_validator(|_, _| true);
         if let Err(e) = runner.run_file_async(file).await {
             failures.push(format!("{}: {}", file.display(), e.display(true)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `tests/pg_agreement/*.slt` run twice, against fedsql and against the real
+/// PostgreSQL (`FEDSQL_TEST_PG`), with the same expected output: text
+/// formats and result column names as PostgreSQL produces them.
+#[tokio::test]
+async fn postgres_and_fedsql_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let postgres = format!(
+        "postgres://postgres@{}/postgres",
+        fedsql_tests::test_postgres()
+    );
+    let agreement = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/pg_agreement"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&agreement)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no .slt files in {}",
+        agreement.display()
+    );
+    let mut failures = Vec::new();
+    for (engine, conn_str) in [("fedsql", server.conn_str("demo")), ("postgres", postgres)] {
+        for file in &files {
+            let conn_str = conn_str.clone();
+            let mut runner = Runner::new(move || {
+                let conn_str = conn_str.clone();
+                async move {
+                    let (client, connection) =
+                        tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+                    tokio::spawn(connection);
+                    Ok(PgWire {
+                        client,
+                        names: true,
+                    })
+                }
+            });
+            runner.with_column_validator(|_, _| true);
+            if let Err(e) = runner.run_file_async(file).await {
+                failures.push(format!("{engine}, {}: {}", file.display(), e.display(true)));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
