@@ -221,6 +221,8 @@ pub fn register_functions(ctx: &SessionContext) {
         ("pg_get_function_arguments", text_null),
         ("pg_function_is_visible", ScalarValue::Boolean(Some(true))),
         ("pg_collation_is_visible", ScalarValue::Boolean(Some(true))),
+        // No temporary schemas (dbt docs generate).
+        ("pg_is_other_temp_schema", ScalarValue::Boolean(Some(false))),
         // fedsql tables have no serial columns (SQLAlchemy's reflection).
         ("pg_get_serial_sequence", ScalarValue::Utf8(None)),
         // No temporary schema (ADBC's `get_objects`).
@@ -1006,6 +1008,9 @@ mod tests {
              CASE WHEN t.x > 0 THEN 1 END AS \"case\", sum(t.x) AS total FROM t"
         );
         // Two items Postgres would both call `count`: DataFusion's names stay.
-        assert_eq!(rewrite_catalog_query("SELECT count(*), count(x) FROM t"), None);
+        assert_eq!(
+            rewrite_catalog_query("SELECT count(*), count(x) FROM t"),
+            None
+        );
     }
 }
