@@ -51,6 +51,10 @@ pub struct CatalogState {
     /// Absent in files written before sites existed.
     #[serde(default)]
     pub sites: Vec<SiteEntry>,
+    /// fedsql-owned tables (`catalog.schema.table`), whose rows are
+    /// snapshotted under `tables/` (see `owned_tables`).
+    #[serde(default)]
+    pub tables: Vec<String>,
 }
 
 /// Reads and writes [`CatalogState`] under the data dir.
@@ -121,6 +125,7 @@ mod tests {
                 credential: crate::sites::SiteCredential::new("token"),
                 created_at_us: 1,
             }],
+            tables: vec!["demo.marts.t".into()],
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);

@@ -420,7 +420,178 @@ impl Engine {
                 Ok(FedsqlOutcome::Command("DROP MODEL".into()))
             }
             FedsqlStatement::EvaluateModel(em) => self.evaluate_model(ctx, em).await,
+            FedsqlStatement::Truncate { names } => {
+                for name in names {
+                    self.truncate(ctx, name).await?;
+                }
+                Ok(FedsqlOutcome::Command("TRUNCATE TABLE".into()))
+            }
+            FedsqlStatement::RenameRelation {
+                kind,
+                if_exists,
+                name,
+                new_name,
+            } => {
+                self.rename_relation(ctx, *kind, *if_exists, name, new_name)
+                    .await?;
+                Ok(FedsqlOutcome::Command(statement.kind().into()))
+            }
         }
+    }
+
+    /// `TRUNCATE name`: a fedsql-owned table becomes empty (and its
+    /// snapshot too); a source's table is refused (0A000).
+    async fn truncate(&self, ctx: &SessionContext, name: &[String]) -> Result<()> {
+        let (catalog, schema, table) = resolve_name(ctx, name)?;
+        let qualified = format!("{catalog}.{schema}.{table}");
+        let provider = ctx
+            .catalog(&catalog)
+            .and_then(|c| c.schema(&schema))
+            .ok_or_else(|| undefined_relation(&qualified))?;
+        let current = provider
+            .table(&table)
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, &qualified))?
+            .ok_or_else(|| undefined_relation(&qualified))?;
+        if current
+            .as_ref()
+            .downcast_ref::<datafusion::catalog::MemTable>()
+            .is_none()
+        {
+            return Err(ServerError::NotSupported {
+                statement: "TRUNCATE".into(),
+                reason: format!("{qualified} is not a table fedsql owns"),
+            });
+        }
+        // In place: views planned over the table keep reading it.
+        if let Some(memory) = current
+            .as_ref()
+            .downcast_ref::<datafusion::catalog::MemTable>()
+        {
+            for partition in &memory.batches {
+                partition.write().await.clear();
+            }
+        }
+        if self.lock_state().tables.contains(&qualified) {
+            let path = crate::owned_tables::snapshot_path(&self.settings.data_dir, &qualified);
+            let schema_ref = current.schema();
+            tokio::task::spawn_blocking(move || {
+                crate::owned_tables::write_snapshot(&path, schema_ref, &[])
+            })
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// `ALTER TABLE|VIEW name RENAME TO new_name`, within the relation's
+    /// schema, as Postgres does. A persisted view is re-created under its
+    /// new name (and persisted so); a table keeps its provider under the
+    /// new name.
+    async fn rename_relation(
+        &self,
+        ctx: &SessionContext,
+        kind: fedsql_sql::RelationKind,
+        if_exists: bool,
+        name: &[String],
+        new_name: &str,
+    ) -> Result<()> {
+        let (catalog, schema, table) = resolve_name(ctx, name)?;
+        let qualified = format!("{catalog}.{schema}.{table}");
+        self.rename_in_catalog(ctx, kind, if_exists, &catalog, &schema, &table, new_name)
+            .await?;
+        self.replan_views_reading(std::slice::from_ref(&qualified))
+            .await;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn rename_in_catalog(
+        &self,
+        ctx: &SessionContext,
+        kind: fedsql_sql::RelationKind,
+        if_exists: bool,
+        catalog: &str,
+        schema: &str,
+        table: &str,
+        new_name: &str,
+    ) -> Result<()> {
+        let (catalog, schema, table) = (catalog.to_string(), schema.to_string(), table.to_string());
+        let qualified = format!("{catalog}.{schema}.{table}");
+        let missing = || undefined_relation(&qualified);
+        let Some(provider) = ctx.catalog(&catalog).and_then(|c| c.schema(&schema)) else {
+            return if if_exists { Ok(()) } else { Err(missing()) };
+        };
+        if !provider.table_exist(&table) {
+            return if if_exists { Ok(()) } else { Err(missing()) };
+        }
+        if provider.table_exist(new_name) {
+            return Err(ServerError::Query {
+                sqlstate: "42P07".into(),
+                message: format!("relation \"{new_name}\" already exists"),
+                position: None,
+            });
+        }
+        let renamed = format!("{catalog}.{schema}.{new_name}");
+        let view = self
+            .lock_state()
+            .views
+            .iter()
+            .find(|v| v.name == qualified)
+            .cloned();
+        match view {
+            Some(view) => {
+                let sql = rename_created_view(&view.sql, &[&catalog, &schema, new_name])
+                    .ok_or_else(|| {
+                        ServerError::Internal(format!(
+                            "the stored definition of {qualified} is not a CREATE VIEW"
+                        ))
+                    })?;
+                self.define(&view.database, &sql).await?;
+                provider
+                    .deregister_table(&table)
+                    .map_err(|e| ServerError::from_datafusion(&e, &qualified))?;
+                let mut state = self.lock_state();
+                let mut next = state.clone();
+                next.views.retain(|v| v.name != qualified);
+                next.views.push(ViewEntry {
+                    name: renamed,
+                    database: view.database,
+                    sql,
+                });
+                self.store.save(&next)?;
+                *state = next;
+            }
+            None => {
+                if kind == fedsql_sql::RelationKind::View {
+                    tracing::debug!(relation = %qualified, "ALTER VIEW renames a table");
+                }
+                let Some(table_provider) = provider
+                    .deregister_table(&table)
+                    .map_err(|e| ServerError::from_datafusion(&e, &qualified))?
+                else {
+                    return Err(missing());
+                };
+                provider
+                    .register_table(new_name.to_string(), table_provider)
+                    .map_err(|e| ServerError::from_datafusion(&e, &renamed))?;
+                let mut state = self.lock_state();
+                if state.tables.contains(&qualified) {
+                    let data_dir = &self.settings.data_dir;
+                    let (from, to) = (
+                        crate::owned_tables::snapshot_path(data_dir, &qualified),
+                        crate::owned_tables::snapshot_path(data_dir, &renamed),
+                    );
+                    std::fs::rename(&from, &to).map_err(|e| ServerError::io(&from, e))?;
+                    let mut next = state.clone();
+                    next.tables.retain(|t| *t != qualified);
+                    next.tables.push(renamed.clone());
+                    self.store.save(&next)?;
+                    *state = next;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn require_model(&self, name: &str) -> Result<()> {
@@ -435,13 +606,30 @@ impl Engine {
 
     /// Persists the effect of a standard statement that succeeded in
     /// `database`: `CREATE VIEW` and `DROP VIEW` survive restarts.
-    pub fn after_statement(&self, database: &str, sql: &str) -> Result<()> {
+    pub async fn after_statement(&self, database: &str, sql: &str) -> Result<()> {
+        self.persist_owned_tables(database, sql).await?;
         let Some(change) = view_change(database, sql) else {
             return Ok(());
         };
+        let dropped: Vec<String> = match &change {
+            ViewChange::Dropped(names) => names.clone(),
+            ViewChange::Created(_) => Vec::new(),
+        };
+        self.record_view_change(database, sql, change)?;
+        if !dropped.is_empty() {
+            self.replan_views_reading(&dropped).await;
+        }
+        Ok(())
+    }
+
+    fn record_view_change(&self, database: &str, sql: &str, change: ViewChange) -> Result<()> {
         let mut state = self.lock_state();
         let mut next = state.clone();
         match change {
+            // A schema made again (`CREATE SCHEMA IF NOT EXISTS`, which dbt
+            // sends every run) keeps its place before the views in it.
+            ViewChange::Created(name)
+                if name.starts_with("schema:") && next.views.iter().any(|v| v.name == name) => {}
             ViewChange::Created(name) => {
                 next.views.retain(|v| v.name != name);
                 next.views.push(ViewEntry {
@@ -457,6 +645,150 @@ impl Engine {
             *state = next;
         }
         Ok(())
+    }
+
+    /// Runs a persisted definition (`CREATE VIEW`, `CREATE SCHEMA`, …) in
+    /// `database`, planned and run without `execute_plan`: it is already
+    /// persisted, so the catalog is not written again.
+    async fn define(&self, database: &str, sql: &str) -> Result<()> {
+        let ctx = self.session_context(database)?;
+        let plan = self.plan_sql(&ctx, sql).await?;
+        ctx.execute_logical_plan(plan)
+            .await
+            .map_err(|e| ServerError::from_datafusion(&e, sql))?;
+        Ok(())
+    }
+
+    /// Plans again the persisted views whose definition names one of
+    /// `relations` (`catalog.schema.name`), after those were dropped or
+    /// renamed. DataFusion's views hold the plan they were made with, so a
+    /// view over a table that dbt rebuilt and swapped in would go on
+    /// reading the old table's rows; planned again it reads the new one,
+    /// and a view whose input is gone stops answering (42P01) instead of
+    /// answering from dropped data — Postgres's `DROP … CASCADE`, except
+    /// that the definition stays persisted and comes back with its input.
+    async fn replan_views_reading(&self, relations: &[String]) {
+        let names: Vec<String> = relations
+            .iter()
+            .filter_map(|r| r.rsplit('.').next())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let views = self.lock_state().views.clone();
+        for view in views.iter().filter(|v| !v.name.starts_with("schema:")) {
+            let definition = view.sql.to_ascii_lowercase();
+            if !names.iter().any(|n| definition.contains(n.as_str())) {
+                continue;
+            }
+            let mut parts = view.name.splitn(3, '.');
+            let (Some(catalog), Some(schema), Some(table)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Some(schema) = self
+                .catalogs
+                .catalog(catalog)
+                .and_then(|c| c.schema(schema))
+            {
+                let _ = schema.deregister_table(table);
+            }
+            if let Err(e) = self.define(&view.database, &view.sql).await {
+                tracing::info!(view = %view.name, error = %e, "view unavailable until its input exists again");
+            }
+        }
+    }
+
+    /// Snapshots the fedsql-owned tables `sql` created or wrote, forgets
+    /// those it dropped (see [`crate::owned_tables`]).
+    async fn persist_owned_tables(&self, database: &str, sql: &str) -> Result<()> {
+        let head = sql.trim_start().get(..6).unwrap_or("").to_ascii_lowercase();
+        if head != "create" && head != "insert" && !head.starts_with("drop") {
+            return Ok(());
+        }
+        let Some(statement) = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .ok()
+            .and_then(|s| s.into_iter().next())
+        else {
+            return Ok(());
+        };
+        let Some(change) = crate::owned_tables::table_change(database, &statement) else {
+            return Ok(());
+        };
+        let catalogs: Arc<dyn CatalogProviderList> = Arc::clone(&self.catalogs) as _;
+        let data_dir = self.settings.data_dir.clone();
+        let (written, dropped) = match change {
+            crate::owned_tables::TableChange::Written(names) => (names, Vec::new()),
+            crate::owned_tables::TableChange::Dropped(names) => (Vec::new(), names),
+        };
+        let mut snapshots = Vec::new();
+        for name in written {
+            if let Some((schema, batches)) = crate::owned_tables::owned_rows(&catalogs, &name).await
+            {
+                let path = crate::owned_tables::snapshot_path(&data_dir, &name);
+                tokio::task::spawn_blocking(move || {
+                    crate::owned_tables::write_snapshot(&path, schema, &batches)
+                })
+                .await
+                .map_err(|e| ServerError::Internal(e.to_string()))??;
+                snapshots.push(name);
+            }
+        }
+        {
+            let mut state = self.lock_state();
+            let mut next = state.clone();
+            for name in snapshots {
+                if !next.tables.contains(&name) {
+                    next.tables.push(name);
+                }
+            }
+            for name in &dropped {
+                if next.tables.contains(name) {
+                    next.tables.retain(|t| t != name);
+                    let path = crate::owned_tables::snapshot_path(&data_dir, name);
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(table = %name, error = %e, "could not remove a dropped table's snapshot");
+                    }
+                }
+            }
+            if next != *state {
+                self.store.save(&next)?;
+                *state = next;
+            }
+        }
+        if !dropped.is_empty() {
+            self.replan_views_reading(&dropped).await;
+        }
+        Ok(())
+    }
+
+    /// Registers the fedsql-owned tables from their snapshots (start-up).
+    fn restore_owned_tables(&self) {
+        let tables = self.lock_state().tables.clone();
+        for name in tables {
+            let restored = (|| {
+                let mut parts = name.splitn(3, '.');
+                let (catalog, schema, table) = match (parts.next(), parts.next(), parts.next()) {
+                    (Some(c), Some(s), Some(t)) => (c, s, t),
+                    _ => return Err(ServerError::Internal(format!("bad table name {name}"))),
+                };
+                let path = crate::owned_tables::snapshot_path(&self.settings.data_dir, &name);
+                let memory = crate::owned_tables::load_snapshot(&path)?;
+                let schema_provider = self
+                    .catalogs
+                    .catalog(catalog)
+                    .and_then(|c| c.schema(schema))
+                    .ok_or_else(|| {
+                        ServerError::Internal(format!("no schema {catalog}.{schema}"))
+                    })?;
+                schema_provider
+                    .register_table(table.to_string(), Arc::new(memory))
+                    .map_err(|e| ServerError::from_datafusion(&e, &name))?;
+                Ok::<(), ServerError>(())
+            })();
+            if let Err(e) = restored {
+                tracing::warn!(table = %name, error = %e, "could not restore table");
+            }
+        }
     }
 
     /// Runs `sql` through the fedsql front and collects every result; used
@@ -514,24 +846,28 @@ impl Engine {
     }
 
     async fn replay_views(&self) -> Result<()> {
-        let views = self.lock_state().views.clone();
-        for view in views {
-            // Planned and run without `execute_plan`: the view is already
-            // persisted, replay must not write the catalog again.
-            let outcome = async {
-                let ctx = self.session_context(&view.database)?;
-                let plan = self.plan_sql(&ctx, &view.sql).await?;
-                ctx.execute_logical_plan(plan)
-                    .await
-                    .map_err(|e| ServerError::from_datafusion(&e, &view.sql))?;
-                Ok::<(), ServerError>(())
+        let (schemas, views): (Vec<ViewEntry>, Vec<ViewEntry>) = self
+            .lock_state()
+            .views
+            .iter()
+            .cloned()
+            .partition(|v| v.name.starts_with("schema:"));
+        let mut tables_restored = false;
+        for view in schemas.into_iter().chain(views) {
+            // Schemas first, then the owned tables in them, then views
+            // (which may read both).
+            if !tables_restored && !view.name.starts_with("schema:") {
+                self.restore_owned_tables();
+                tables_restored = true;
             }
-            .await;
             // A view whose inputs are gone stays persisted (its source may
             // come back), but the server still starts.
-            if let Err(e) = outcome {
+            if let Err(e) = self.define(&view.database, &view.sql).await {
                 tracing::warn!(view = %view.name, error = %e, "could not restore view");
             }
+        }
+        if !tables_restored {
+            self.restore_owned_tables();
         }
         Ok(())
     }
@@ -820,6 +1156,22 @@ fn view_change(database: &str, sql: &str) -> Option<ViewChange> {
         Statement::CreateView(view) if !view.materialized => {
             Some(ViewChange::Created(qualify(database, &view.name)?))
         }
+        // Schemas are replayed like views, before the views made in them
+        // (entries replay in the order they were made).
+        Statement::CreateSchema {
+            schema_name: datafusion::sql::sqlparser::ast::SchemaName::Simple(name),
+            ..
+        } => Some(ViewChange::Created(qualify_schema(database, &name)?)),
+        Statement::Drop {
+            object_type: ObjectType::Schema,
+            names,
+            ..
+        } => Some(ViewChange::Dropped(
+            names
+                .iter()
+                .filter_map(|n| qualify_schema(database, n))
+                .collect(),
+        )),
         // Dropping a table forgets an external table of that name (other
         // tables were never persisted).
         Statement::Drop {
@@ -833,11 +1185,30 @@ fn view_change(database: &str, sql: &str) -> Option<ViewChange> {
     }
 }
 
+/// `schema:catalog.schema` for a schema name written in `database` (the
+/// prefix keeps a schema's entry apart from a view's).
+fn qualify_schema(database: &str, name: &ObjectName) -> Option<String> {
+    match name_parts(name)?.as_slice() {
+        [s] => Some(format!("schema:{database}.{s}")),
+        [c, s] => Some(format!("schema:{c}.{s}")),
+        _ => None,
+    }
+}
+
 /// `catalog.schema.name` for an object name written in `database`, folding
 /// unquoted identifiers to lower case as DataFusion does.
-fn qualify(database: &str, name: &ObjectName) -> Option<String> {
-    let parts: Vec<String> = name
-        .0
+pub(crate) fn qualify(database: &str, name: &ObjectName) -> Option<String> {
+    match name_parts(name)?.as_slice() {
+        [t] => Some(format!("{database}.public.{t}")),
+        [s, t] => Some(format!("{database}.{s}.{t}")),
+        [c, s, t] => Some(format!("{c}.{s}.{t}")),
+        _ => None,
+    }
+}
+
+/// An object name's parts, unquoted identifiers folded to lower case.
+fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
+    name.0
         .iter()
         .map(|part| match part {
             ObjectNamePart::Identifier(ident) if ident.quote_style.is_some() => {
@@ -846,13 +1217,57 @@ fn qualify(database: &str, name: &ObjectName) -> Option<String> {
             ObjectNamePart::Identifier(ident) => Some(ident.value.to_lowercase()),
             ObjectNamePart::Function(_) => None,
         })
-        .collect::<Option<_>>()?;
-    match parts.as_slice() {
-        [t] => Some(format!("{database}.public.{t}")),
-        [s, t] => Some(format!("{database}.{s}.{t}")),
-        [c, s, t] => Some(format!("{c}.{s}.{t}")),
-        _ => None,
+        .collect()
+}
+
+/// (catalog, schema, table) of a relation name as written, with the
+/// session's defaults for the parts left out.
+fn resolve_name(ctx: &SessionContext, name: &[String]) -> Result<(String, String, String)> {
+    let options = ctx.state().config().options().clone();
+    match name {
+        [t] => Ok((
+            options.catalog.default_catalog.clone(),
+            options.catalog.default_schema.clone(),
+            t.clone(),
+        )),
+        [s, t] => Ok((
+            options.catalog.default_catalog.clone(),
+            s.clone(),
+            t.clone(),
+        )),
+        [c, s, t] => Ok((c.clone(), s.clone(), t.clone())),
+        _ => Err(ServerError::Syntax {
+            message: format!("improper relation name: {}", name.join(".")),
+            position: None,
+        }),
     }
+}
+
+/// Postgres's 42P01 for a relation that does not exist.
+fn undefined_relation(qualified: &str) -> ServerError {
+    ServerError::Query {
+        sqlstate: "42P01".into(),
+        message: format!("relation \"{qualified}\" does not exist"),
+        position: None,
+    }
+}
+
+/// `sql` (a stored `CREATE VIEW`) creating the view under `name` instead.
+fn rename_created_view(sql: &str, name: &[&str]) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let Some(Statement::CreateView(create)) = statements.first_mut() else {
+        return None;
+    };
+    create.name = ObjectName(
+        name.iter()
+            .map(|part| {
+                ObjectNamePart::Identifier(datafusion::sql::sqlparser::ast::Ident::with_quote(
+                    '"', *part,
+                ))
+            })
+            .collect(),
+    );
+    Some(statements[0].to_string())
 }
 
 /// A SQL string literal.

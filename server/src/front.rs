@@ -106,7 +106,7 @@ impl Engine {
             .map_err(|e| ServerError::from_datafusion(&e, sql))?;
         match ddl_tag(sql) {
             Some(tag) => {
-                self.after_statement(database, sql)?;
+                self.after_statement(database, sql).await?;
                 Ok(Planned::Command(tag.to_string()))
             }
             None => Ok(Planned::Rows(frame)),

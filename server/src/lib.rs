@@ -14,6 +14,7 @@ pub mod flight;
 pub mod front;
 pub mod model_tables;
 pub mod output;
+pub mod owned_tables;
 pub mod pg_auth;
 pub mod pg_catalog_scope;
 pub mod pg_compat;

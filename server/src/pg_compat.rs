@@ -319,7 +319,7 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
     let empty_options = parse_expr("CAST(NULL AS TEXT[])")?;
     // Catalog queries keep their names and, unless rewritten below, their
     // text: datafusion-pg-catalog recognises some of psql's by their text.
-    let mut changed = false;
+    let mut changed = tables_and_views_from_pg_class(&mut statements[0]);
     let _ = visit_expressions_mut(&mut statements[0], |expr| {
         if let Some(lookup) = to_regtype_lookup(expr) {
             *expr = lookup;
@@ -371,6 +371,78 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
         ControlFlow::<()>::Continue(())
     });
     changed.then(|| statements[0].to_string())
+}
+
+/// `pg_tables` and `pg_views` as Postgres defines them, over `pg_class`:
+/// datafusion-pg-catalog lists views in `pg_tables` and leaves `pg_views`
+/// empty, so dbt took its views for tables (and dropped them with `DROP
+/// TABLE`). Returns whether any reference was replaced.
+fn tables_and_views_from_pg_class(statement: &mut Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{
+        Ident, TableAlias, TableAliasColumnDef, TableFactor, VisitMut, VisitorMut,
+    };
+    struct Replace {
+        changed: bool,
+    }
+    impl VisitorMut for Replace {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            let TableFactor::Table { name, alias, .. } = factor else {
+                return ControlFlow::Continue(());
+            };
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|p| p.to_string().to_ascii_lowercase())
+                .collect();
+            let table = match parts.as_slice() {
+                [t] | [_, t] if t == "pg_tables" || t == "pg_views" => t.clone(),
+                [schema, t] if schema == "pg_catalog" => t.clone(),
+                _ => return ControlFlow::Continue(()),
+            };
+            let (sql, alias_name) = match table.as_str() {
+                "pg_tables" => (
+                    "SELECT n.nspname AS schemaname, c.relname AS tablename, \
+                     CAST(NULL AS TEXT) AS tableowner, CAST(NULL AS TEXT) AS tablespace, \
+                     false AS hasindexes, false AS hasrules, false AS hastriggers, \
+                     false AS rowsecurity \
+                     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+                     ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')",
+                    "pg_tables",
+                ),
+                "pg_views" => (
+                    "SELECT n.nspname AS schemaname, c.relname AS viewname, \
+                     CAST(NULL AS TEXT) AS viewowner, CAST(NULL AS TEXT) AS definition \
+                     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+                     ON n.oid = c.relnamespace WHERE c.relkind = 'v'",
+                    "pg_views",
+                ),
+                _ => return ControlFlow::Continue(()),
+            };
+            let Ok(Some(Statement::Query(subquery))) =
+                Parser::parse_sql(&PostgreSqlDialect {}, sql).map(|mut s| s.pop())
+            else {
+                return ControlFlow::Continue(());
+            };
+            let alias = alias.clone().unwrap_or(TableAlias {
+                explicit: true,
+                name: Ident::new(alias_name),
+                columns: Vec::<TableAliasColumnDef>::new(),
+                at: None,
+            });
+            *factor = TableFactor::Derived {
+                lateral: false,
+                subquery,
+                alias: Some(alias),
+                sample: None,
+            };
+            self.changed = true;
+            ControlFlow::Continue(())
+        }
+    }
+    let mut replace = Replace { changed: false };
+    let _ = statement.visit(&mut replace);
+    replace.changed
 }
 
 /// A scalar subquery in a catalog query, made plannable: DataFusion plans a

@@ -513,7 +513,7 @@ impl FedsqlService {
                     let rewritten = rewrite_catalog_query(text);
                     let sql = rewritten.as_deref().unwrap_or(text);
                     match SimpleQueryHandler::do_query(&session.service, client, sql).await {
-                        Ok(r) => match self.engine.after_statement(&session.database, text) {
+                        Ok(r) => match self.engine.after_statement(&session.database, text).await {
                             Ok(()) => {
                                 close_cursors_at_transaction_end(client, &r);
                                 Ok(with_ddl_tag(r, text))
@@ -876,7 +876,7 @@ impl FedsqlService {
             _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows)
                 .await
             {
-                Ok(r) => match self.engine.after_statement(&session.database, &text) {
+                Ok(r) => match self.engine.after_statement(&session.database, &text).await {
                     Ok(()) => {
                         close_cursors_at_transaction_end(client, std::slice::from_ref(&r));
                         start_rows(with_ddl_tag(vec![r], &text).remove(0), &text)

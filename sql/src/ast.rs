@@ -37,6 +37,18 @@ pub enum FedsqlStatement {
     ShowVersions { model: String },
     /// `ALTER MODEL name SET ACTIVE VERSION n`
     AlterModelSetActiveVersion { name: String, version: u64 },
+    /// `ALTER TABLE|VIEW [IF EXISTS] name RENAME TO new_name` (what dbt
+    /// swaps a rebuilt model in with). `name` keeps its parts as written
+    /// (catalog, schema, table; lower-cased unless quoted).
+    RenameRelation {
+        kind: RelationKind,
+        if_exists: bool,
+        name: Vec<String>,
+        new_name: String,
+    },
+    /// `TRUNCATE [TABLE] name [, …]` on fedsql-owned tables (dbt re-seeds
+    /// with it). Each name keeps its parts as written.
+    Truncate { names: Vec<Vec<String>> },
     /// `DROP MODEL [IF EXISTS] name [VERSION n]`
     DropModel {
         name: String,
@@ -63,6 +75,15 @@ impl FedsqlStatement {
             FedsqlStatement::ShowVersions { .. } => "SHOW VERSIONS",
             FedsqlStatement::AlterModelSetActiveVersion { .. } => "ALTER MODEL",
             FedsqlStatement::DropModel { .. } => "DROP MODEL",
+            FedsqlStatement::Truncate { .. } => "TRUNCATE TABLE",
+            FedsqlStatement::RenameRelation {
+                kind: RelationKind::Table,
+                ..
+            } => "ALTER TABLE",
+            FedsqlStatement::RenameRelation {
+                kind: RelationKind::View,
+                ..
+            } => "ALTER VIEW",
         }
     }
 
@@ -79,6 +100,13 @@ impl FedsqlStatement {
                 | FedsqlStatement::ShowVersions { .. }
         )
     }
+}
+
+/// Which kind of relation an `ALTER … RENAME` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    Table,
+    View,
 }
 
 /// `CREATE SOURCE`: a new catalog backed by an external system.

@@ -183,7 +183,10 @@ fn is_fedsql_statement(words: &[String]) -> bool {
             | ("EVALUATE", "MODEL")
             | ("DESCRIBE", "MODEL")
             | ("ALTER", "MODEL")
-    ) || (w(0), w(1), w(2), w(3)) == ("CREATE", "OR", "REPLACE", "MODEL")
+            | ("ALTER", "TABLE")
+            | ("ALTER", "VIEW")
+    ) || w(0) == "TRUNCATE"
+        || (w(0), w(1), w(2), w(3)) == ("CREATE", "OR", "REPLACE", "MODEL")
 }
 
 fn is_whitespace(token: &Token) -> bool {
@@ -320,6 +323,15 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
             version,
         });
     }
+    if parse_word(p, "TRUNCATE") {
+        let _ = p.parse_keyword(Keyword::TABLE);
+        let _ = p.parse_keyword(Keyword::ONLY);
+        let names = p.parse_comma_separated(parse_name_parts)?;
+        let _ = p.parse_keywords(&[Keyword::RESTART, Keyword::IDENTITY])
+            || p.parse_keywords(&[Keyword::CONTINUE, Keyword::IDENTITY]);
+        let _ = p.parse_keyword(Keyword::CASCADE) || p.parse_keyword(Keyword::RESTRICT);
+        return Ok(FedsqlStatement::Truncate { names });
+    }
     if parse_word(p, "REFRESH") {
         expect_word(p, "SOURCE")?;
         let name = parse_name(p)?;
@@ -366,6 +378,29 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
         return Ok(FedsqlStatement::DescribeModel { name });
     }
     p.expect_keyword(Keyword::ALTER)?;
+    let relation = if p.parse_keyword(Keyword::TABLE) {
+        Some(RelationKind::Table)
+    } else if p.parse_keyword(Keyword::VIEW) {
+        Some(RelationKind::View)
+    } else {
+        None
+    };
+    if let Some(kind) = relation {
+        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = parse_name_parts(p)?;
+        if !p.parse_keywords(&[Keyword::RENAME, Keyword::TO]) {
+            return Err(ParserError::ParserError(
+                "only ALTER TABLE|VIEW … RENAME TO new_name is supported".into(),
+            ));
+        }
+        let new_name = parse_name(p)?;
+        return Ok(FedsqlStatement::RenameRelation {
+            kind,
+            if_exists,
+            name,
+            new_name,
+        });
+    }
     expect_word(p, "MODEL")?;
     let name = parse_name(p)?;
     p.expect_keyword(Keyword::SET)?;
@@ -520,6 +555,19 @@ fn parse_name(p: &mut Parser<'_>) -> Result<String, ParserError> {
         Some(_) => ident.value,
         None => ident.value.to_ascii_lowercase(),
     })
+}
+
+/// A possibly qualified name's parts, lower-cased unless quoted.
+fn parse_name_parts(p: &mut Parser<'_>) -> Result<Vec<String>, ParserError> {
+    Ok(p.parse_object_name(false)?
+        .0
+        .iter()
+        .filter_map(|part| part.as_ident())
+        .map(|ident| match ident.quote_style {
+            Some(_) => ident.value.clone(),
+            None => ident.value.to_ascii_lowercase(),
+        })
+        .collect())
 }
 
 /// Consumes the unquoted word `word` if it is next.

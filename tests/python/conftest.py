@@ -31,14 +31,15 @@ class Fedsql:
         return self.proc.wait(timeout=15)
 
 
-def start_fedsql(*extra, env=None):
-    """Starts `fedsql serve` on free loopback ports and waits for its banner."""
+def start_fedsql(*extra, env=None, data_dir=None):
+    """Starts `fedsql serve` on free loopback ports and waits for its banner
+    (in `data_dir`, to restart a server on its data, or a new one)."""
     binary = os.environ.get("FEDSQL_BIN")
     assert binary and os.path.exists(binary), (
         "set FEDSQL_BIN to the fedsql binary (scripts/test does this after cargo build)"
     )
     pg_port, flight_port = free_port(), free_port()
-    data_dir = tempfile.mkdtemp(prefix="fedsql-py-")
+    data_dir = data_dir or tempfile.mkdtemp(prefix="fedsql-py-")
     proc = subprocess.Popen(
         [binary, "serve", "--data-dir", data_dir,
          "--pg-listen", f"127.0.0.1:{pg_port}",
