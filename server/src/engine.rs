@@ -772,6 +772,10 @@ impl Engine {
                     _ => return Err(ServerError::Internal(format!("bad table name {name}"))),
                 };
                 let path = crate::owned_tables::snapshot_path(&self.settings.data_dir, &name);
+                // A write a crash interrupted left its temporary file; the
+                // snapshot itself is the last committed one.
+                fedsql_connectors::fsutil::remove_stale_temp_files(&path)
+                    .map_err(|e| ServerError::io(&path, e))?;
                 let memory = crate::owned_tables::load_snapshot(&path)?;
                 let schema_provider = self
                     .catalogs
