@@ -373,6 +373,38 @@ pub fn rewrite_catalog_query(sql: &str) -> Option<String> {
     changed.then(|| statements[0].to_string())
 }
 
+/// A text-format array parameter with its simple elements unquoted:
+/// `{"r","v"}` is `{r,v}` (the same array in Postgres's input syntax),
+/// which arrow-pg's array parsing reads correctly (it keeps quotes as part
+/// of the values; ADBC PostgreSQL quotes every element). `None` unless
+/// `text` is such an array with at least one quoted, simple element.
+pub fn unquote_array_parameter(text: &str) -> Option<String> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    if inner.is_empty() {
+        return None;
+    }
+    let simple = |e: &str| {
+        !e.is_empty()
+            && e.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+'))
+            && !e.eq_ignore_ascii_case("null")
+    };
+    let mut quoted_any = false;
+    let mut elements = Vec::new();
+    // Postgres ignores white space around elements (ADBC sends `{"p", "r"}`).
+    for element in inner.split(',').map(str::trim) {
+        match element.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
+            Some(unquoted) if simple(unquoted) => {
+                quoted_any = true;
+                elements.push(unquoted);
+            }
+            None if simple(element) => elements.push(element),
+            _ => return None,
+        }
+    }
+    quoted_any.then(|| format!("{{{}}}", elements.join(",")))
+}
+
 /// `pg_tables` and `pg_views` as Postgres defines them, over `pg_class`:
 /// datafusion-pg-catalog lists views in `pg_tables` and leaves `pg_views`
 /// empty, so dbt took its views for tables (and dropped them with `DROP
@@ -981,6 +1013,23 @@ mod tests {
             rewritten.contains("array_to_string(CAST(NULL AS TEXT[]) || CAST(NULL AS TEXT[])"),
             "{rewritten}"
         );
+    }
+
+    #[test]
+    fn quoted_array_parameters_are_unquoted_when_simple() {
+        assert_eq!(
+            unquote_array_parameter(r#"{"r","v","m"}"#).as_deref(),
+            Some("{r,v,m}")
+        );
+        assert_eq!(
+            unquote_array_parameter(r#"{"p", "f", "r"}"#).as_deref(),
+            Some("{p,f,r}")
+        );
+        assert_eq!(unquote_array_parameter("{r,v}"), None);
+        assert_eq!(unquote_array_parameter(r#"{"a,b","c"}"#), None);
+        assert_eq!(unquote_array_parameter(r#"{"a":1}"#), None);
+        assert_eq!(unquote_array_parameter(r#"{"NULL"}"#), None);
+        assert_eq!(unquote_array_parameter("plain"), None);
     }
 
     #[test]

@@ -355,6 +355,38 @@ where
     })
 }
 
+/// Text-format array parameters with quoted simple elements, unquoted
+/// (see [`crate::pg_compat::unquote_array_parameter`]); parameters the
+/// client typed as anything but an array are left alone.
+fn unquote_array_parameters(message: &mut Bind, types: &[Option<Type>]) {
+    for (i, value) in message.parameters.iter_mut().enumerate() {
+        let format = match message.parameter_format_codes.as_slice() {
+            [] => 0,
+            [one] => *one,
+            all => all.get(i).copied().unwrap_or(0),
+        };
+        let array_or_unknown = match types.get(i).cloned().flatten() {
+            None => true,
+            Some(t) => {
+                t == Type::UNKNOWN || matches!(t.kind(), tokio_postgres::types::Kind::Array(_))
+            }
+        };
+        if format != 0 || !array_or_unknown {
+            continue;
+        }
+        let Some(bytes) = value.as_ref() else {
+            continue;
+        };
+        let Some(fixed) = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(crate::pg_compat::unquote_array_parameter)
+        else {
+            continue;
+        };
+        *value = Some(fixed.into_bytes().into());
+    }
+}
+
 /// The client's error for a panic caught while serving one statement.
 fn panic_error(payload: &(dyn std::any::Any + Send)) -> PgWireError {
     let e = ServerError::Internal(crate::error::panic_message(payload));
@@ -681,8 +713,16 @@ impl ExtendedQueryHandler for FedsqlService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
-        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let statement_name = message
+            .statement_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAME.to_string());
+        let statement_name = statement_name.as_str();
+        let portal_name = message
+            .portal_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAME.to_string());
+        let portal_name = portal_name.as_str();
         let arity = |supplied: usize, required: usize| {
             PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
@@ -692,8 +732,10 @@ impl ExtendedQueryHandler for FedsqlService {
                 ),
             )))
         };
+        let mut message = message;
         match client.portal_store().get_statement(statement_name) {
             Some(Entry::Value(statement)) => {
+                unquote_array_parameters(&mut message, &statement.parameter_types);
                 let required = self
                     .parser
                     .get_parameter_types(&statement.statement)

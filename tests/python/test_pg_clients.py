@@ -197,9 +197,11 @@ def test_adbc_postgresql_driver(server):
         table = cur.fetch_arrow_table()
         assert table.column_names == ["customer_id", "region", "income", "age"]
         assert list(zip(*(c.to_pylist() for c in table.columns))) == expected
-        objects = conn.adbc_get_objects(depth="db_schemas", catalog_filter="demo").read_all()
+        objects = conn.adbc_get_objects(depth="tables", catalog_filter="demo").read_all()
         schemas = objects.to_pylist()[0]["catalog_db_schemas"]
-        assert {s["db_schema_name"] for s in schemas} >= {"public", "bank"}
+        bank = next(s for s in schemas if s["db_schema_name"] == "bank")
+        assert sorted(t["table_name"] for t in bank["db_schema_tables"]) == [
+            "customers", "support_messages", "transactions"]
 
 
 def test_sqlalchemy_reflects_columns_and_keys(server):
@@ -222,6 +224,17 @@ def test_sqlalchemy_reflects_columns_and_keys(server):
         n = conn.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(table)).scalar_one()
     assert n == 20000
     engine.dispose()
+
+
+def test_text_array_parameters_with_quoted_elements(server):
+    # ADBC PostgreSQL binds arrays as `{"p", "r"}`; Postgres reads the
+    # quotes and spaces as syntax, not as part of the values.
+    query = ("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+             "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = ANY(%s) ORDER BY 1")
+    with psycopg.connect(dsn(server)) as conn:
+        for text in ('{r,v}', '{"r","v"}', '{"r", "v"}'):
+            assert conn.execute(query, ("bank", text)).fetchall() == [
+                ("customers",), ("support_messages",), ("transactions",)], text
 
 
 def test_session_settings(server):
