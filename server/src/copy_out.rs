@@ -221,23 +221,9 @@ impl Delimited {
             None => row,
         };
         let mut line = String::new();
-        let mut rest: &[u8] = &row.data;
-        let mut column = 0;
-        while rest.len() >= 4 {
-            let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            rest = &rest[4..];
-            if len < 0 {
-                self.push_value(&mut line, column, None);
-            } else {
-                let len = (len as usize).min(rest.len());
-                self.push_value(
-                    &mut line,
-                    column,
-                    Some(&String::from_utf8_lossy(&rest[..len])),
-                );
-                rest = &rest[len..];
-            }
-            column += 1;
+        for (column, value) in crate::pg_text::row_fields(&row).into_iter().enumerate() {
+            let text = value.map(String::from_utf8_lossy);
+            self.push_value(&mut line, column, text.as_deref());
         }
         line.push('\n');
         Bytes::from(line)

@@ -55,19 +55,7 @@ impl TextFixes {
 
     /// `row` with Postgres's float text.
     pub fn apply(&self, row: DataRow) -> DataRow {
-        let mut fields = Vec::with_capacity(row.field_count.max(0) as usize);
-        let mut rest: &[u8] = &row.data;
-        while rest.len() >= 4 {
-            let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            rest = &rest[4..];
-            if len < 0 {
-                fields.push(None);
-                continue;
-            }
-            let len = (len as usize).min(rest.len());
-            fields.push(Some(&rest[..len]));
-            rest = &rest[len..];
-        }
+        let fields = row_fields(&row);
         let mut data = BytesMut::with_capacity(row.data.len() + 8);
         for (column, field) in fields.iter().enumerate() {
             let Some(value) = field else {
@@ -98,6 +86,24 @@ impl TextFixes {
         }
         DataRow::new(data, row.field_count)
     }
+}
+
+/// A `DataRow`'s values (`None` for NULL), in column order.
+pub fn row_fields(row: &DataRow) -> Vec<Option<&[u8]>> {
+    let mut fields = Vec::with_capacity(row.field_count.max(0) as usize);
+    let mut rest: &[u8] = &row.data;
+    while rest.len() >= 4 {
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            fields.push(None);
+            continue;
+        }
+        let len = (len as usize).min(rest.len());
+        fields.push(Some(&rest[..len]));
+        rest = &rest[len..];
+    }
+    fields
 }
 
 /// Lays out a float printed in shortest round-trip form (`2398875.0`,

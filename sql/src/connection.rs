@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use crate::parser::{char_position, expect_word, parse_word, SourceText};
+use crate::parser::{char_position, expect_word, parse_name, parse_word, SourceText};
 
 /// A statement about the connection's own state.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,16 +158,14 @@ pub(crate) fn parse_connection_statement(
         if p.parse_keyword(Keyword::ALL) {
             return Ok(Some(ConnectionStatement::Close(None)));
         }
-        return Ok(Some(ConnectionStatement::Close(Some(parse_cursor_name(
-            p,
-        )?))));
+        return Ok(Some(ConnectionStatement::Close(Some(parse_name(p)?))));
     }
     expect_word(p, "COPY")?;
     Ok(parse_copy(p, text)?.map(ConnectionStatement::CopyTo))
 }
 
 fn parse_declare(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<Declare, ParserError> {
-    let name = parse_cursor_name(p)?;
+    let name = parse_name(p)?;
     let binary = parse_word(p, "BINARY");
     let _ = parse_word(p, "ASENSITIVE") || parse_word(p, "INSENSITIVE");
     let scroll = if parse_word(p, "NO") {
@@ -240,7 +238,7 @@ fn parse_fetch(p: &mut Parser<'_>, discard: bool) -> Result<Fetch, ParserError> 
         other => other,
     };
     let _ = p.parse_keyword(Keyword::FROM) || p.parse_keyword(Keyword::IN);
-    let name = parse_cursor_name(p)?;
+    let name = parse_name(p)?;
     Ok(Fetch {
         name,
         direction,
@@ -270,15 +268,6 @@ fn parse_count(p: &mut Parser<'_>) -> Result<i64, ParserError> {
         },
         _ => p.expected("a row count", token),
     }
-}
-
-/// A cursor's name: an identifier, lower-cased unless quoted.
-fn parse_cursor_name(p: &mut Parser<'_>) -> Result<String, ParserError> {
-    let ident = p.parse_identifier()?;
-    Ok(match ident.quote_style {
-        Some(_) => ident.value,
-        None => ident.value.to_ascii_lowercase(),
-    })
 }
 
 /// `COPY`'s body; `None` unless the target is `STDOUT`.
@@ -461,9 +450,9 @@ fn parse_force_quote(p: &mut Parser<'_>) -> Result<ForceQuote, ParserError> {
         return Ok(ForceQuote::All);
     }
     let parenthesized = p.consume_token(&Token::LParen);
-    let mut columns = vec![parse_cursor_name(p)?];
+    let mut columns = vec![parse_name(p)?];
     while p.consume_token(&Token::Comma) {
-        columns.push(parse_cursor_name(p)?);
+        columns.push(parse_name(p)?);
     }
     if parenthesized {
         p.expect_token(&Token::RParen)?;

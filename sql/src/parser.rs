@@ -549,7 +549,7 @@ fn parse_option_value(p: &mut Parser<'_>) -> Result<OptionValue, ParserError> {
 }
 
 /// An identifier, lower-cased unless quoted (Postgres folding rules).
-fn parse_name(p: &mut Parser<'_>) -> Result<String, ParserError> {
+pub(crate) fn parse_name(p: &mut Parser<'_>) -> Result<String, ParserError> {
     let ident = p.parse_identifier()?;
     Ok(match ident.quote_style {
         Some(_) => ident.value,

@@ -105,23 +105,8 @@ async fn sqllogictest_files() {
     assert!(!files.is_empty(), "no .slt files in {}", slt_dir.display());
     let mut failures = Vec::new();
     for file in &files {
-        let conn_str = server.conn_str("demo");
-        let mut runner = Runner::new(move || {
-            let conn_str = conn_str.clone();
-            async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                Ok(PgWire {
-                    client,
-                    names: false,
-                })
-            }
-        });
-        // Types are not compared: the simple protocol returns text.
-        runner.with_column_validator(|_, _| true);
-        if let Err(e) = runner.run_file_async(file).await {
-            failures.push(format!("{}: {}", file.display(), e.display(true)));
+        if let Err(e) = run_file(file, &server.conn_str("demo"), false).await {
+            failures.push(e);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -153,24 +138,31 @@ async fn postgres_and_fedsql_agree() {
     let mut failures = Vec::new();
     for (engine, conn_str) in [("fedsql", server.conn_str("demo")), ("postgres", postgres)] {
         for file in &files {
-            let conn_str = conn_str.clone();
-            let mut runner = Runner::new(move || {
-                let conn_str = conn_str.clone();
-                async move {
-                    let (client, connection) =
-                        tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
-                    tokio::spawn(connection);
-                    Ok(PgWire {
-                        client,
-                        names: true,
-                    })
-                }
-            });
-            runner.with_column_validator(|_, _| true);
-            if let Err(e) = runner.run_file_async(file).await {
-                failures.push(format!("{engine}, {}: {}", file.display(), e.display(true)));
+            if let Err(e) = run_file(file, &conn_str, true).await {
+                failures.push(format!("{engine}, {e}"));
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs one `.slt` file on a fresh connection to `conn_str` (result column
+/// names as each result's first row when `names`); the error names the file.
+async fn run_file(file: &std::path::Path, conn_str: &str, names: bool) -> Result<(), String> {
+    let conn_str = conn_str.to_string();
+    let mut runner = Runner::new(move || {
+        let conn_str = conn_str.clone();
+        async move {
+            let (client, connection) =
+                tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            Ok(PgWire { client, names })
+        }
+    });
+    // Types are not compared: the simple protocol returns text.
+    runner.with_column_validator(|_, _| true);
+    runner
+        .run_file_async(file)
+        .await
+        .map_err(|e| format!("{}: {}", file.display(), e.display(true)))
 }
