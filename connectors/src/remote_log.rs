@@ -21,7 +21,14 @@ pub struct RemoteQuery {
 /// Receives a [`RemoteQuery`] for every query a source runs, including ones
 /// the consumer stopped early (a `LIMIT` reached locally).
 pub trait RemoteQueryObserver: Debug + Send + Sync {
+    /// A remote query ended (successfully or not).
     fn finished(&self, query: RemoteQuery);
+
+    /// `source` rejected a pushed-down query for `reason`, and the query was
+    /// planned again with less pushed down (see `pushdown::fallback`).
+    fn fell_back(&self, source: &str, reason: &str) {
+        let _ = (source, reason);
+    }
 }
 
 /// Why a statement reads its sources, attached to its session's config

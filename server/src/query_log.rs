@@ -109,6 +109,22 @@ impl fedsql_connectors::RemoteQueryObserver for QueryLog {
             received: Some((q.rows, q.bytes)),
         });
     }
+
+    /// A fallback is logged as protocol `fallback`, the reason as its query
+    /// text (the rejected query itself is the `source` entry before it).
+    fn fell_back(&self, source: &str, reason: &str) {
+        let query = format!("planned again with plain scans: {reason}");
+        self.record(Finished {
+            started: SystemTime::now(),
+            elapsed: Duration::ZERO,
+            database: source,
+            user: "fedsql",
+            protocol: "fallback",
+            query: &query,
+            error: None,
+            received: None,
+        });
+    }
 }
 
 #[cfg(test)]

@@ -336,6 +336,84 @@ async fn source_errors_have_their_sqlstates_and_the_server_goes_on() {
     assert!(!stored.contains("right-password"));
 }
 
+/// A source that rejects the SQL it is sent (here: a login that may not
+/// call `strpos`, the way a source can lack a function) still answers: the
+/// sub-plan is planned again with plain scans and fedsql computes the rest.
+#[tokio::test]
+async fn a_query_the_source_rejects_falls_back_to_plain_scans() {
+    let (pg, url) = fresh_postgres_database("fedsql_fallback").await;
+    pg.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, name text); \
+         INSERT INTO t SELECT g, 'name' || g FROM generate_series(1, 100) g; \
+         DO $$ BEGIN CREATE ROLE fedsql_limited LOGIN; \
+           EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+         GRANT SELECT ON t TO fedsql_limited; \
+         REVOKE EXECUTE ON FUNCTION strpos(text, text) FROM PUBLIC;",
+    )
+    .await
+    .unwrap();
+    let limited = url.replacen("postgres://postgres@", "postgres://fedsql_limited@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let f = server.connect("demo").await;
+    f.simple_query(&format!(
+        "CREATE SOURCE lim TYPE postgres OPTIONS (url '{limited}')"
+    ))
+    .await
+    .unwrap();
+
+    let query = "SELECT count(*), sum(strpos(name, '1')) FROM lim.public.t \
+                 WHERE strpos(name, '1') > 0";
+    let want = rows(
+        &pg,
+        "SELECT count(*)::text, sum(strpos(name, '1'))::text FROM t WHERE strpos(name, '1') > 0",
+    )
+    .await;
+    assert_eq!(rows(&f, query).await, want);
+    // Over the extended protocol too.
+    let got = f.query(query, &[]).await.unwrap();
+    assert_eq!(
+        got[0].get::<_, i64>(0).to_string(),
+        want[0][0].clone().unwrap()
+    );
+
+    // The source saw the whole query first, refused it, then plain scans.
+    let log = rows(
+        &f,
+        "SELECT protocol, query, sqlstate FROM fedsql.system.queries \
+         WHERE database = 'lim' ORDER BY query_id",
+    )
+    .await;
+    let rejected = log
+        .iter()
+        .find(|r| r[0].as_deref() == Some("source") && r[2].as_deref() == Some("42501"));
+    assert!(rejected.is_some(), "{log:?}");
+    let fallback = log.iter().find(|r| r[0].as_deref() == Some("fallback"));
+    let reason = fallback.and_then(|r| r[1].clone()).unwrap_or_default();
+    assert!(
+        reason.contains("42501") && reason.contains("strpos"),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|r| r[0].as_deref() == Some("source")
+            && r[2].is_none()
+            && !r[1].as_deref().unwrap_or("").contains("strpos")),
+        "{log:?}"
+    );
+
+    // EXPLAIN ANALYZE says so.
+    let plan = rows(&f, &format!("EXPLAIN ANALYZE {query}")).await;
+    let plan = format!("{plan:?}");
+    assert!(plan.contains("fell back to plain scans"), "{plan}");
+
+    // Errors of the data are not rejections: they stay errors.
+    let err = f
+        .simple_query("SELECT 10 / (id - 1) FROM lim.public.t")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "22012", "{err:?}");
+}
+
 #[tokio::test]
 async fn sources_survive_a_restart_and_drop_source_forgets_them() {
     let (pg, url) = fresh_postgres_database("fedsql_restart").await;

@@ -228,11 +228,12 @@ pub async fn open_odbc_catalog(
     observer: Option<Arc<dyn RemoteQueryObserver>>,
 ) -> Result<Arc<dyn CatalogProvider>, ConnectorError> {
     let options = OdbcOptions::from_options(options)?;
-    let executor = Arc::new(OdbcExecutor::new(name, options, observer));
+    let executor = Arc::new(OdbcExecutor::new(name, options, observer.clone()));
     let (tables, bare_schema) = executor.discover().await?;
     let provider = Arc::new(crate::pushdown::partitioned::federation_provider(
         Arc::clone(&executor) as _,
         Some(executor as _),
+        observer,
     ));
     Ok(Arc::new(RemoteCatalog::new(
         "ODBC",

@@ -136,9 +136,11 @@ pub async fn discover_catalog(
     statistics::apply(&mut tables, discover_statistics(&executor, &client).await?);
     executor.set_split_keys(discover_split_keys(&executor, &client).await?);
     drop(client);
+    let observer = executor.observer();
     let provider = Arc::new(crate::pushdown::partitioned::federation_provider(
         Arc::clone(&executor) as _,
         Some(executor as _),
+        observer,
     ));
     Ok(RemoteCatalog::new(
         "Postgres",

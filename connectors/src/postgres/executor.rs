@@ -171,6 +171,11 @@ impl PostgresExecutor {
         Ok(Box::pin(self.fetch(sql, schema, report).await?))
     }
 
+    /// Who is told about this source's queries.
+    pub fn observer(&self) -> Option<Arc<dyn RemoteQueryObserver>> {
+        self.observer.clone()
+    }
+
     /// The source this executor serves.
     pub fn source_name(&self) -> &str {
         &self.source_name
@@ -301,10 +306,16 @@ impl PostgresExecutor {
             aliases.join(", ")
         );
         tracing::debug!(source = %self.source_name, sql = %query, "postgres query");
-        let stream = client
-            .copy_out(copy.as_str())
-            .await
-            .map_err(|e| self.classify(e))?;
+        // Some rejections (a function the login may not execute) come only
+        // now, when the query runs.
+        let stream = match client.copy_out(copy.as_str()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let e = self.classify(e);
+                report.error = Some((e.sqlstate().to_string(), e.to_string()));
+                return Err(e);
+            }
+        };
         let rows = BinaryCopyOutStream::new(stream, &wire_types);
         let builders: Vec<ColumnBuilder> = wire_types
             .iter()

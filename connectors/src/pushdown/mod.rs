@@ -21,6 +21,7 @@
 //!             └─ Scan┘
 //! ```
 
+pub mod fallback;
 pub mod join_filter;
 mod names;
 mod needed;

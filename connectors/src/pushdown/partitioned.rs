@@ -22,6 +22,7 @@ use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
 use datafusion::error::Result;
+use datafusion::execution::context::SessionState;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::optimizer::optimizer::{Optimizer, OptimizerConfig, OptimizerRule};
@@ -37,6 +38,9 @@ use datafusion::physical_plan::{
 use datafusion_federation::schema_cast::SchemaCastScanExec;
 use datafusion_federation::sql::{SQLExecutor, SQLFederationProvider, VirtualExecutionPlan};
 use datafusion_federation::{FederatedPlanNode, FederationPlanner};
+
+use super::fallback::{without_pushdown, FallbackExec};
+use crate::remote_log::RemoteQueryObserver;
 
 /// A source that can read some federated plans as several partitions.
 pub trait ScanPartitioner: fmt::Debug + Send + Sync {
@@ -97,13 +101,18 @@ impl Drop for TaskGuard {
 /// The federation provider of a SQL source, whose scans `partitioner` may
 /// split (`None`: every remote query is one partition, as in
 /// datafusion-federation's own provider).
+///
+/// A remote query of one partition falls back to less pushdown when the
+/// source rejects it ([`FallbackExec`]), told to `observer`.
 pub fn federation_provider(
     executor: Arc<dyn SQLExecutor>,
     partitioner: Option<Arc<dyn ScanPartitioner>>,
+    observer: Option<Arc<dyn RemoteQueryObserver>>,
 ) -> SQLFederationProvider {
     let planner = Arc::new(RemotePlanner {
         executor: Arc::clone(&executor),
         partitioner,
+        observer,
     });
     SQLFederationProvider {
         optimizer: Arc::new(Optimizer::with_rules(vec![Arc::new(FederateRule {
@@ -156,6 +165,7 @@ impl OptimizerRule for FederateRule {
 struct RemotePlanner {
     executor: Arc<dyn SQLExecutor>,
     partitioner: Option<Arc<dyn ScanPartitioner>>,
+    observer: Option<Arc<dyn RemoteQueryObserver>>,
 }
 
 #[async_trait]
@@ -163,7 +173,7 @@ impl FederationPlanner for RemotePlanner {
     async fn plan_federation(
         &self,
         node: &FederatedPlanNode,
-        _session: &dyn Session,
+        session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = node.plan().clone();
         let schema = Arc::new(plan.schema().as_arrow().clone());
@@ -173,14 +183,29 @@ impl FederationPlanner for RemotePlanner {
             .map_or(1, |p| p.partitions(&plan).max(1));
         let statistics = self.executor.statistics(&plan).await?;
         let remote = Arc::new(VirtualExecutionPlan::new(
-            plan,
+            plan.clone(),
             Arc::clone(&self.executor),
             statistics,
         ));
         let cast: Arc<dyn ExecutionPlan> =
             Arc::new(SchemaCastScanExec::new(Arc::clone(&remote) as _, schema));
         if partitions == 1 {
-            return Ok(cast);
+            // A scan split into partitions is a plain scan already: nothing
+            // less could be pushed down.
+            let fallback = session
+                .as_any()
+                .downcast_ref::<SessionState>()
+                .and_then(without_pushdown);
+            return Ok(match fallback {
+                Some(state) => Arc::new(FallbackExec::new(
+                    cast,
+                    plan,
+                    state,
+                    self.executor.name(),
+                    self.observer.clone(),
+                )),
+                None => cast,
+            });
         }
         Ok(Arc::new(PartitionedScanExec::new(cast, remote, partitions)))
     }
