@@ -50,6 +50,14 @@ pub enum ConnectorError {
         sqlstate: String,
         message: String,
     },
+    /// The source answered the SQL fedsql generated with another shape than
+    /// the plan it was generated from (a bug of the unparser; the query is
+    /// planned again with less pushed down, see `pushdown::fallback`).
+    #[error("source {source_name}: {message}")]
+    UnexpectedShape {
+        source_name: String,
+        message: String,
+    },
     /// The ODBC driver a source names is not installed (IM002 from the driver manager).
     #[error("source {source_name}: ODBC driver [{driver}] is not installed: {hint}")]
     DriverMissing {
@@ -87,6 +95,7 @@ impl ConnectorError {
             ConnectorError::ConnectionLost { .. } => "08006",
             ConnectorError::Remote { sqlstate, .. } => sqlstate,
             ConnectorError::UnsupportedType { .. } => "0A000",
+            ConnectorError::UnexpectedShape { .. } => "XX000",
             ConnectorError::DriverMissing { .. } => "IM002",
             ConnectorError::ValueTooLong { .. } => "22001",
             ConnectorError::Io(_) => "58030",

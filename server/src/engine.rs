@@ -238,6 +238,16 @@ impl Engine {
             .options_mut()
             .optimizer
             .hash_join_inlist_pushdown_max_distinct_values = 10_000;
+        // DataFusion 55 refuses to aggregate an input whose physical schema
+        // says a column is nullable where the logical one says not (a
+        // `COALESCE((SELECT …), 35)` decorrelated into an outer join, in a
+        // UNION: "Physical input schema should be the same as the one
+        // converted from logical input schema", found by the fuzzer). The
+        // check compares nullability only for this; the values are right.
+        config
+            .options_mut()
+            .execution
+            .skip_physical_aggregate_schema_check = true;
         let catalogs: Arc<dyn CatalogProviderList> = Arc::clone(&self.catalogs) as _;
         // Federation: whole subplans over one source become one remote query.
         let state = SessionStateBuilder::new()

@@ -13,6 +13,7 @@ pub mod error;
 pub mod flight;
 pub mod front;
 pub mod model_tables;
+pub mod optimized_query;
 pub mod output;
 pub mod owned_tables;
 pub mod pg_auth;

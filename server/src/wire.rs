@@ -76,9 +76,9 @@ impl FedsqlHandlers {
     /// when `None`).
     pub fn new(engine: Arc<Engine>, auth: Option<PgAuth>) -> Result<Self, ServerError> {
         let connections = Arc::new(ConnectionManager::new());
-        let template = Arc::new(DfSessionService::new(Arc::new(
+        let template = Arc::new(crate::optimized_query::session_service(
             engine.session_context(engine.default_database())?,
-        )));
+        ));
         Ok(FedsqlHandlers {
             service: Arc::new(FedsqlService {
                 parser: Arc::new(FedsqlParser {
@@ -212,7 +212,7 @@ where
             .cloned()
             .unwrap_or_default(),
         database,
-        service: DfSessionService::new(Arc::new(ctx.clone())),
+        service: crate::optimized_query::session_service(ctx.clone()),
         ctx,
     };
     Ok(client.session_extensions().get_or_insert_with(|| session))

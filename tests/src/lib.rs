@@ -4,6 +4,10 @@
 //! The binary is found next to the test executable's `deps/` folder (what
 //! `cargo build` produces), or at `$FEDSQL_BIN`.
 
+pub mod fuzz;
+pub mod slt;
+pub mod tpch;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

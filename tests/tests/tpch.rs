@@ -10,34 +10,12 @@
 //! build, which computes every query itself with pushdown off); a plain
 //! `cargo test` defaults to SF0.01.
 
-use std::path::{Path, PathBuf};
+use fedsql_tests::tpch::{copy_tables, load_mariadb, load_postgres, tpch_dir, TABLES};
+use fedsql_tests::{fresh_postgres_database, try_text_rows, FedsqlServer};
 
-use fedsql_tests::{
-    fresh_mariadb_database, fresh_postgres_database, test_mariadb, try_text_rows, FedsqlServer,
-};
-use futures::SinkExt;
-
-const TABLES: [&str; 8] = [
-    "region", "nation", "part", "supplier", "partsupp", "customer", "orders", "lineitem",
-];
-
-fn tpch_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tpch"))
-}
-
-fn generate(scale: &str, out: &Path) {
-    let tool = std::env::var("FEDSQL_TPCHGEN").unwrap_or_else(|_| "tpchgen-cli".to_string());
-    let status = std::process::Command::new(&tool)
-        .args(["csv", "-s", scale, "--output-dir"])
-        .arg(out)
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {tool} ({e}): install it with `pip install tpchgen-cli` \
-                 (scripts/test does) or set FEDSQL_TPCHGEN"
-            )
-        });
-    assert!(status.success(), "tpchgen-cli failed");
+/// `FEDSQL_TPCH_SCALE`, SF0.01 by default.
+fn scale() -> String {
+    std::env::var("FEDSQL_TPCH_SCALE").unwrap_or_else(|_| "0.01".to_string())
 }
 
 /// Equal as text, or as numbers within a tolerance that absorbs the
@@ -79,41 +57,6 @@ fn compare(
     None
 }
 
-/// Generates TPC-H at `FEDSQL_TPCH_SCALE` and loads `tables` into a fresh
-/// Postgres database; returns the client, its URL and the CSV folder.
-async fn load_postgres(
-    database: &str,
-    tables: &[&str],
-) -> (tokio_postgres::Client, String, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let scale = std::env::var("FEDSQL_TPCH_SCALE").unwrap_or_else(|_| "0.01".to_string());
-    generate(&scale, data.path());
-    let (pg, url) = fresh_postgres_database(database).await;
-    pg.batch_execute(&std::fs::read_to_string(tpch_dir().join("schema.sql")).unwrap())
-        .await
-        .unwrap();
-    copy_tables(&pg, data.path(), tables).await;
-    (pg, url, data)
-}
-
-/// Loads `tables` from tpchgen-cli's CSV files in `dir` with `COPY`, then
-/// `ANALYZE`s.
-async fn copy_tables(pg: &tokio_postgres::Client, dir: &Path, tables: &[&str]) {
-    for table in tables {
-        let bytes = std::fs::read(dir.join(format!("{table}.csv"))).unwrap();
-        let sink = pg
-            .copy_in(&format!(
-                "COPY {table} FROM STDIN (FORMAT csv, HEADER true)"
-            ))
-            .await
-            .unwrap();
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(bytes)).await.unwrap();
-        sink.as_mut().finish().await.unwrap();
-    }
-    pg.batch_execute("ANALYZE").await.unwrap();
-}
-
 /// Runs the 22 queries on `reference` and on fedsql with pushdown on and
 /// off; `rewrite` turns a query into what fedsql is sent.
 async fn run_22(
@@ -145,7 +88,7 @@ async fn run_22(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_22_queries_match_postgres_with_pushdown_on_and_off() {
-    let (pg, url, _data) = load_postgres("fedsql_tpch", &TABLES).await;
+    let (pg, url, _data) = load_postgres("fedsql_tpch", &TABLES, &scale()).await;
     let dir = tempfile::tempdir().unwrap();
     let server = FedsqlServer::start(dir.path());
     let admin = server.connect("demo").await;
@@ -247,58 +190,19 @@ fn qualify_split(sql: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_split_between_postgres_and_mariadb_over_odbc() {
     // The reference holds all eight tables; the split source only two.
-    let (reference, _, data) = load_postgres("fedsql_tpch_ref", &TABLES).await;
+    let (reference, _, data) = load_postgres("fedsql_tpch_ref", &TABLES, &scale()).await;
     let (pg, url) = fresh_postgres_database("fedsql_tpch_split").await;
     let schema = std::fs::read_to_string(tpch_dir().join("schema.sql")).unwrap();
     pg.batch_execute(&schema).await.unwrap();
     copy_tables(&pg, data.path(), &IN_POSTGRES).await;
 
-    // The warehouse: the same DDL (MariaDB reads it as is), loaded with the
-    // MariaDB client's LOAD DATA.
-    let wh = fresh_mariadb_database("fedsql_tpch_wh");
-    let maria = test_mariadb();
-    let (host, port) = maria.rsplit_once(':').unwrap();
-    let mut script = String::new();
-    for statement in schema.split(';') {
-        let statement = statement
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let table = TABLES
-            .iter()
-            .find(|t| statement.contains(&format!("CREATE TABLE {t} ")));
-        if let Some(table) = table.filter(|t| !IN_POSTGRES.contains(t)) {
-            script.push_str(&statement);
-            script.push_str(";\n");
-            script.push_str(&format!(
-                "LOAD DATA LOCAL INFILE '{}' INTO TABLE {table} CHARACTER SET utf8mb4 \
-                 FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' IGNORE 1 LINES;\n",
-                data.path().join(format!("{table}.csv")).display()
-            ));
-            // What a warehouse's DBA runs: exact per-column statistics
-            // (InnoDB's own sample of a primary key's first column is
-            // often off by 2x), which fedsql reads at CREATE SOURCE.
-            script.push_str(&format!("ANALYZE TABLE {table} PERSISTENT FOR ALL;\n"));
-        }
-    }
-    let status = std::process::Command::new("mariadb")
-        .args([
-            "--local-infile=1",
-            "-h",
-            host,
-            "-P",
-            port,
-            "-uroot",
-            "fedsql_tpch_wh",
-            "-e",
-        ])
-        .arg(&script)
-        // (ANALYZE TABLE prints a status table per table.)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("the mariadb client (Debian: mariadb-client; scripts/test installs it)");
-    assert!(status.success(), "loading the warehouse failed");
+    // The warehouse: the other six tables.
+    let wh_tables: Vec<&str> = TABLES
+        .iter()
+        .copied()
+        .filter(|t| !IN_POSTGRES.contains(t))
+        .collect();
+    let wh = load_mariadb("fedsql_tpch_wh", &wh_tables, data.path());
 
     let dir = tempfile::tempdir().unwrap();
     let server = FedsqlServer::start(dir.path());

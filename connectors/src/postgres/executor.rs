@@ -262,9 +262,8 @@ impl PostgresExecutor {
         };
         let columns = statement.columns();
         if columns.len() != schema.fields().len() {
-            return Err(ConnectorError::Remote {
+            return Err(ConnectorError::UnexpectedShape {
                 source_name: self.source_name.clone(),
-                sqlstate: "XX000".into(),
                 message: format!(
                     "the remote query returns {} columns where {} were planned (this is a bug): {query}",
                     columns.len(),

@@ -3,8 +3,9 @@
 //! The unparser can write SQL a source will not run: a shape the unparser
 //! gets wrong, a function the source lacks or the login may not call. Such
 //! a rejection comes back before any row, as a syntax, undefined-object or
-//! permission error (SQLSTATE class `42`, or `0A000`). The query is still
-//! valid, so [`FallbackExec`] plans the rejected sub-plan again with
+//! permission error (SQLSTATE class `42`, `0A000`, or ODBC 2's `37000`),
+//! or as columns of another shape than planned (an unparser bug). The
+//! query is still valid, so [`FallbackExec`] plans the rejected sub-plan again with
 //! `fedsql.pushdown = off` (the source then serves plain scans) and fedsql
 //! computes the rest: the client gets its answer, and the fallback and its
 //! reason are logged (`fedsql.system.queries`, protocol `fallback`) and
@@ -50,6 +51,7 @@ pub fn rejection(error: &DataFusionError) -> Option<String> {
                 {
                     Some(format!("{sqlstate} {e}"))
                 }
+                ConnectorError::UnexpectedShape { .. } => Some(e.to_string()),
                 _ => None,
             };
         }

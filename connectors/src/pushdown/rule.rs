@@ -493,15 +493,18 @@ fn get_leaf_provider(plan: &LogicalPlan) -> Result<Option<FederationProviderRef>
 
 /// Federates `plan` with generated names in the source's terms (fedsql:
 /// see [`super::names`]), its output renamed back for the outer plan, and
-/// its semi/anti joins in a shape the unparser writes correctly (see
-/// [`super::semi_join`]).
+/// its joins and limits in shapes the unparser writes correctly (see
+/// [`super::semi_join`] and [`super::unparser_fixes`]).
 fn federate(
     optimizer: &Optimizer,
     plan: LogicalPlan,
     config: &dyn OptimizerConfig,
 ) -> Result<LogicalPlan> {
-    let plan = super::semi_join::reshape(plan)?;
+    // Names first: it moves filters above table aliases, where the
+    // reshaping of joins below finds them.
     let (plan, restore) = super::names::with_remote_names(plan)?;
+    let plan = super::semi_join::reshape(plan)?;
+    let plan = super::unparser_fixes::rewrite(plan)?;
     let federated = optimizer.optimize(plan, config, |_, _| {})?;
     match restore {
         Some(restore) => restore.apply(federated),
