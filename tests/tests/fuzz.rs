@@ -202,51 +202,35 @@ fn check(report: &Report) {
 /// the MariaDB target still finds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_queries_match_postgres() {
-    match env_or("FEDSQL_FUZZ_TARGET", "postgres").as_str() {
-        "postgres" => over_a_postgres_source().await,
-        "mariadb" => over_a_mariadb_source().await,
+    let target = env_or("FEDSQL_FUZZ_TARGET", "postgres");
+    let scale = env_or("FEDSQL_FUZZ_SCALE", "0.01");
+    let reference_db = match target.as_str() {
+        "postgres" => "fedsql_fuzz",
+        "mariadb" => "fedsql_fuzz_ref",
         other => panic!("FEDSQL_FUZZ_TARGET is postgres or mariadb, not {other}"),
-    }
-}
-
-async fn over_a_postgres_source() {
-    let scale = env_or("FEDSQL_FUZZ_SCALE", "0.01");
-    let (reference, url, _data) = load_postgres("fedsql_fuzz", &TABLES, &scale).await;
+    };
+    let (reference, url, data) = load_postgres(reference_db, &TABLES, &scale).await;
     reference
         .batch_execute("SET statement_timeout = '30s'")
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = FedsqlServer::start(dir.path());
-    let admin = server.connect("demo").await;
-    admin
-        .simple_query(&format!(
-            "CREATE SOURCE tpch TYPE postgres OPTIONS (url '{url}')"
-        ))
-        .await
-        .unwrap();
-    // In database `tpch`, unqualified names resolve in tpch.public.
-    let report = fuzz("postgres", &reference, &server, "tpch", "").await;
-    check(&report);
-}
-
-async fn over_a_mariadb_source() {
-    let scale = env_or("FEDSQL_FUZZ_SCALE", "0.01");
-    let (reference, _, data) = load_postgres("fedsql_fuzz_ref", &TABLES, &scale).await;
-    reference
-        .batch_execute("SET statement_timeout = '30s'")
-        .await
-        .unwrap();
-    let wh = load_mariadb("fedsql_fuzz_wh", &TABLES, data.path());
-    let dir = tempfile::tempdir().unwrap();
-    let server = FedsqlServer::start(dir.path());
-    let admin = server.connect("demo").await;
-    admin
-        .simple_query(&format!(
+    // The source, the database fedsql's queries run in, and how they name
+    // the tables (in database `tpch`, unqualified names resolve in
+    // tpch.public).
+    let (source, database, tables) = if target == "postgres" {
+        let source = format!("CREATE SOURCE tpch TYPE postgres OPTIONS (url '{url}')");
+        (source, "tpch", "")
+    } else {
+        let wh = load_mariadb("fedsql_fuzz_wh", &TABLES, data.path());
+        let source = format!(
             "CREATE SOURCE wh TYPE odbc OPTIONS (connection_string '{wh}', dialect 'mysql')"
-        ))
-        .await
-        .unwrap();
-    let report = fuzz("mariadb", &reference, &server, "demo", "wh.fedsql_fuzz_wh.").await;
+        );
+        (source, "demo", "wh.fedsql_fuzz_wh.")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let admin = server.connect("demo").await;
+    admin.simple_query(&source).await.unwrap();
+    let report = fuzz(&target, &reference, &server, database, tables).await;
     check(&report);
 }

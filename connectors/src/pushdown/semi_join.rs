@@ -72,28 +72,40 @@ pub(super) fn reshape(plan: LogicalPlan) -> Result<LogicalPlan> {
             join.left = Arc::clone(&f.input);
         }
         if let (LogicalPlan::Filter(f), false) = (join.right.as_ref(), join.null_aware) {
-            join.filter = Some(match join.filter.take() {
-                Some(existing) => existing.and(f.predicate.clone()),
-                None => f.predicate.clone(),
-            });
-            join.right = Arc::clone(&f.input);
+            let (predicate, input) = (f.predicate.clone(), Arc::clone(&f.input));
+            add_to_condition(&mut join, predicate);
+            join.right = input;
         }
-        let rebuilt = LogicalPlan::Join(Join::try_new(
-            join.left,
-            join.right,
-            join.on,
-            join.filter,
-            join.join_type,
-            join.join_constraint,
-            join.null_equality,
-            join.null_aware,
-        )?);
+        let rebuilt = rebuilt(join)?;
         Ok(Transformed::yes(match left_filter {
             Some(predicate) => filter(predicate, rebuilt)?,
             None => rebuilt,
         }))
     })
     .map(|t| t.data)
+}
+
+/// ANDs `predicate` into `join`'s condition (its `ON` beyond the keys).
+pub(super) fn add_to_condition(join: &mut Join, predicate: Expr) {
+    join.filter = Some(match join.filter.take() {
+        Some(existing) => existing.and(predicate),
+        None => predicate,
+    });
+}
+
+/// `join` built again from its parts, its schema computed for its new
+/// inputs.
+pub(super) fn rebuilt(join: Join) -> Result<LogicalPlan> {
+    Ok(LogicalPlan::Join(Join::try_new(
+        join.left,
+        join.right,
+        join.on,
+        join.filter,
+        join.join_type,
+        join.join_constraint,
+        join.null_equality,
+        join.null_aware,
+    )?))
 }
 
 fn filter(predicate: Expr, input: LogicalPlan) -> Result<LogicalPlan> {

@@ -27,6 +27,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::lit;
 
+use super::semi_join::{add_to_condition, rebuilt};
+
 /// `plan` with every shape above rewritten.
 pub(super) fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up(|node| match node {
@@ -72,11 +74,9 @@ fn join_inputs(join: Join) -> Result<Transformed<LogicalPlan>> {
             continue;
         };
         let replacement = if inner_like(side) {
-            join.filter = Some(match join.filter.take() {
-                Some(existing) => existing.and(filter.predicate.clone()),
-                None => filter.predicate.clone(),
-            });
-            Arc::clone(&filter.input)
+            let (predicate, input) = (filter.predicate.clone(), Arc::clone(&filter.input));
+            add_to_condition(&mut join, predicate);
+            input
         } else {
             match derived_table(input) {
                 Some(derived) => Arc::new(derived),
@@ -92,16 +92,7 @@ fn join_inputs(join: Join) -> Result<Transformed<LogicalPlan>> {
     if !changed {
         return Ok(Transformed::no(LogicalPlan::Join(join)));
     }
-    Ok(Transformed::yes(LogicalPlan::Join(Join::try_new(
-        join.left,
-        join.right,
-        join.on,
-        join.filter,
-        join.join_type,
-        join.join_constraint,
-        join.null_equality,
-        join.null_aware,
-    )?)))
+    Ok(Transformed::yes(rebuilt(join)?))
 }
 
 /// `filtered` (a filter) as a derived table under the one name its columns
