@@ -381,6 +381,7 @@ impl Engine {
             } => self.create_site(name, *if_not_exists, options),
             FedsqlStatement::DropSite { name, if_exists } => self.drop_site(name, *if_exists),
             FedsqlStatement::TrainModel(tm) => self.train_model(ctx, tm).await,
+            FedsqlStatement::ResumeTraining { name } => self.resume_training(ctx, name).await,
             FedsqlStatement::ShowModels => Ok(FedsqlOutcome::Query(
                 "SELECT model, version, kind, target, strategy, rounds, clients, created_at, metrics \
                  FROM fedsql.system.models WHERE active ORDER BY model"
@@ -1024,7 +1025,7 @@ fn system_catalog(
         .register_table("sites".into(), Arc::new(site_rows))
         .map_err(to_err)?;
     type Batch = fn(&ModelRegistry) -> datafusion::error::Result<RecordBatch>;
-    let model_tables: [(&str, SchemaRef, Batch); 3] = [
+    let model_tables: [(&str, SchemaRef, Batch); 4] = [
         ("models", model_tables::models_schema(), |r| {
             model_tables::models_batch(&r.list())
         }),
@@ -1033,6 +1034,9 @@ fn system_catalog(
             model_tables::training_rounds_schema(),
             |r| model_tables::training_rounds_batch(&r.list(), &r.live_rounds()),
         ),
+        ("training_runs", model_tables::training_runs_schema(), |r| {
+            model_tables::training_runs_batch(&r.training_runs())
+        }),
         (
             "model_features",
             model_tables::model_features_schema(),

@@ -21,6 +21,7 @@ pub mod pg_catalog_scope;
 pub mod pg_compat;
 pub mod pg_text;
 pub mod query_log;
+mod resume;
 mod secure_round;
 pub mod serve;
 pub mod sites;

@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result as DfResult;
 use fedsql_udfs::features::Encoding;
-use fedsql_udfs::registry::{ModelVersion, RoundRecord};
+use fedsql_udfs::registry::{ModelVersion, RoundRecord, TrainingRun};
 
 use crate::system_tables::timestamp;
 
@@ -162,6 +162,67 @@ pub fn training_rounds_batch(
         Arc::new(status.finish()),
     ];
     Ok(RecordBatch::try_new(training_rounds_schema(), columns)?)
+}
+
+/// Schema of `fedsql.system.training_runs`.
+pub fn training_runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("rounds_completed", DataType::Int64, false),
+        Field::new("rounds", DataType::Int64, true),
+        Field::new("clients", DataType::Utf8, true),
+        Field::new("database", DataType::Utf8, true),
+        Field::new("started_at", timestamp(), true),
+        Field::new("updated_at", timestamp(), true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("statement", DataType::Utf8, true),
+    ]))
+}
+
+/// Rows of `fedsql.system.training_runs`: runs in progress, and runs a
+/// restart or an error interrupted (`RESUME TRAINING` continues them).
+pub fn training_runs_batch(runs: &[TrainingRun]) -> DfResult<RecordBatch> {
+    let mut model = StringBuilder::new();
+    let mut version = Int64Builder::new();
+    let mut status = StringBuilder::new();
+    let mut completed = Int64Builder::new();
+    let mut rounds = Int64Builder::new();
+    let mut clients = StringBuilder::new();
+    let mut database = StringBuilder::new();
+    let mut started = TimestampMicrosecondBuilder::new();
+    let mut updated = TimestampMicrosecondBuilder::new();
+    let mut error = StringBuilder::new();
+    let mut statement = StringBuilder::new();
+    for run in runs {
+        model.append_value(&run.model);
+        version.append_value(run.version as i64);
+        status.append_value(run.status);
+        let c = run.checkpoint.as_ref();
+        completed.append_value(c.map_or(0, |c| i64::from(c.completed)));
+        rounds.append_option(c.map(|c| i64::from(c.rounds)));
+        clients.append_option(c.map(|c| c.clients.join(", ")));
+        database.append_option(c.map(|c| c.database.as_str()));
+        started.append_option(c.map(|c| c.started_at_us));
+        updated.append_option(c.map(|c| c.updated_at_us));
+        error.append_option(c.and_then(|c| c.error.as_deref()));
+        statement.append_option(c.map(|c| c.statement.as_str()));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(model.finish()),
+        Arc::new(version.finish()),
+        Arc::new(status.finish()),
+        Arc::new(completed.finish()),
+        Arc::new(rounds.finish()),
+        Arc::new(clients.finish()),
+        Arc::new(database.finish()),
+        Arc::new(started.finish()),
+        Arc::new(updated.finish()),
+        Arc::new(error.finish()),
+        Arc::new(statement.finish()),
+    ];
+    Ok(RecordBatch::try_new(training_runs_schema(), columns)?)
 }
 
 /// Schema of `fedsql.system.model_features` (what `DESCRIBE MODEL` shows).

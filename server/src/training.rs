@@ -16,6 +16,7 @@ use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use fedsql_sql::{EvaluateModel, ExistingModel, Federation, TrainModel};
+use fedsql_udfs::checkpoint::{Checkpoint, CheckpointSummary};
 use fedsql_udfs::client::{
     profile, Encoding, InputColumns, LocalClient, Profile, TargetMoments, TargetSpec,
     TrainingClient,
@@ -321,11 +322,36 @@ impl Engine {
             ExistingModel::IfNotExists if exists => {
                 return Ok(FedsqlOutcome::Command("TRAIN MODEL".into()))
             }
-            ExistingModel::Replace if exists => {
+            ExistingModel::Replace => {
+                // Replacing discards an interrupted run too.
                 registry.drop_model(&tm.name, None).map_err(udf_error)?;
             }
             _ => {}
         }
+        if let Some(run) = self.interrupted_runs(&tm.name).first() {
+            return Err(ServerError::Query {
+                sqlstate: "55000".into(),
+                message: format!(
+                    "model {} has an interrupted training run (version {}, round {} of {} \
+                     completed); RESUME TRAINING {} continues it, TRAIN MODEL OR REPLACE or \
+                     DROP MODEL discards it",
+                    tm.name, run.version, run.completed, run.rounds, tm.name
+                ),
+                position: None,
+            });
+        }
+        self.train(ctx, tm, None).await
+    }
+
+    /// Trains `tm`: a new version, or (`resume`) the rest of an interrupted
+    /// one from its checkpoint.
+    pub(crate) async fn train(
+        &self,
+        ctx: &SessionContext,
+        tm: &TrainModel,
+        resume: Option<Checkpoint>,
+    ) -> Result<FedsqlOutcome> {
+        let registry = self.models();
         let options = TrainingOptions::parse(
             &tm.options
                 .iter()
@@ -348,7 +374,13 @@ impl Engine {
         // traced). Sites: sent to each site, which runs it on its own
         // catalog and answers only its profile.
         let sql = tm.input.to_sql();
-        let version = registry.next_version(&tm.name);
+        let version = match &resume {
+            Some(c) => c.summary.version,
+            None => registry.next_version(&tm.name),
+        };
+        // Rounds show in fedsql.system.training_rounds as they finish; the
+        // run shows as running in fedsql.system.training_runs from now.
+        let live = registry.begin_training(&tm.name, version);
         let purpose = Arc::new(ReadPurpose::new(format!(
             "model {} version {version}",
             tm.name
@@ -380,66 +412,11 @@ impl Engine {
             )));
         }
         let columns = &input.columns;
-        let classify = columns.classify;
-        let target_type = input.schema.field(columns.target).data_type().clone();
-
-        // Federated statistics: each client summarised, the coordinator merges.
-        let mut merged: Vec<ColumnSummary> = vec![ColumnSummary::default(); columns.features.len()];
-        let mut labels = std::collections::BTreeSet::new();
-        let mut target_summary = ColumnSummary::default();
-        for (_, p) in &input.profiles {
-            for (slot, summary) in merged.iter_mut().zip(&p.features) {
-                slot.merge(summary);
-            }
-            labels.extend(p.labels.iter().cloned());
-            target_summary.merge(&p.target);
-        }
-        if input.profiles.iter().all(|(_, p)| p.rows == 0) {
-            return Err(input_error("the training input has no rows".into()));
-        }
-        let transform = FeatureTransform::from_summaries(
-            &columns
-                .features
-                .iter()
-                .zip(merged)
-                .map(|((_, name, t, kind), s)| (name.clone(), t.clone(), *kind, s))
-                .collect::<Vec<_>>(),
-        );
-        let labels: Vec<String> = labels.into_iter().collect();
-        // Regression targets are standardized with federated moments, so one
-        // learning rate works whatever the target's units.
-        let target_std = if classify {
-            1.0
-        } else {
-            let n = target_summary.count.max(1) as f64;
-            let mean = target_summary.sum / n;
-            let std = (target_summary.sum_squares / n - mean * mean)
-                .max(0.0)
-                .sqrt();
-            if std > 1e-12 {
-                std
-            } else {
-                1.0
-            }
-        };
-        if classify && labels.len() < 2 {
-            return Err(input_error(format!(
-                "the target {} has {} distinct value(s); a classifier needs at least 2",
-                tm.target,
-                labels.len()
-            )));
-        }
-        let task = if classify {
-            ModelTask::Classification {
-                labels: labels.clone(),
-                boolean: target_type == DataType::Boolean,
-            }
-        } else {
-            let n = target_summary.count.max(1) as f64;
-            ModelTask::Regression {
-                mean: target_summary.sum / n,
-                std: target_std,
-            }
+        // The encoding every client uses: from federated statistics, or the
+        // interrupted run's (its weights are laid out by it).
+        let (transform, task, target_std) = match &resume {
+            Some(c) => (c.transform.clone(), c.task.clone(), c.target_std),
+            None => federated_encoding(&input, tm)?,
         };
         let encoding = Encoding {
             transform: transform.clone(),
@@ -452,19 +429,87 @@ impl Engine {
             .clients(input.clients, columns, &encoding, &options, &run)
             .await?;
 
-        let arch = Architecture {
-            inputs: transform.width(),
-            hidden,
-            outputs: if classify { labels.len() } else { 1 },
-            activation,
+        let arch = match &resume {
+            Some(c) if c.architecture.inputs != transform.width() => {
+                return Err(udf_error(UdfError::Training(format!(
+                    "the checkpoint's network takes {} inputs, its encoding makes {}",
+                    c.architecture.inputs,
+                    transform.width()
+                ))))
+            }
+            Some(c) => c.architecture.clone(),
+            None => Architecture {
+                inputs: transform.width(),
+                hidden,
+                outputs: match &task {
+                    ModelTask::Classification { labels, .. } => labels.len(),
+                    ModelTask::Regression { .. } => 1,
+                },
+                activation,
+            },
         };
-        // Rounds show in fedsql.system.training_rounds as they finish.
-        let live = registry.begin_training(&tm.name, version);
+        let now_us = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0)
+        };
+        let client_names: Vec<String> = clients.iter().map(|c| c.name().to_string()).collect();
+        if let Some(c) = &resume {
+            if c.summary.clients != client_names {
+                progress(format!(
+                    "the clients are now {client_names:?}, the interrupted run had {:?}: \
+                     the result will differ from an uninterrupted run's",
+                    c.summary.clients
+                ));
+            }
+        }
+        // What every checkpoint of this run repeats.
+        let base = Checkpoint {
+            summary: CheckpointSummary {
+                model: tm.name.clone(),
+                version,
+                statement: TrainModel {
+                    existing: ExistingModel::NewVersion,
+                    ..tm.clone()
+                }
+                .to_string(),
+                database: current_database(ctx),
+                clients: client_names,
+                completed: 0,
+                rounds: options.rounds,
+                started_at_us: resume
+                    .as_ref()
+                    .map_or_else(now_us, |c| c.summary.started_at_us),
+                updated_at_us: 0,
+                error: None,
+            },
+            architecture: arch.clone(),
+            transform: transform.clone(),
+            task: task.clone(),
+            target_std,
+            global: Vec::new(),
+            strategy: Default::default(),
+            selection_position: 0,
+            history: Vec::new(),
+            metrics: Vec::new(),
+        };
         let trained = self
-            .run_rounds(&tm.name, &arch, &clients, &options, (&live, target_std))
+            .run_rounds(&arch, &clients, &options, (&live, base), resume)
             .await;
         for site in &sites {
             site.finish().await;
+        }
+        let checkpoints = registry.checkpoints();
+        if let Err(e) = &trained {
+            // The run can be resumed from its last completed round; say why
+            // it stopped.
+            if let Ok(Some(mut c)) = checkpoints.latest(&tm.name) {
+                if c.summary.version == version {
+                    c.summary.error = Some(e.to_string());
+                    let _ = checkpoints.save(&c);
+                }
+            }
         }
         let (weights, history, mut metrics) = trained?;
         // RMSE in the target's own units (the history's already is).
@@ -491,16 +536,15 @@ impl Engine {
                 .map(|(k, v)| (k.clone(), v.as_text()))
                 .collect(),
             metrics,
-            created_at_us: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0),
+            created_at_us: now_us(),
             history,
             input_reads: purpose.reads(),
         };
-        // The saved version replaces the live rows (never both at once).
+        // The saved version replaces the live rows (never both at once), and
+        // its checkpoint goes once the version is safely written.
         drop(live);
         registry.save(&meta, &weights).map_err(udf_error)?;
+        checkpoints.remove(&tm.name, version).map_err(udf_error)?;
         Ok(FedsqlOutcome::Query(format!(
             "SELECT model, version, kind, target, strategy, rounds, clients, metrics \
              FROM fedsql.system.models WHERE model = {} AND version = {version}",
@@ -806,27 +850,51 @@ impl Engine {
     }
 
     /// The rounds: train on the chosen clients in parallel, merge, evaluate
-    /// everywhere. Returns the final weights, the history and the final
+    /// everywhere, checkpoint. Starts after `resume`'s last completed round
+    /// when given. Returns the final weights, the history and the final
     /// validation metrics.
     async fn run_rounds(
         &self,
-        model: &str,
         arch: &Architecture,
         clients: &[Arc<dyn TrainingClient>],
         options: &TrainingOptions,
-        (live, target_std): (&LiveTraining, f64),
+        (live, base): (&LiveTraining, Checkpoint),
+        resume: Option<Checkpoint>,
     ) -> Result<(Vec<f32>, Vec<RoundRecord>, Vec<(String, f64)>)> {
+        let model = base.summary.model.as_str();
+        let target_std = base.target_std;
         let mut strategy = options.strategy().map_err(udf_error)?;
         let mut global = arch.initial_weights(options.seed);
         let mut history = Vec::new();
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let mut summary = Vec::new();
+        let mut first_round = 1;
+        if let Some(c) = resume {
+            if c.global.len() != global.len() {
+                return Err(udf_error(UdfError::Training(format!(
+                    "the checkpoint holds {} weights, the model has {}",
+                    c.global.len(),
+                    global.len()
+                ))));
+            }
+            strategy.restore(c.strategy).map_err(udf_error)?;
+            rng.set_word_pos(c.selection_position);
+            (global, history, summary) = (c.global, c.history, c.metrics);
+            first_round = c.summary.completed + 1;
+            live.record(&history);
+            progress(format!(
+                "resuming after round {} of {}",
+                c.summary.completed, options.rounds
+            ));
+        }
+        let checkpoints = self.models().checkpoints();
         let fault = std::env::var("FEDSQL_FAULT_INJECT").ok();
         let mut last_eval = Vec::new();
         // Weights travel over Arrow Flight for every client, in this process
         // or at a site: one path for local partitions and remote sites.
         let exchange = self.start_exchange().await?;
         let endpoint = exchange.endpoint();
-        for round in 1..=options.rounds {
+        for round in first_round..=options.rounds {
             let round_start = history.len();
             exchange.publish(round, global.clone());
             let wanted = ((clients.len() as f64 * options.fraction_train).ceil() as usize)
@@ -995,8 +1063,26 @@ impl Engine {
                     last_eval.push(pair);
                 }
             }
+            summary = summarize(&last_eval);
+            // The round is complete once its checkpoint is written; it shows
+            // in training_rounds after that, so what a client sees there
+            // survives a restart.
+            let mut checkpoint = base.clone();
+            checkpoint.summary.completed = round;
+            checkpoint.summary.updated_at_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0);
+            checkpoint.global.clone_from(&global);
+            checkpoint.strategy = strategy.state();
+            checkpoint.selection_position = rng.get_word_pos();
+            checkpoint.history.clone_from(&history);
+            checkpoint.metrics.clone_from(&summary);
+            if let Err(e) = checkpoints.save(&checkpoint) {
+                progress(format!("round {round} could not be checkpointed: {e}"));
+                tracing::warn!(model, round, error = %e, "checkpoint not written");
+            }
             live.record(&history[round_start..]);
-            let summary = summarize(&last_eval);
             progress(format!(
                 "round {round}/{}: {} client(s) trained{}; {}",
                 options.rounds,
@@ -1023,8 +1109,78 @@ impl Engine {
             );
         }
         exchange.stop().await;
-        Ok((global, history, summarize(&last_eval)))
+        Ok((global, history, summary))
     }
+}
+
+/// The feature transform, task and target scale from the clients'
+/// profiles: each client summarised its columns, the coordinator merges.
+fn federated_encoding(
+    input: &TrainingInput,
+    tm: &TrainModel,
+) -> Result<(FeatureTransform, ModelTask, f64)> {
+    let columns = &input.columns;
+    let classify = columns.classify;
+    let target_type = input.schema.field(columns.target).data_type().clone();
+    let mut merged: Vec<ColumnSummary> = vec![ColumnSummary::default(); columns.features.len()];
+    let mut labels = std::collections::BTreeSet::new();
+    let mut target_summary = ColumnSummary::default();
+    for (_, p) in &input.profiles {
+        for (slot, summary) in merged.iter_mut().zip(&p.features) {
+            slot.merge(summary);
+        }
+        labels.extend(p.labels.iter().cloned());
+        target_summary.merge(&p.target);
+    }
+    if input.profiles.iter().all(|(_, p)| p.rows == 0) {
+        return Err(input_error("the training input has no rows".into()));
+    }
+    let transform = FeatureTransform::from_summaries(
+        &columns
+            .features
+            .iter()
+            .zip(merged)
+            .map(|((_, name, t, kind), s)| (name.clone(), t.clone(), *kind, s))
+            .collect::<Vec<_>>(),
+    );
+    let labels: Vec<String> = labels.into_iter().collect();
+    // Regression targets are standardized with federated moments, so one
+    // learning rate works whatever the target's units.
+    let n = target_summary.count.max(1) as f64;
+    let mean = target_summary.sum / n;
+    let std = (target_summary.sum_squares / n - mean * mean)
+        .max(0.0)
+        .sqrt();
+    let target_std = if classify || std <= 1e-12 { 1.0 } else { std };
+    if classify && labels.len() < 2 {
+        return Err(input_error(format!(
+            "the target {} has {} distinct value(s); a classifier needs at least 2",
+            tm.target,
+            labels.len()
+        )));
+    }
+    let task = if classify {
+        ModelTask::Classification {
+            labels,
+            boolean: target_type == DataType::Boolean,
+        }
+    } else {
+        ModelTask::Regression {
+            mean,
+            std: target_std,
+        }
+    };
+    Ok((transform, task, target_std))
+}
+
+/// The database `ctx` resolves unqualified names in.
+pub(crate) fn current_database(ctx: &SessionContext) -> String {
+    ctx.state()
+        .config()
+        .options()
+        .catalog
+        .default_catalog
+        .clone()
 }
 
 /// How client `c` trains in `round`.

@@ -49,6 +49,9 @@ pub enum FedsqlStatement {
     /// `TRUNCATE [TABLE] name [, …]` on fedsql-owned tables (dbt re-seeds
     /// with it). Each name keeps its parts as written.
     Truncate { names: Vec<Vec<String>> },
+    /// `RESUME TRAINING name`: continue an interrupted `TRAIN MODEL` of
+    /// `name` from its last completed round.
+    ResumeTraining { name: String },
     /// `DROP MODEL [IF EXISTS] name [VERSION n]`
     DropModel {
         name: String,
@@ -75,6 +78,7 @@ impl FedsqlStatement {
             FedsqlStatement::ShowVersions { .. } => "SHOW VERSIONS",
             FedsqlStatement::AlterModelSetActiveVersion { .. } => "ALTER MODEL",
             FedsqlStatement::DropModel { .. } => "DROP MODEL",
+            FedsqlStatement::ResumeTraining { .. } => "RESUME TRAINING",
             FedsqlStatement::Truncate { .. } => "TRUNCATE TABLE",
             FedsqlStatement::RenameRelation {
                 kind: RelationKind::Table,
@@ -213,6 +217,66 @@ pub struct TrainModel {
     pub federation: Federation,
     /// `WITH (…)` options, keys lower-cased, in the order written.
     pub options: Vec<(String, OptionValue)>,
+}
+
+/// `"name"`: an identifier quoted so it parses back exactly as it is.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `(key = value, …)` with the keys quoted, so any key parses back.
+fn write_options(f: &mut fmt::Formatter<'_>, options: &[(String, OptionValue)]) -> fmt::Result {
+    f.write_str("(")?;
+    for (i, (key, value)) in options.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "'{}' = {value}", key.replace('\'', "''"))?;
+    }
+    f.write_str(")")
+}
+
+/// The statement as SQL that parses back to an equal `TrainModel` (names
+/// quoted, options in their order); a training checkpoint keeps it so the
+/// run can be planned again after a restart.
+impl fmt::Display for TrainModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TRAIN MODEL ")?;
+        match self.existing {
+            ExistingModel::NewVersion => {}
+            ExistingModel::IfNotExists => f.write_str("IF NOT EXISTS ")?,
+            ExistingModel::Replace => f.write_str("OR REPLACE ")?,
+        }
+        write!(
+            f,
+            "{} USING {}",
+            quoted(&self.name),
+            quoted(&self.algorithm)
+        )?;
+        if !self.algorithm_params.is_empty() {
+            write_options(f, &self.algorithm_params)?;
+        }
+        write!(f, " PREDICT {} FROM ", quoted(&self.target))?;
+        match &self.input {
+            TrainingInput::Query(q) => write!(f, "({q})")?,
+            TrainingInput::Table(t) => f.write_str(t)?,
+        }
+        match &self.federation {
+            Federation::ByColumn(c) => write!(f, " FEDERATED BY {}", quoted(c))?,
+            Federation::OnSites(sites) => {
+                let sites: Vec<String> = sites
+                    .iter()
+                    .map(|s| OptionValue::String(s.clone()).to_string())
+                    .collect();
+                write!(f, " FEDERATED ON SITES ({})", sites.join(", "))?;
+            }
+        }
+        if !self.options.is_empty() {
+            f.write_str(" WITH ")?;
+            write_options(f, &self.options)?;
+        }
+        Ok(())
+    }
 }
 
 /// The rows a model is trained on.

@@ -181,6 +181,7 @@ fn is_fedsql_statement(words: &[String]) -> bool {
             | ("SHOW", "MODELS")
             | ("SHOW", "VERSIONS")
             | ("EVALUATE", "MODEL")
+            | ("RESUME", "TRAINING")
             | ("DESCRIBE", "MODEL")
             | ("ALTER", "MODEL")
             | ("ALTER", "TABLE")
@@ -331,6 +332,11 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
             || p.parse_keywords(&[Keyword::CONTINUE, Keyword::IDENTITY]);
         let _ = p.parse_keyword(Keyword::CASCADE) || p.parse_keyword(Keyword::RESTRICT);
         return Ok(FedsqlStatement::Truncate { names });
+    }
+    if parse_word(p, "RESUME") {
+        expect_word(p, "TRAINING")?;
+        let name = parse_name(p)?;
+        return Ok(FedsqlStatement::ResumeTraining { name });
     }
     if parse_word(p, "REFRESH") {
         expect_word(p, "SOURCE")?;
@@ -760,6 +766,31 @@ mod tests {
                 ("proximal_mu".into(), OptionValue::Number("0.1".into())),
                 ("accept_failures".into(), OptionValue::Boolean(false)),
             ]
+        );
+    }
+
+    #[test]
+    fn a_train_statement_displays_as_sql_that_parses_back() {
+        for sql in [
+            "TRAIN MODEL OR REPLACE \"Fraud\" USING mlp(hidden_units = '64,32', \"odd key\" = 'it''s') \
+             PREDICT is_fraud FROM (SELECT amount, (x) FROM demo.bank.transactions WHERE a = ')') \
+             FEDERATED BY \"Region\" WITH (rounds = 5, strategy = fedprox, lr = -0.1, ok = false)",
+            "TRAIN MODEL m USING logistic_regression PREDICT y FROM demo.bank.t \
+             FEDERATED ON SITES ('eu', 'o''brien')",
+        ] {
+            let FedsqlStatement::TrainModel(t) = one(sql) else {
+                panic!("{sql}")
+            };
+            let FedsqlStatement::TrainModel(again) = one(&t.to_string()) else {
+                panic!("{t}")
+            };
+            assert_eq!(again, t, "{t}");
+        }
+        assert_eq!(
+            one("resume training \"Fraud\""),
+            FedsqlStatement::ResumeTraining {
+                name: "Fraud".into()
+            }
         );
     }
 

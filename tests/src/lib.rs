@@ -93,8 +93,38 @@ impl FedsqlServer {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<FedsqlServer, std::process::ExitStatus> {
-        let port = free_port();
-        let flight_port = free_port();
+        Self::try_start_on(data_dir, extra, env, (free_port(), free_port()))
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash or a power cut would,
+    /// and starts it again on the same data dir and ports with `extra` and
+    /// `env`, so clients that knew its address (sites) find it again.
+    pub fn crash_and_restart(&mut self, extra: &[&str], env: &[(&str, &str)]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Self::try_start_on(&self.data_dir, extra, env, (self.port, self.flight_port)) {
+                Ok(server) => {
+                    *self = server;
+                    return;
+                }
+                // The kernel may hold the ports a moment after the kill.
+                Err(status) if Instant::now() < deadline => {
+                    eprintln!("fedsql serve exited during restart ({status}); retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(status) => panic!("fedsql serve did not restart: {status}"),
+            }
+        }
+    }
+
+    fn try_start_on(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        (port, flight_port): (u16, u16),
+    ) -> Result<FedsqlServer, std::process::ExitStatus> {
         let mut child = Command::new(fedsql_bin())
             .envs(env.iter().copied())
             .arg("serve")

@@ -634,3 +634,132 @@ async fn secure_aggregation_learns_like_fedavg_and_survives_a_dropout() {
         assert_eq!(sqlstate(&err), "22023", "{}", error_message(&err));
     }
 }
+
+/// The input of the restart test, in a fixed order so every run reads the
+/// same rows in the same order.
+const ORDERED_INPUT: &str = "SELECT ln(t.amount) AS log_amount, t.channel, t.merchant_category, \
+     c.credit_score, c.region, t.is_fraud \
+     FROM bank.transactions t JOIN bank.customers c USING (customer_id) ORDER BY t.tx_id";
+
+fn ordered_training(model: &str) -> String {
+    // fedadam keeps moments between rounds: a resume must restore them.
+    format!(
+        "TRAIN MODEL {model} USING mlp PREDICT is_fraud FROM ({ORDERED_INPUT}) FEDERATED BY region \
+         WITH (rounds = 8, strategy = 'fedadam', seed = 11, local_epochs = 2)"
+    )
+}
+
+/// The run's `(status, rounds_completed)` in `fedsql.system.training_runs`.
+async fn run_state(client: &tokio_postgres::Client, model: &str) -> Option<(String, i64)> {
+    client
+        .query_opt(
+            "SELECT status, rounds_completed FROM fedsql.system.training_runs WHERE model = $1",
+            &[&model],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_mid_training_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = FedsqlServer::start(dir.path());
+    let client = server.connect("demo").await;
+    client
+        .batch_execute(&ordered_training("straight"))
+        .await
+        .unwrap();
+
+    // The same run again, killed (SIGKILL) once three rounds are complete.
+    let trainer = server.connect("demo").await;
+    let statement = ordered_training("resumed");
+    let cut_off = tokio::spawn(async move { trainer.batch_execute(&statement).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some((status, done)) = run_state(&client, "resumed").await {
+            assert_eq!(status, "running");
+            if done >= 3 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no third round within 120 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.crash_and_restart(&[], &[]);
+    assert!(
+        cut_off.await.unwrap().is_err(),
+        "the cut-off TRAIN reported success"
+    );
+
+    let client = server.connect("demo").await;
+    let (status, done) = run_state(&client, "resumed")
+        .await
+        .expect("an interrupted run");
+    assert_eq!(status, "interrupted");
+    assert!((3..8).contains(&done), "{done} rounds completed");
+    // A new TRAIN of that model is refused while the run can be resumed.
+    let refused = client
+        .batch_execute("TRAIN MODEL resumed USING mlp PREDICT is_fraud FROM bank.transactions FEDERATED BY channel")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "55000", "{}", error_message(&refused));
+    assert!(error_message(&refused).contains("RESUME TRAINING resumed"));
+    let none = client
+        .batch_execute("RESUME TRAINING nothing")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&none), "42704");
+
+    client
+        .batch_execute("RESUME TRAINING resumed")
+        .await
+        .unwrap();
+    assert_eq!(run_state(&client, "resumed").await, None);
+    // Every round is in the history once, and the weights are the
+    // uninterrupted run's: the same probability for every row.
+    let rounds: Vec<i64> = client
+        .query(
+            "SELECT DISTINCT round FROM fedsql.system.training_rounds \
+             WHERE model = 'resumed' AND phase = 'train' ORDER BY round",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rounds, (1..=8).collect::<Vec<i64>>());
+    let features = "ln(t.amount), t.channel, t.merchant_category, c.credit_score";
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE predict_proba('straight', {features}) \
+                 = predict_proba('resumed', {features})), count(*) \
+                 FROM bank.transactions t JOIN bank.customers c USING (customer_id)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (equal, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(all > 1000);
+    assert_eq!(
+        equal, all,
+        "resumed weights differ from the uninterrupted run's"
+    );
+    let metrics: Vec<String> = client
+        .query(
+            "SELECT metrics FROM fedsql.system.models ORDER BY model",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(metrics[0], metrics[1]);
+}

@@ -14,9 +14,11 @@
 //! - [`secure_aggregation`]: SecAgg masking, so the coordinator sees only
 //!   the sum of the clients' updates;
 //! - [`registry`]: versioned models under the data dir;
+//! - [`checkpoint`]: a run's state after each round, for `RESUME TRAINING`;
 //! - [`evaluate`]: `EVALUATE MODEL` metrics from per-client sufficient statistics;
 //! - [`predict`]: the `predict` and `predict_proba` SQL functions.
 
+pub mod checkpoint;
 pub mod client;
 pub mod error;
 pub mod evaluate;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{CheckpointSummary, Checkpoints};
 use crate::error::{Result, UdfError};
 use crate::features::FeatureTransform;
 use crate::model::{Architecture, Network};
@@ -78,6 +79,19 @@ pub struct RoundRecord {
     pub status: String,
 }
 
+/// A run being trained or interrupted: a row of
+/// `fedsql.system.training_runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingRun {
+    pub model: String,
+    pub version: u64,
+    /// `running`, `interrupted` (cut off: the server stopped) or `failed`
+    /// (it stopped with an error); the last two can be resumed.
+    pub status: &'static str,
+    /// Its last checkpoint; `None` until its first round completes.
+    pub checkpoint: Option<CheckpointSummary>,
+}
+
 /// A loaded version: metadata and weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedModel {
@@ -99,6 +113,8 @@ pub struct ModelRegistry {
     write: Mutex<()>,
     /// The rounds so far of versions being trained now, by (model, version).
     live: Arc<Mutex<LiveRounds>>,
+    /// Runs checkpointed after their last completed round.
+    checkpoints: Checkpoints,
 }
 
 /// The rounds so far of versions being trained, by (model, version).
@@ -132,12 +148,12 @@ impl Drop for LiveTraining {
     }
 }
 
-fn io(path: &Path, e: std::io::Error) -> UdfError {
+pub(crate) fn io(path: &Path, e: std::io::Error) -> UdfError {
     UdfError::Training(format!("{}: {e}", path.display()))
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| UdfError::Training("bad registry path".into()))?;
@@ -161,7 +177,13 @@ impl ModelRegistry {
             cache: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
             live: Arc::default(),
+            checkpoints: Checkpoints::open(data_dir),
         }
+    }
+
+    /// The checkpoints of runs in progress or interrupted.
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
     }
 
     /// Starts showing the rounds of `model`'s `version`, which is being
@@ -188,6 +210,47 @@ impl ModelRegistry {
             .iter()
             .map(|((model, version), records)| (model.clone(), *version, records.clone()))
             .collect()
+    }
+
+    /// Every run being trained now or left interrupted, by model and
+    /// version.
+    pub fn training_runs(&self) -> Vec<TrainingRun> {
+        let running: Vec<(String, u64)> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut runs: BTreeMap<(String, u64), TrainingRun> = BTreeMap::new();
+        for summary in self.checkpoints.list() {
+            let key = (summary.model.clone(), summary.version);
+            let status = if running.contains(&key) {
+                "running"
+            } else if summary.error.is_some() {
+                "failed"
+            } else {
+                "interrupted"
+            };
+            runs.insert(
+                key,
+                TrainingRun {
+                    model: summary.model.clone(),
+                    version: summary.version,
+                    status,
+                    checkpoint: Some(summary),
+                },
+            );
+        }
+        for (model, version) in running {
+            runs.entry((model.clone(), version)).or_insert(TrainingRun {
+                model,
+                version,
+                status: "running",
+                checkpoint: None,
+            });
+        }
+        runs.into_values().collect()
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Arc<LoadedModel>>> {
@@ -255,9 +318,23 @@ impl ModelRegistry {
         out
     }
 
-    /// The next version number of `model`.
+    /// The next version number of `model`: after its saved versions, the
+    /// versions being trained and the interrupted ones.
     pub fn next_version(&self, model: &str) -> u64 {
-        self.versions(model).last().map_or(1, |v| v + 1)
+        let training = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|(m, _)| m == model)
+            .map(|(_, v)| *v)
+            .max();
+        self.versions(model)
+            .into_iter()
+            .chain(self.checkpoints.versions(model))
+            .chain(training)
+            .max()
+            .map_or(1, |v| v + 1)
     }
 
     /// Stores a new version and makes it active.
@@ -342,8 +419,13 @@ impl ModelRegistry {
     pub fn drop_model(&self, model: &str, version: Option<u64>) -> Result<bool> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.root.join(model);
+        // An interrupted run goes with its model.
+        let interrupted = version.is_none() && !self.checkpoints.versions(model).is_empty();
+        if version.is_none() {
+            self.checkpoints.remove_model(model)?;
+        }
         if !dir.join("active.json").exists() {
-            return Ok(false);
+            return Ok(interrupted);
         }
         self.lock_cache().retain(|(m, _), _| m != model);
         match version {

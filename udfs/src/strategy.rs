@@ -21,6 +21,7 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, UdfError};
 
@@ -41,6 +42,35 @@ pub trait Strategy: Send {
     /// The next global weights from the current ones and this round's
     /// updates (never empty; every update has the global's length).
     fn aggregate(&mut self, global: &[f32], updates: &[ClientUpdate]) -> Result<Vec<f32>>;
+
+    /// What the strategy carries into the next round (momentum, moments,
+    /// a noise generator's position): with [`Strategy::restore`], a run
+    /// checkpointed after a round continues exactly as if uninterrupted.
+    /// Stateless strategies keep the default.
+    fn state(&self) -> StrategyState {
+        StrategyState::default()
+    }
+
+    /// Takes up a state [`Strategy::state`] returned, by a strategy made
+    /// with the same options.
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+}
+
+/// A strategy's state between rounds (see [`Strategy::state`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StrategyState {
+    /// Rounds aggregated so far (FedAdam's bias correction counts them).
+    pub rounds: u32,
+    /// Per-coordinate vectors, in the strategy's own order (FedAvgM's
+    /// momentum; FedOpt's first and second moments).
+    pub vectors: Vec<Vec<f64>>,
+    /// Where the noise generator is in its stream (differential privacy).
+    pub noise_position: Option<u128>,
+    /// The wrapped strategy's state (differential privacy wraps one).
+    pub inner: Option<Box<StrategyState>>,
 }
 
 fn check(global: &[f32], updates: &[ClientUpdate]) -> Result<()> {
@@ -145,6 +175,18 @@ impl Strategy for FedAvgM {
             .map(|(g, d)| (f64::from(*g) - self.server_learning_rate * d) as f32)
             .collect())
     }
+
+    fn state(&self) -> StrategyState {
+        StrategyState {
+            vectors: self.momentum.iter().cloned().collect(),
+            ..StrategyState::default()
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        self.momentum = state.vectors.into_iter().next();
+        Ok(())
+    }
 }
 
 /// Which adaptive server optimizer a [`FedOpt`] runs.
@@ -240,6 +282,22 @@ impl Strategy for FedOpt {
             );
         }
         Ok(next)
+    }
+
+    fn state(&self) -> StrategyState {
+        StrategyState {
+            rounds: self.round,
+            vectors: vec![self.m.clone(), self.v.clone()],
+            ..StrategyState::default()
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        let [m, v]: [Vec<f64>; 2] = state.vectors.try_into().map_err(|_| {
+            UdfError::Training("a FedOpt checkpoint needs two moment vectors".into())
+        })?;
+        (self.round, self.m, self.v) = (state.rounds, m, v);
+        Ok(())
     }
 }
 
@@ -440,6 +498,22 @@ impl Strategy for DpFixedClipping {
         }
         Ok(next)
     }
+
+    fn state(&self) -> StrategyState {
+        StrategyState {
+            noise_position: Some(self.rng.get_word_pos()),
+            inner: Some(Box::new(self.inner.state())),
+            ..StrategyState::default()
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        if let Some(position) = state.noise_position {
+            self.rng.set_word_pos(position);
+        }
+        self.inner
+            .restore(state.inner.map(|s| *s).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -571,6 +645,47 @@ mod tests {
         };
         assert_eq!(noisy(1), noisy(1));
         assert_ne!(noisy(1), vec![0.0; 3]);
+    }
+
+    #[test]
+    fn a_restored_state_continues_exactly() {
+        let makers: Vec<fn() -> Box<dyn Strategy>> = vec![
+            || Box::new(FedAvgM::new(1.0, 0.9)),
+            || Box::new(FedOpt::new(FedOptKind::Adam, 0.1, 0.9, 0.99, 1e-9)),
+            || {
+                let inner = Box::new(FedOpt::new(FedOptKind::Yogi, 0.01, 0.9, 0.99, 1e-3));
+                Box::new(DpFixedClipping::new(inner, 1.0, 0.5, 3).unwrap())
+            },
+        ];
+        let round = |r: u32| vec![u(&[r as f32, -1.0, 0.5], 2), u(&[0.0, 2.0, r as f32], 5)];
+        for make in makers {
+            let mut straight = make();
+            let mut global = vec![0.0f32; 3];
+            for r in 1..=4 {
+                global = straight.aggregate(&global, &round(r)).unwrap();
+            }
+            let mut first = make();
+            let mut resumed_global = vec![0.0f32; 3];
+            for r in 1..=2 {
+                resumed_global = first.aggregate(&resumed_global, &round(r)).unwrap();
+            }
+            let mut second = make();
+            second.restore(first.state()).unwrap();
+            for r in 3..=4 {
+                resumed_global = second.aggregate(&resumed_global, &round(r)).unwrap();
+            }
+            assert_eq!(resumed_global, global, "{}", straight.name());
+            // Without the state the run would differ: the test can fail.
+            let (mut before, mut after) = (make(), make());
+            let mut other = vec![0.0f32; 3];
+            for r in 1..=2 {
+                other = before.aggregate(&other, &round(r)).unwrap();
+            }
+            for r in 3..=4 {
+                other = after.aggregate(&other, &round(r)).unwrap();
+            }
+            assert_ne!(other, global, "{}", straight.name());
+        }
     }
 
     #[test]
