@@ -703,3 +703,95 @@ async fn a_site_trains_over_tls_to_its_coordinator() {
     let _ = site.kill();
     let _ = site.wait();
 }
+
+/// `(status, rounds_completed)` of the run of model `resumed`, if listed.
+async fn completed(client: &tokio_postgres::Client) -> Vec<Vec<Option<String>>> {
+    text_rows(
+        client,
+        "SELECT status, rounds_completed FROM fedsql.system.training_runs WHERE model = 'resumed'",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_mid_training_resumes_over_the_sites() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, client, _sites) =
+        coordinator_and_sites(dir.path(), 3000, &["bank.transactions"]).await;
+    // Server momentum and differential privacy both carry state (momentum,
+    // the noise generator) from round to round: a resume must restore them.
+    let train = |model: &str| {
+        format!(
+            "TRAIN MODEL {model} USING logistic_regression PREDICT is_fraud \
+             FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us') \
+             WITH (rounds = 12, local_epochs = 3, seed = 5, strategy = 'fedavgm', \
+                   server_momentum = 0.5, dp = 'server_fixed', clipping_norm = 10, \
+                   noise_multiplier = 0.01, round_timeout = '60s')"
+        )
+    };
+    client.batch_execute(&train("straight")).await.unwrap();
+
+    let coordinator = server.conn_str("demo");
+    let statement = train("resumed");
+    let cut_off = tokio::spawn(async move {
+        let (c, connection) = tokio_postgres::connect(&coordinator, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        c.batch_execute(&statement).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = completed(&client).await;
+        let done = rows.first().and_then(|r| r[1].as_deref()).unwrap_or("0");
+        if done.parse::<u32>().unwrap() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second round within 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let env: Vec<(String, String)> = REGIONS
+        .iter()
+        .map(|r| (format!("{}_TOKEN", r.to_uppercase()), token(r)))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    server.crash_and_restart(&[], &env);
+    assert!(
+        cut_off.await.unwrap().is_err(),
+        "the cut-off TRAIN reported success"
+    );
+
+    // The sites reconnect on their own; the run waits for RESUME.
+    let client = server.connect("demo").await;
+    wait_online(&client, &REGIONS).await;
+    let rows = completed(&client).await;
+    assert_eq!(rows[0][0].as_deref(), Some("interrupted"), "{rows:?}");
+    let done: u32 = rows[0][1].as_deref().unwrap().parse().unwrap();
+    assert!((2..12).contains(&done), "{done} rounds completed");
+    client
+        .batch_execute("RESUME TRAINING resumed")
+        .await
+        .unwrap();
+    assert!(completed(&client).await.is_empty());
+
+    // The resumed model is the uninterrupted one, to the last bit of every
+    // prediction.
+    let rows = text_rows(
+        &client,
+        "SELECT count(*) FILTER (WHERE predict_proba('straight', a, c, m) = predict_proba('resumed', a, c, m)), \
+                count(DISTINCT predict_proba('straight', a, c, m)) \
+         FROM (VALUES (120.0, 'online', 'memo paid'), (900.0, 'online', 'memo'), (650.0, 'pos', 'x'), \
+                      (10.0, 'atm', 'paid'), (999.0, 'online', 'memo SECRET paid'), (300.0, 'pos', '')) AS t(a, c, m)",
+    )
+    .await;
+    assert_eq!(rows[0][0].as_deref(), Some("6"), "resumed weights differ");
+    assert_ne!(
+        rows[0][1].as_deref(),
+        Some("1"),
+        "the model predicts a constant"
+    );
+    assert_eq!(
+        accuracy_of(&client, "straight").await,
+        accuracy_of(&client, "resumed").await
+    );
+}
