@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use fedsql_udfs::exchange::{ExchangeClient, ExchangeServer};
+use fedsql_udfs::exchange::{ExchangeAccess, ExchangeClient, ExchangeServer};
 use fedsql_udfs::model::Architecture;
 use fedsql_udfs::options::TrainingOptions;
 use fedsql_udfs::registry::RoundRecord;
@@ -80,13 +80,13 @@ fn peers_of(keys: &BTreeMap<String, Vec<u8>>) -> Result<Vec<(String, [u8; 32], u
 
 /// A client's part up to its masked update.
 async fn mask_and_send(
-    endpoint: String,
+    access: ExchangeAccess,
     round: u32,
     arch: Architecture,
     client: SecureClient,
 ) -> Result<Masked, UdfError> {
     let name = client.name.clone();
-    let mut link = ExchangeClient::connect(&endpoint).await?;
+    let mut link = ExchangeClient::connect(&access).await?;
     let mut party = SecAggClient::new(&name);
     let rows = client.train.rows() as u64;
     let mut key = party.public_key().to_vec();
@@ -200,14 +200,13 @@ pub(crate) async fn secure_round(
         let shares = board.close_stage(round, "shares", &posted, timeout).await;
         (keys, shares)
     });
-    let endpoint = exchange.endpoint();
     let mut tasks = Vec::new();
     for client in clients {
         let name = client.name.clone();
-        let (endpoint, arch, board) = (endpoint.clone(), arch.clone(), exchange.board());
+        let (access, arch, board) = (exchange.admit(&name), arch.clone(), exchange.board());
         let task = tokio::spawn(async move {
             let name = client.name.clone();
-            let result = mask_and_send(endpoint, round, arch, client).await;
+            let result = mask_and_send(access, round, arch, client).await;
             // The stages stop waiting for a client that failed.
             if result.is_err() {
                 board.withdraw(round, &name);

@@ -22,7 +22,7 @@ use fedsql_udfs::client::{
     TrainingClient,
 };
 use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
-use fedsql_udfs::exchange::ExchangeServer;
+use fedsql_udfs::exchange::{ExchangeAccess, ExchangeServer};
 use fedsql_udfs::features::{text_values, ColumnSummary, FeatureTransform};
 use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
@@ -575,13 +575,12 @@ impl Engine {
         self.online_sites(names, true)?;
         let exchange = self.start_exchange().await?;
         exchange.publish(1, model.weights.clone());
-        let endpoint = exchange.endpoint();
         let timeout = std::time::Duration::from_secs(600);
         let calls = names.iter().map(|name| {
             let task = Task::Score {
                 query: query.to_string(),
                 model: Box::new(model.meta.clone()),
-                endpoint: endpoint.clone(),
+                exchange: exchange.admit(name),
                 key: 1,
             };
             let registry = Arc::clone(self.sites());
@@ -892,8 +891,10 @@ impl Engine {
         let mut last_eval = Vec::new();
         // Weights travel over Arrow Flight for every client, in this process
         // or at a site: one path for local partitions and remote sites.
+        // Each client proves who it is to the exchange with its own key.
         let exchange = self.start_exchange().await?;
-        let endpoint = exchange.endpoint();
+        let access: Vec<ExchangeAccess> =
+            clients.iter().map(|c| exchange.admit(c.name())).collect();
         for round in first_round..=options.rounds {
             let round_start = history.len();
             exchange.publish(round, global.clone());
@@ -935,12 +936,10 @@ impl Engine {
                 let client = Arc::clone(&clients[c]);
                 let config = local_config(options, round, c);
                 let injected = fault.as_deref() == Some(&format!("{}:{round}", client.name()));
-                let (arch, endpoint) = (arch.clone(), endpoint.clone());
+                let (arch, access) = (arch.clone(), access[c].clone());
                 let started = Instant::now();
                 let handle = tokio::spawn(async move {
-                    client
-                        .train(round, &endpoint, &arch, config, injected)
-                        .await
+                    client.train(round, &access, &arch, config, injected).await
                 });
                 tasks.push((
                     c,
@@ -1017,18 +1016,18 @@ impl Engine {
             // remote clients read them from the exchange.
             exchange.publish(round + 1, global.clone());
             let merged = Arc::new(global.clone());
-            let evaluations = clients.iter().map(|client| {
-                let (client, arch, endpoint, merged) = (
+            let evaluations = clients.iter().zip(&access).map(|(client, access)| {
+                let (client, arch, access, merged) = (
                     Arc::clone(client),
                     arch.clone(),
-                    endpoint.clone(),
+                    access.clone(),
                     Arc::clone(&merged),
                 );
                 async move {
                     let started = Instant::now();
                     let result = tokio::time::timeout(
                         options.round_timeout,
-                        client.evaluate(round + 1, &endpoint, &arch, &merged),
+                        client.evaluate(round + 1, &access, &arch, &merged),
                     )
                     .await;
                     (client, started, result)
@@ -1064,6 +1063,13 @@ impl Engine {
                 }
             }
             summary = summarize(&last_eval);
+            // Calls without a valid key (someone else on the network, or a
+            // client sending as another) were refused; say so.
+            for refusal in exchange.take_refusals() {
+                progress(format!(
+                    "round {round}: the weight exchange refused {refusal}"
+                ));
+            }
             // The round is complete once its checkpoint is written; it shows
             // in training_rounds after that, so what a client sees there
             // survives a restart.

@@ -41,10 +41,13 @@ fn region_rows(region: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Creates database `fedsql_site_<name>` with `bank.transactions` (this
-/// region's rows) and `bank.customers` (which no policy allows).
+/// Creates database `fedsql_site_<name>_<n>` with `bank.transactions`
+/// (this region's rows) and `bank.customers` (which no policy allows). `n`
+/// differs per call: the tests run in parallel, each with its own sites.
 async fn site_database(region: &str, rows: usize) -> String {
-    let (client, url) = fresh_postgres_database(&format!("fedsql_site_{region}")).await;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (client, url) = fresh_postgres_database(&format!("fedsql_site_{region}_{n}")).await;
     client
         .batch_execute(&format!(
             "CREATE SCHEMA bank;
@@ -445,7 +448,7 @@ async fn a_killed_site_fails_its_rounds_then_rejoins() {
             &format!(
                 "TRAIN MODEL churn USING logistic_regression PREDICT is_fraud \
                  FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us') \
-                 WITH (rounds = 40, local_epochs = 3, round_timeout = '3s', \
+                 WITH (rounds = 40, local_epochs = 3, round_timeout = '6s', \
                        min_train_nodes = 2, accept_failures = true, seed = 3)"
             ),
         )

@@ -24,7 +24,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, UdfError};
-use crate::exchange::ExchangeClient;
+use crate::exchange::{ExchangeAccess, ExchangeClient};
 use crate::features::FeatureTransform;
 use crate::features::{column_kind, numeric_values, text_values, ColumnKind, ColumnSummary};
 use crate::model::Architecture;
@@ -38,7 +38,7 @@ pub type TargetMoments = (f64, f64, f64);
 /// One participant of a federated training run.
 ///
 /// Contract: `train` fetches the weights the coordinator published for
-/// `round` at `endpoint`, trains on this client's training rows only, and
+/// `round` at the exchange `access` names, trains on this client's training rows only, and
 /// sends the update for (`round`, [`TrainingClient::name`]) back to the same
 /// exchange before returning the bytes it fetched; `evaluate` scores the
 /// merged weights on the client's held-out rows. Rows never leave the
@@ -53,19 +53,19 @@ pub trait TrainingClient: Send + Sync {
     async fn train(
         &self,
         round: u32,
-        endpoint: &str,
+        access: &ExchangeAccess,
         arch: &Architecture,
         config: LocalConfig,
         fail: bool,
     ) -> Result<u64>;
 
     /// Metrics of `weights` on the held-out rows, which the coordinator also
-    /// published as round `key` at `endpoint` (where a remote client reads
-    /// them).
+    /// published as round `key` at the exchange (where a remote client
+    /// reads them).
     async fn evaluate(
         &self,
         key: u32,
-        endpoint: &str,
+        access: &ExchangeAccess,
         arch: &Architecture,
         weights: &Arc<Vec<f32>>,
     ) -> Result<(Metrics, TargetMoments)>;
@@ -315,12 +315,12 @@ impl TrainingClient for LocalClient {
     async fn train(
         &self,
         round: u32,
-        endpoint: &str,
+        access: &ExchangeAccess,
         arch: &Architecture,
         config: LocalConfig,
         fail: bool,
     ) -> Result<u64> {
-        let mut link = ExchangeClient::connect(endpoint).await?;
+        let mut link = ExchangeClient::connect(access).await?;
         let (weights, fetched) = link.fetch(round).await?;
         let trained = train_off_runtime(
             arch.clone(),
@@ -344,7 +344,7 @@ impl TrainingClient for LocalClient {
     async fn evaluate(
         &self,
         _key: u32,
-        _endpoint: &str,
+        _access: &ExchangeAccess,
         arch: &Architecture,
         weights: &Arc<Vec<f32>>,
     ) -> Result<(Metrics, TargetMoments)> {
@@ -371,11 +371,11 @@ impl LocalClient {
     pub async fn evaluate_published(
         &self,
         key: u32,
-        endpoint: &str,
+        access: &ExchangeAccess,
         arch: &Architecture,
     ) -> Result<(Metrics, TargetMoments)> {
-        let mut link = ExchangeClient::connect(endpoint).await?;
+        let mut link = ExchangeClient::connect(access).await?;
         let (weights, _) = link.fetch(key).await?;
-        self.evaluate(key, endpoint, arch, &Arc::new(weights)).await
+        self.evaluate(key, access, arch, &Arc::new(weights)).await
     }
 }

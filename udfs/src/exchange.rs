@@ -19,6 +19,14 @@
 //!   `DoAction("read", {round, stage})` → a bulletin board for the secure
 //!   aggregation stages: clients post, the coordinator closes a stage, and a
 //!   read waits until the stage is closed and returns every post.
+//!
+//! Every call carries the caller's name and its key for this run
+//! ([`ExchangeAccess`], headers `x-fedsql-exchange-client` / `-key`): the
+//! coordinator admits each client of a run with a fresh random key
+//! ([`ExchangeServer::admit`]) and hands it over with the round's task, so
+//! someone who reaches the exchange's port can neither read the weights nor
+//! send an update, and a client cannot send one under another's name.
+//! Refused calls are kept for the coordinator ([`ExchangeServer::take_refusals`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -49,6 +57,23 @@ use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Result, UdfError};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataValue;
+
+/// What a client needs to take part in a run's exchange: where it is, its
+/// name, and the key [`ExchangeServer::admit`] made for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeAccess {
+    /// `http://host:port`.
+    pub endpoint: String,
+    /// The client's name in the run.
+    pub client: String,
+    /// Hex of 32 random bytes, valid for this run only.
+    pub key: String,
+}
+
+const CLIENT_HEADER: &str = "x-fedsql-exchange-client";
+const KEY_HEADER: &str = "x-fedsql-exchange-key";
 
 /// Weights per record batch: 4 MiB of `f32`.
 const CHUNK: usize = 1024 * 1024;
@@ -139,6 +164,11 @@ struct ExchangeState {
     gone: Mutex<std::collections::HashSet<(u32, String)>>,
     /// Bumped on every post and close, so waiters look again.
     changed: tokio::sync::watch::Sender<u64>,
+    /// The admitted clients' keys, hashed (BLAKE3 hashes compare in
+    /// constant time).
+    keys: Mutex<HashMap<String, blake3::Hash>>,
+    /// Why calls were refused, oldest first, until the coordinator reads them.
+    refusals: Mutex<Vec<String>>,
 }
 
 impl Default for ExchangeState {
@@ -149,6 +179,8 @@ impl Default for ExchangeState {
             board: Mutex::default(),
             gone: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
+            keys: Mutex::default(),
+            refusals: Mutex::default(),
         }
     }
 }
@@ -178,6 +210,50 @@ struct Read {
 }
 
 impl ExchangeState {
+    /// Records a refused call and answers it `unauthenticated`.
+    fn refuse(&self, why: String) -> Status {
+        tracing::warn!(refusal = %why, "weight exchange refused a call");
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(why.clone());
+        Status::unauthenticated(why)
+    }
+
+    /// The admitted client a call comes from, by its name and key headers.
+    fn authenticate<T>(&self, request: &Request<T>) -> std::result::Result<String, Status> {
+        let header = |name| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (Some(client), Some(key)) = (header(CLIENT_HEADER), header(KEY_HEADER)) else {
+            return Err(self.refuse("a call without an exchange key".into()));
+        };
+        let admitted = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&client)
+            .copied();
+        match admitted {
+            Some(hash) if hash == blake3::hash(key.as_bytes()) => Ok(client),
+            Some(_) => Err(self.refuse(format!("a wrong exchange key for {client}"))),
+            None => Err(self.refuse(format!("{client} is not a client of this run"))),
+        }
+    }
+
+    /// Refuses a call of `caller` that acts as `client`.
+    fn same_client(&self, caller: &str, client: &str) -> std::result::Result<(), Status> {
+        if caller == client {
+            Ok(())
+        } else {
+            Err(self.refuse(format!("{caller} sent as {client}")))
+        }
+    }
+
     fn lock_board(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, String), Stage>> {
         self.board.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -271,6 +347,7 @@ impl FlightService for WeightExchange {
         &self,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        self.state.authenticate(&request)?;
         let ticket = String::from_utf8_lossy(&request.get_ref().ticket).to_string();
         let round: u32 = ticket
             .strip_prefix("weights/")
@@ -300,6 +377,7 @@ impl FlightService for WeightExchange {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        let caller = self.state.authenticate(&request)?;
         let mut data = request.into_inner();
         let first = data
             .message()
@@ -315,6 +393,7 @@ impl FlightService for WeightExchange {
                 "an update's descriptor path is [update, round, client, num_examples, loss]",
             ));
         };
+        self.state.same_client(&caller, client)?;
         let parse_err = || Status::invalid_argument(format!("bad update descriptor {path:?}"));
         let round: u32 = round.parse().map_err(|_| parse_err())?;
         let messages = stream::once(async { Ok(first) })
@@ -403,13 +482,15 @@ impl FlightService for WeightExchange {
         &self,
         request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        let caller = self.state.authenticate(&request)?;
         let action = request.into_inner();
         let bad =
             |e: serde_json::Error| Status::invalid_argument(format!("{}: {e}", action.r#type));
         let body = match action.r#type.as_str() {
             "post" => {
-                self.state
-                    .post(serde_json::from_slice(&action.body).map_err(bad)?)?;
+                let post: Post = serde_json::from_slice(&action.body).map_err(bad)?;
+                self.state.same_client(&caller, &post.client)?;
+                self.state.post(post)?;
                 Vec::new()
             }
             "read" => {
@@ -500,6 +581,35 @@ impl ExchangeServer {
         self.endpoint.clone()
     }
 
+    /// Admits `client` to this run with a fresh key (replacing an earlier
+    /// one) and returns what it needs to connect.
+    pub fn admit(&self, client: &str) -> ExchangeAccess {
+        let key: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        self.state
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client.to_string(), blake3::hash(key.as_bytes()));
+        ExchangeAccess {
+            endpoint: self.endpoint.clone(),
+            client: client.to_string(),
+            key,
+        }
+    }
+
+    /// The calls refused since the last look, and why.
+    pub fn take_refusals(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .state
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
     /// Opens `round` with these global weights.
     pub fn publish(&self, round: u32, weights: Vec<f32>) {
         *self.state.global.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -588,11 +698,21 @@ impl ExchangeBoard {
 /// A client's connection to the coordinator's exchange.
 pub struct ExchangeClient {
     inner: FlightServiceClient<Channel>,
+    /// The name and key headers every call carries.
+    client: MetadataValue<tonic::metadata::Ascii>,
+    key: MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl ExchangeClient {
-    /// Connects to `endpoint` (`http://host:port`).
-    pub async fn connect(endpoint: &str) -> Result<ExchangeClient> {
+    /// Connects to a run's exchange as the client `access` admits.
+    pub async fn connect(access: &ExchangeAccess) -> Result<ExchangeClient> {
+        let endpoint = access.endpoint.as_str();
+        let header = |value: &str| {
+            MetadataValue::try_from(value).map_err(|_| {
+                UdfError::Training(format!("weight exchange: {value:?} is not a header value"))
+            })
+        };
+        let (client, key) = (header(&access.client)?, header(&access.key)?);
         let channel = Channel::from_shared(endpoint.to_string())
             .map_err(|e| UdfError::Training(format!("weight exchange {endpoint}: {e}")))?
             .initial_stream_window_size(STREAM_WINDOW)
@@ -606,7 +726,18 @@ impl ExchangeClient {
             inner: FlightServiceClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+            client,
+            key,
         })
+    }
+
+    /// `message` as a request carrying this client's name and key.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert(CLIENT_HEADER, self.client.clone());
+        metadata.insert(KEY_HEADER, self.key.clone());
+        request
     }
 
     /// The global weights of `round`, and the bytes that carried them.
@@ -615,7 +746,7 @@ impl ExchangeClient {
         let failed = |e: FlightError| UdfError::Training(format!("fetching weights: {e}"));
         let data = self
             .inner
-            .do_get(ticket)
+            .do_get(self.request(ticket))
             .await
             .map_err(|e| UdfError::Training(format!("fetching weights: {}", e.message())))?
             .into_inner()
@@ -662,7 +793,7 @@ impl ExchangeClient {
             |e: Status| UdfError::Training(format!("weight exchange {kind}: {}", e.message()));
         let mut replies = self
             .inner
-            .do_action(action)
+            .do_action(self.request(action))
             .await
             .map_err(failed)?
             .into_inner();
@@ -745,7 +876,8 @@ impl ExchangeClient {
                 })
             });
         let outcome = async {
-            let mut replies = self.inner.do_put(data).await?.into_inner();
+            let request = self.request(data);
+            let mut replies = self.inner.do_put(request).await?.into_inner();
             while let Some(reply) = replies.next().await {
                 reply?;
             }
@@ -769,7 +901,7 @@ mod tests {
     async fn a_stage_closes_when_everyone_posted_or_withdrew() {
         let server = ExchangeServer::start().await.unwrap();
         let board = server.board();
-        let mut a = ExchangeClient::connect(&server.endpoint()).await.unwrap();
+        let mut a = ExchangeClient::connect(&server.admit("a")).await.unwrap();
         a.post(1, "keys", "a", vec![1, 2]).await.unwrap();
         let expected = ["a".to_string(), "b".to_string()];
         let withdraw = board.clone();
@@ -781,7 +913,61 @@ mod tests {
         assert_eq!(posts.keys().collect::<Vec<_>>(), ["a"]);
         // Readers get the closed stage; late posts are refused.
         assert_eq!(a.read(1, "keys").await.unwrap(), posts);
-        assert!(a.post(1, "keys", "c", vec![]).await.is_err());
+        assert!(a.post(1, "keys", "a", vec![]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_admitted_clients_reach_the_exchange_and_only_as_themselves() {
+        let server = ExchangeServer::start().await.unwrap();
+        server.publish(1, vec![0.5; 10]);
+        let eu = server.admit("eu");
+        let us = server.admit("us");
+        // No key, a made-up key, a client the run does not have.
+        let forged = |client: &str, key: &str| ExchangeAccess {
+            endpoint: server.endpoint(),
+            client: client.into(),
+            key: key.into(),
+        };
+        for (access, why) in [
+            (forged("eu", &us.key), "a wrong exchange key for eu"),
+            (
+                forged("mallory", &eu.key),
+                "mallory is not a client of this run",
+            ),
+        ] {
+            let mut c = ExchangeClient::connect(&access).await.unwrap();
+            let e = c.fetch(1).await.unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+            let e = c.send(1, &access.client, &[1.0; 10], 1, 0.0).await;
+            assert!(e.unwrap_err().to_string().contains(why));
+        }
+        let channel = Channel::from_shared(server.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut raw = FlightServiceClient::new(channel);
+        let e = raw
+            .do_get(Ticket::new("weights/1".to_string()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // us cannot send eu's update or post as eu.
+        let mut as_us = ExchangeClient::connect(&us).await.unwrap();
+        let e = as_us.send(1, "eu", &[9.0; 10], 1, 0.0).await.unwrap_err();
+        assert!(e.to_string().contains("us sent as eu"), "{e}");
+        assert!(as_us.post(1, "keys", "eu", vec![1]).await.is_err());
+        assert!(server.take_update(1, "eu").is_none());
+        // Every refusal is kept for the coordinator.
+        let refusals = server.take_refusals();
+        assert_eq!(refusals.len(), 7, "{refusals:?}");
+        assert!(refusals.contains(&"us sent as eu".to_string()));
+        // The admitted client itself works.
+        let mut as_eu = ExchangeClient::connect(&eu).await.unwrap();
+        assert_eq!(as_eu.fetch(1).await.unwrap().0, vec![0.5; 10]);
+        as_eu.send(1, "eu", &[2.0; 10], 3, 0.0).await.unwrap();
+        assert_eq!(server.take_update(1, "eu").unwrap().weights, vec![2.0; 10]);
+        server.stop().await;
     }
 
     #[tokio::test]
@@ -790,7 +976,7 @@ mod tests {
         // More than one chunk, so batching is exercised.
         let weights: Vec<f32> = (0..(CHUNK * 2 + 17)).map(|i| i as f32 * 0.5).collect();
         server.publish(1, weights.clone());
-        let mut client = ExchangeClient::connect(&server.endpoint()).await.unwrap();
+        let mut client = ExchangeClient::connect(&server.admit("eu")).await.unwrap();
         let (fetched, bytes) = client.fetch(1).await.unwrap();
         assert_eq!(fetched, weights);
         assert!(bytes >= 4 * weights.len() as u64);

@@ -319,13 +319,13 @@ impl Site {
             Task::Train {
                 run,
                 round,
-                endpoint,
+                exchange,
                 arch,
                 config,
             } => {
                 let client = self.client(&run)?;
                 let fetched = client
-                    .train(round, &endpoint, &arch, config, false)
+                    .train(round, &exchange, &arch, config, false)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Reply::Trained { fetched })
@@ -333,12 +333,12 @@ impl Site {
             Task::Evaluate {
                 run,
                 key,
-                endpoint,
+                exchange,
                 arch,
             } => {
                 let client = self.client(&run)?;
                 let (metrics, moments) = client
-                    .evaluate_published(key, &endpoint, &arch)
+                    .evaluate_published(key, &exchange, &arch)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Reply::Evaluated { metrics, moments })
@@ -350,11 +350,11 @@ impl Site {
             Task::Score {
                 query,
                 model,
-                endpoint,
+                exchange,
                 key,
             } => {
                 let batch = self.read(&query).await?;
-                let mut link = ExchangeClient::connect(&endpoint)
+                let mut link = ExchangeClient::connect(&exchange)
                     .await
                     .map_err(|e| e.to_string())?;
                 let (weights, _) = link.fetch(key).await.map_err(|e| e.to_string())?;

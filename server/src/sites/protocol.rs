@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use fedsql_udfs::client::{Encoding, Profile, TargetMoments, TargetSpec};
 use fedsql_udfs::evaluate::EvalStats;
+use fedsql_udfs::exchange::ExchangeAccess;
 use fedsql_udfs::model::Architecture;
 use fedsql_udfs::registry::ModelVersion;
 use fedsql_udfs::train::{LocalConfig, Metrics};
@@ -71,11 +72,12 @@ pub enum Task {
         encoding: Encoding,
         split_seed: u64,
     },
-    /// One round of local training over the weight exchange at `endpoint`.
+    /// One round of local training over the weight exchange, as the
+    /// client `exchange` admits.
     Train {
         run: String,
         round: u32,
-        endpoint: String,
+        exchange: ExchangeAccess,
         arch: Architecture,
         config: LocalConfig,
     },
@@ -83,17 +85,17 @@ pub enum Task {
     Evaluate {
         run: String,
         key: u32,
-        endpoint: String,
+        exchange: ExchangeAccess,
         arch: Architecture,
     },
     /// Forget run `run`.
     Finish { run: String },
     /// `EVALUATE MODEL … FEDERATED ON SITES`: score `model` (its weights
-    /// published as round `key` at `endpoint`) on the rows of `query`.
+    /// published as round `key` at the exchange) on the rows of `query`.
     Score {
         query: String,
         model: Box<ModelVersion>,
-        endpoint: String,
+        exchange: ExchangeAccess,
         key: u32,
     },
 }

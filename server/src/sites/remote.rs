@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fedsql_udfs::client::{TargetMoments, TrainingClient};
+use fedsql_udfs::exchange::ExchangeAccess;
 use fedsql_udfs::model::Architecture;
 use fedsql_udfs::train::{LocalConfig, Metrics};
 use fedsql_udfs::UdfError;
@@ -118,7 +119,7 @@ impl TrainingClient for RemoteSite {
     async fn train(
         &self,
         round: u32,
-        endpoint: &str,
+        access: &ExchangeAccess,
         arch: &Architecture,
         config: LocalConfig,
         fail: bool,
@@ -132,7 +133,7 @@ impl TrainingClient for RemoteSite {
         let task = Task::Train {
             run: self.run.clone(),
             round,
-            endpoint: endpoint.to_string(),
+            exchange: access.clone(),
             arch: arch.clone(),
             config,
         };
@@ -145,7 +146,7 @@ impl TrainingClient for RemoteSite {
     async fn evaluate(
         &self,
         key: u32,
-        endpoint: &str,
+        access: &ExchangeAccess,
         arch: &Architecture,
         _weights: &Arc<Vec<f32>>,
     ) -> Result<(Metrics, TargetMoments), UdfError> {
@@ -153,7 +154,7 @@ impl TrainingClient for RemoteSite {
         let task = Task::Evaluate {
             run: self.run.clone(),
             key,
-            endpoint: endpoint.to_string(),
+            exchange: access.clone(),
             arch: arch.clone(),
         };
         match self.ask(task).await? {
