@@ -65,7 +65,9 @@ enum Command {
     },
     /// Run a federated site next to its own data: it dials out to the
     /// coordinator, runs training queries on its own catalog under its
-    /// `[site]` policy, and sends back only weights and metrics.
+    /// `[site]` policy, and sends back only weights and metrics. With
+    /// --pg-listen it also serves its own catalog there (for its admin:
+    /// CREATE SOURCE, queries).
     Site {
         /// The site's name, as the coordinator's CREATE SITE / [[sites]] has it.
         #[arg(long)]
@@ -156,7 +158,12 @@ async fn run(cli: Cli) -> Result<(), ServerError> {
             name,
             coordinator,
             settings,
-        } => fedsql_server::sites::agent::run_site(settings.resolve()?, name, coordinator).await,
+        } => {
+            // The site listens on the Postgres wire only when asked to.
+            let pg_listen = settings.pg_listen;
+            fedsql_server::sites::agent::run_site(settings.resolve()?, name, coordinator, pg_listen)
+                .await
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `fedsql serve`: the long-running service.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use datafusion_postgres::pgwire::tokio::process_socket;
+use datafusion_postgres::pgwire::tokio::{process_socket, TlsAcceptor};
 use tokio::net::TcpListener;
 
 use crate::accounts::Accounts;
@@ -15,37 +16,99 @@ use crate::wire::FedsqlHandlers;
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(settings: Settings) -> Result<()> {
-    let pg_listen = settings.pg_listen;
     let accounts = Accounts::from_settings(&settings)?;
-    accounts.check_listen_address("the Postgres wire", pg_listen)?;
-    let pem = settings.pg_tls()?;
-    let tls = pem.as_ref().map(pg_auth::tls_acceptor).transpose()?;
-    let auth = PgAuth::new(&accounts, pem.map(|p| p.cert));
-    let pg_note = access_note(auth.is_some().then_some("SCRAM-SHA-256"), tls.is_some());
+    let pg = PgListener::prepare(&settings, &accounts, settings.pg_listen)?;
     let engine = Engine::open(settings).await?;
-    let handlers = Arc::new(FedsqlHandlers::new(Arc::clone(&engine), auth)?);
-    let listener = TcpListener::bind(pg_listen)
-        .await
-        .map_err(|e| ServerError::Config(format!("cannot listen on {pg_listen}: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| ServerError::Config(format!("cannot read listen address: {e}")))?;
+    let pg = pg.bind(&engine).await?;
     let flight = FlightServer::bind(Arc::clone(&engine), accounts).await?;
     let flight_bound = flight.local_addr()?;
     let flight_note = access_note(flight.authenticated.then_some("basic auth"), flight.tls());
-    print_banner(&engine, (bound, &pg_note), (flight_bound, &flight_note));
+    print_banner(&engine, (pg.bound, &pg.note), (flight_bound, &flight_note));
 
     let (stop_flight, flight_stopped) = tokio::sync::oneshot::channel::<()>();
     let flight_task = tokio::spawn(flight.serve(async {
         let _ = flight_stopped.await;
     }));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let result = loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
+    tokio::select! {
+        () = pg.serve() => {}
+        () = shutdown_signal() => println!("fedsql: shutting down"),
+    }
+    let _ = stop_flight.send(());
+    match flight_task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ServerError::Config(format!("Flight SQL task failed: {e}"))),
+    }
+}
+
+/// The Postgres-wire listener's settings, checked before the engine opens
+/// (so a bad address or TLS file fails fast).
+pub(crate) struct PgListener {
+    listen: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    auth: Option<PgAuth>,
+    note: String,
+}
+
+/// A bound Postgres-wire listener, ready to accept clients.
+pub(crate) struct BoundPgListener {
+    listener: TcpListener,
+    handlers: Arc<FedsqlHandlers>,
+    tls: Option<TlsAcceptor>,
+    /// The address it is bound to and how it admits clients (for banners).
+    pub bound: SocketAddr,
+    pub note: String,
+}
+
+impl PgListener {
+    /// The listener on `listen` with `accounts` and the TLS settings;
+    /// refuses a non-loopback address without a password.
+    pub(crate) fn prepare(
+        settings: &Settings,
+        accounts: &Accounts,
+        listen: SocketAddr,
+    ) -> Result<PgListener> {
+        accounts.check_listen_address("the Postgres wire", listen)?;
+        let pem = settings.pg_tls()?;
+        let tls = pem.as_ref().map(pg_auth::tls_acceptor).transpose()?;
+        let auth = PgAuth::new(accounts, pem.map(|p| p.cert));
+        let note = access_note(auth.is_some().then_some("SCRAM-SHA-256"), tls.is_some());
+        Ok(PgListener {
+            listen,
+            tls,
+            auth,
+            note,
+        })
+    }
+
+    /// Binds the address, serving `engine`.
+    pub(crate) async fn bind(self, engine: &Arc<Engine>) -> Result<BoundPgListener> {
+        let handlers = Arc::new(FedsqlHandlers::new(Arc::clone(engine), self.auth)?);
+        let listen = self.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| ServerError::Config(format!("cannot listen on {listen}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| ServerError::Config(format!("cannot read listen address: {e}")))?;
+        Ok(BoundPgListener {
+            listener,
+            handlers,
+            tls: self.tls,
+            bound,
+            note: self.note,
+        })
+    }
+}
+
+impl BoundPgListener {
+    /// Accepts clients until the future is dropped; each connection runs
+    /// on its own task.
+    pub(crate) async fn serve(self) {
+        loop {
+            match self.listener.accept().await {
                 Ok((socket, peer)) => {
-                    let (handlers, tls) = (Arc::clone(&handlers), tls.clone());
+                    let (handlers, tls) = (Arc::clone(&self.handlers), self.tls.clone());
                     tokio::spawn(async move {
                         if let Err(e) = process_socket(socket, tls, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -53,18 +116,8 @@ pub async fn serve(settings: Settings) -> Result<()> {
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
-            },
-            _ = &mut shutdown => {
-                println!("fedsql: shutting down");
-                break Ok(());
             }
         }
-    };
-    let _ = stop_flight.send(());
-    match flight_task.await {
-        Ok(Ok(())) => result,
-        Ok(Err(e)) => Err(e),
-        Err(e) => Err(ServerError::Config(format!("Flight SQL task failed: {e}"))),
     }
 }
 

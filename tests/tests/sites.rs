@@ -128,6 +128,18 @@ impl SiteProcess {
         data_dir: &Path,
         token: &str,
     ) -> SiteProcess {
+        Self::start_with(name, coordinator_port, config, data_dir, token, &[])
+    }
+
+    /// [`SiteProcess::start`] with extra command-line arguments.
+    fn start_with(
+        name: &str,
+        coordinator_port: u16,
+        config: &Path,
+        data_dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> SiteProcess {
         let mut child = Command::new(fedsql_bin())
             .args(["site", "--name", name, "--coordinator"])
             .arg(format!("http://127.0.0.1:{coordinator_port}"))
@@ -136,6 +148,7 @@ impl SiteProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--no-demo")
+            .args(extra)
             .env("SITE_TOKEN", token)
             .env("RUST_LOG", "warn,fedsql=info")
             .stdout(Stdio::null())
@@ -797,4 +810,95 @@ async fn a_coordinator_killed_mid_training_resumes_over_the_sites() {
         accuracy_of(&client, "straight").await,
         accuracy_of(&client, "resumed").await
     );
+}
+
+/// Connects to a site's own Postgres-wire port, waiting for it to listen.
+async fn site_admin(port: u16) -> tokio_postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let url = format!("host=127.0.0.1 port={port} user=fedsql dbname=fedsql");
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                return client;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "site pg port {port}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_site_admin_adds_the_sites_source_over_its_own_pg_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start_with_env(
+        &dir.path().join("coordinator"),
+        &[],
+        &[("EU_TOKEN", &token("eu"))],
+    );
+    let client = server.connect("demo").await;
+    client
+        .batch_execute("CREATE SITE eu OPTIONS (token_env 'EU_TOKEN')")
+        .await
+        .unwrap();
+    let url = site_database("eu", 300).await;
+    // No [[sources]]: the site's admin adds the source over the site's port.
+    let config = dir.path().join("eu.toml");
+    std::fs::write(
+        &config,
+        "[site]\ntoken_env = \"SITE_TOKEN\"\nallow = [\"bank.transactions\"]\ndatabase = \"bank\"\n",
+    )
+    .unwrap();
+    let pg_port = fedsql_tests::free_port().to_string();
+    let data_dir = dir.path().join("site-eu");
+    let args = ["--pg-listen", &format!("127.0.0.1:{pg_port}")];
+    let mut site = SiteProcess::start_with(
+        "eu",
+        server.flight_port,
+        &config,
+        &data_dir,
+        &token("eu"),
+        &args,
+    );
+    let admin = site_admin(pg_port.parse().unwrap()).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE SOURCE bank TYPE postgres OPTIONS (url '{url}')"
+        ))
+        .await
+        .unwrap();
+    wait_online(&client, &["eu"]).await;
+    let trained = text_rows(
+        &client,
+        &format!(
+            "TRAIN MODEL local_source USING logistic_regression PREDICT is_fraud \
+             FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('eu') \
+             WITH (rounds = 2, min_train_nodes = 1, min_available_nodes = 1)"
+        ),
+    )
+    .await;
+    assert_eq!(trained[0][0].as_deref(), Some("local_source"));
+    let examples = text_rows(
+        &client,
+        "SELECT sum(num_examples) FROM fedsql.system.training_rounds \
+         WHERE model = 'local_source' AND phase = 'train' AND round = 1",
+    )
+    .await;
+    let examples: u32 = examples[0][0].as_deref().unwrap().parse().unwrap();
+    assert!((200..300).contains(&examples), "{examples} training rows");
+
+    // The source is the site's own, persisted in its data dir.
+    site.kill();
+    let site = SiteProcess::start_with(
+        "eu",
+        server.flight_port,
+        &config,
+        &data_dir,
+        &token("eu"),
+        &args,
+    );
+    let admin = site_admin(pg_port.parse().unwrap()).await;
+    let rows = text_rows(&admin, "SELECT count(*) FROM bank.bank.transactions").await;
+    assert_eq!(rows[0][0].as_deref(), Some("300"));
+    drop(site);
 }

@@ -80,7 +80,16 @@ struct Site {
 }
 
 /// Runs `fedsql site` until Ctrl-C or SIGTERM.
-pub async fn run_site(settings: Settings, name: String, coordinator: String) -> Result<()> {
+/// Runs `fedsql site` until Ctrl-C or SIGTERM. With `pg_listen`, the site
+/// also serves its own catalog over the Postgres wire there, so its admin
+/// can `CREATE SOURCE` (persisted in the site's data dir) and query what
+/// the site holds; the coordinator never reaches that port.
+pub async fn run_site(
+    settings: Settings,
+    name: String,
+    coordinator: String,
+    pg_listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let policy = settings.site.clone().ok_or_else(|| {
         ServerError::Config(
             "fedsql site needs a [site] section in its config: token_env and allow".into(),
@@ -95,7 +104,20 @@ pub async fn run_site(settings: Settings, name: String, coordinator: String) -> 
         ))
     })?;
     let channel = channel(&coordinator, &policy)?;
+    let pg = match pg_listen {
+        Some(listen) => {
+            let accounts = crate::accounts::Accounts::from_settings(&settings)?;
+            Some(crate::serve::PgListener::prepare(
+                &settings, &accounts, listen,
+            )?)
+        }
+        None => None,
+    };
     let engine = Engine::open(settings).await?;
+    let pg = match pg {
+        Some(pg) => Some(pg.bind(&engine).await?),
+        None => None,
+    };
     let database = policy
         .database
         .clone()
@@ -119,8 +141,18 @@ pub async fn run_site(settings: Settings, name: String, coordinator: String) -> 
         site.name,
         env!("CARGO_PKG_VERSION")
     );
+    let local = async {
+        match pg {
+            Some(pg) => {
+                println!("  postgres wire  {} ({})", pg.bound, pg.note);
+                pg.serve().await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = poll_forever(Arc::clone(&site), channel) => Ok(()),
+        () = local => Ok(()),
         () = crate::serve::shutdown_signal() => {
             println!("fedsql site: shutting down");
             Ok(())
