@@ -140,7 +140,21 @@ impl SiteProcess {
         token: &str,
         extra: &[&str],
     ) -> SiteProcess {
+        Self::start_with_env(name, coordinator_port, config, data_dir, token, extra, &[])
+    }
+
+    /// [`SiteProcess::start_with`] with extra environment variables.
+    fn start_with_env(
+        name: &str,
+        coordinator_port: u16,
+        config: &Path,
+        data_dir: &Path,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> SiteProcess {
         let mut child = Command::new(fedsql_bin())
+            .envs(env.iter().copied())
             .args(["site", "--name", name, "--coordinator"])
             .arg(format!("http://127.0.0.1:{coordinator_port}"))
             .arg("--config")
@@ -901,4 +915,66 @@ async fn a_site_admin_adds_the_sites_source_over_its_own_pg_port() {
     let rows = text_rows(&admin, "SELECT count(*) FROM bank.bank.transactions").await;
     assert_eq!(rows[0][0].as_deref(), Some("300"));
     drop(site);
+}
+
+#[tokio::test]
+async fn fedmedian_outvotes_an_attacker_site_that_poisons_fedavg() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, mut sites) =
+        coordinator_and_sites(dir.path(), 1500, &["bank.transactions"]).await;
+    let train = |model: &str, strategy: &str| {
+        format!(
+            "TRAIN MODEL {model} USING logistic_regression PREDICT is_fraud \
+             FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us') \
+             WITH (rounds = 12, local_epochs = 2, learning_rate = 0.1, optimizer = 'adam', \
+                   seed = 9, strategy = '{strategy}')"
+        )
+    };
+    for (model, strategy) in [("honest", "fedavg"), ("honest_median", "fedmedian")] {
+        client.batch_execute(&train(model, strategy)).await.unwrap();
+    }
+    let honest = accuracy_of(&client, "honest").await;
+    let honest_median = accuracy_of(&client, "honest_median").await;
+
+    // us becomes an attacker: it sends its update flipped and scaled ×20.
+    let (config, data_dir) = (sites[2].2.clone(), dir.path().join("site-us"));
+    sites[2].0.kill();
+    sites[2].0 = SiteProcess::start_with_env(
+        "us",
+        sites[2].1.port,
+        &config,
+        &data_dir,
+        &token("us"),
+        &[],
+        &[("FEDSQL_DEBUG_ATTACK_SCALE", "-20")],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_online(&client, &REGIONS).await;
+    client
+        .batch_execute(&train("poisoned", "fedavg"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&train("robust", "fedmedian"))
+        .await
+        .unwrap();
+    let (poisoned, robust) = (
+        accuracy_of(&client, "poisoned").await,
+        accuracy_of(&client, "robust").await,
+    );
+    assert!(
+        sites[2].0.log().contains("sends scaled updates"),
+        "the attacker did not attack"
+    );
+    assert!(
+        poisoned < honest - 0.2,
+        "fedavg was not poisoned: {poisoned} vs {honest}"
+    );
+    // With one attacker among three, each coordinate's median is one of the
+    // honest sites' values: fedmedian learns close to its attack-free run.
+    assert!(
+        robust > honest_median - 0.05 && robust > poisoned + 0.3,
+        "fedmedian under attack {robust}, without {honest_median}; fedavg {honest} / poisoned {poisoned}"
+    );
+    drop(server);
 }

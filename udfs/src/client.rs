@@ -250,9 +250,22 @@ pub struct LocalClient {
     train: Arc<Examples>,
     validation: Arc<Examples>,
     target_moments: TargetMoments,
+    /// What its update (trained − global weights) is multiplied by before
+    /// it is sent: 1, except for an attacker in tests (see
+    /// [`LocalClient::scaling_updates`]).
+    update_scale: f32,
 }
 
 impl LocalClient {
+    /// This client, sending `scale ×` its real update: a poisoning
+    /// attacker (scaled or sign-flipped updates), which robust strategies
+    /// are tested against. Only a test hook turns it on
+    /// (`FEDSQL_DEBUG_ATTACK_SCALE` at a site).
+    pub fn scaling_updates(mut self, scale: f32) -> LocalClient {
+        self.update_scale = scale;
+        self
+    }
+
     /// Encodes `batch` (rows with a target) with `encoding` and holds out
     /// its validation rows with `split_seed`.
     pub fn from_rows(
@@ -302,6 +315,7 @@ impl LocalClient {
             train: Arc::new(train),
             validation: Arc::new(validation),
             target_moments,
+            update_scale: 1.0,
         })
     }
 }
@@ -322,14 +336,20 @@ impl TrainingClient for LocalClient {
     ) -> Result<u64> {
         let mut link = ExchangeClient::connect(access).await?;
         let (weights, fetched) = link.fetch(round).await?;
-        let trained = train_off_runtime(
+        let global = Arc::new(weights);
+        let mut trained = train_off_runtime(
             arch.clone(),
-            Arc::new(weights),
+            Arc::clone(&global),
             Arc::clone(&self.train),
             config,
             fail,
         )
         .await?;
+        if self.update_scale != 1.0 {
+            for (w, g) in trained.weights.iter_mut().zip(global.iter()) {
+                *w = g + self.update_scale * (*w - g);
+            }
+        }
         link.send(
             round,
             &self.name,

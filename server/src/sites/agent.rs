@@ -79,6 +79,11 @@ struct Site {
     runs: Mutex<HashMap<String, Run>>,
 }
 
+/// A test hook: a site with this variable set to a number sends that
+/// multiple of its real updates, as a poisoning attacker would (robust
+/// strategies are tested against it).
+const ATTACK_VAR: &str = "FEDSQL_DEBUG_ATTACK_SCALE";
+
 /// Runs `fedsql site` until Ctrl-C or SIGTERM.
 /// Runs `fedsql site` until Ctrl-C or SIGTERM. With `pg_listen`, the site
 /// also serves its own catalog over the Postgres wire there, so its admin
@@ -345,6 +350,14 @@ impl Site {
                     split_seed,
                 )
                 .map_err(|e| e.to_string())?;
+                // The poisoning test's attacker (never set in production).
+                let client = match std::env::var(ATTACK_VAR).ok().and_then(|v| v.parse().ok()) {
+                    Some(scale) => {
+                        tracing::warn!(site = %self.name, scale, "{ATTACK_VAR} set: this site sends scaled updates");
+                        client.scaling_updates(scale)
+                    }
+                    None => client,
+                };
                 state.client = Some(Arc::new(client));
                 Ok(Reply::Ready)
             }
