@@ -448,12 +448,6 @@ impl Engine {
                 activation,
             },
         };
-        let now_us = || {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0)
-        };
         let client_names: Vec<String> = clients.iter().map(|c| c.name().to_string()).collect();
         if let Some(c) = &resume {
             if c.summary.clients != client_names {
@@ -1075,10 +1069,7 @@ impl Engine {
             // survives a restart.
             let mut checkpoint = base.clone();
             checkpoint.summary.completed = round;
-            checkpoint.summary.updated_at_us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0);
+            checkpoint.summary.updated_at_us = now_us();
             checkpoint.global.clone_from(&global);
             checkpoint.strategy = strategy.state();
             checkpoint.selection_position = rng.get_word_pos();
@@ -1177,6 +1168,14 @@ fn federated_encoding(
         }
     };
     Ok((transform, task, target_std))
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// The database `ctx` resolves unqualified names in.

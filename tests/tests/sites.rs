@@ -217,6 +217,15 @@ fn token(region: &str) -> String {
     format!("token-for-{region}-0123456789")
 }
 
+/// The coordinator's environment: `<REGION>_TOKEN` for every region, as
+/// its `CREATE SITE … OPTIONS (token_env …)` name them.
+fn token_env() -> Vec<(String, String)> {
+    REGIONS
+        .iter()
+        .map(|r| (format!("{}_TOKEN", r.to_uppercase()), token(r)))
+        .collect()
+}
+
 async fn wait_online(client: &tokio_postgres::Client, names: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -248,10 +257,7 @@ async fn coordinator_and_sites(
     tokio_postgres::Client,
     Vec<(SiteProcess, CountingProxy, PathBuf)>,
 ) {
-    let env: Vec<(String, String)> = REGIONS
-        .iter()
-        .map(|r| (format!("{}_TOKEN", r.to_uppercase()), token(r)))
-        .collect();
+    let env = token_env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let server = FedsqlServer::start_with_env(&dir.join("coordinator"), &[], &env_refs);
     let client = server.connect("demo").await;
@@ -780,10 +786,7 @@ async fn a_coordinator_killed_mid_training_resumes_over_the_sites() {
         assert!(Instant::now() < deadline, "no second round within 120 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let env: Vec<(String, String)> = REGIONS
-        .iter()
-        .map(|r| (format!("{}_TOKEN", r.to_uppercase()), token(r)))
-        .collect();
+    let env = token_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     server.crash_and_restart(&[], &env);
     assert!(
