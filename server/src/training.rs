@@ -360,13 +360,6 @@ impl Engine {
         )
         .map_err(udf_error)?;
         let (hidden, activation) = architecture_params(tm)?;
-        if options.secure_aggregation && matches!(tm.federation, Federation::OnSites(_)) {
-            return Err(ServerError::NotSupported {
-                statement: "TRAIN MODEL … FEDERATED ON SITES WITH (secure_aggregation = true)"
-                    .into(),
-                reason: "secure aggregation runs over FEDERATED BY partitions only so far".into(),
-            });
-        }
 
         // The input: any fedsql query. Partitions: planned in the caller's
         // session, its source reads labelled with the version being made
@@ -902,22 +895,15 @@ impl Engine {
             let mut updates = Vec::new();
             let mut failures = Vec::new();
             if options.secure_aggregation {
-                let mut secure = Vec::new();
-                for &c in &chosen {
-                    let client = &clients[c];
-                    let train = client.local_examples().ok_or_else(|| {
-                        udf_error(UdfError::Training(format!(
-                            "secure aggregation needs in-process clients; {} is not",
-                            client.name()
-                        )))
-                    })?;
-                    secure.push(SecureClient {
-                        name: client.name().to_string(),
-                        train,
+                let secure = chosen
+                    .iter()
+                    .map(|&c| SecureClient {
+                        client: Arc::clone(&clients[c]),
+                        access: access[c].clone(),
                         config: local_config(options, round, c),
-                        fail: fault.as_deref() == Some(&format!("{}:{round}", client.name())),
-                    });
-                }
+                        fail: fault.as_deref() == Some(&format!("{}:{round}", clients[c].name())),
+                    })
+                    .collect();
                 let outcome = secure_round(round, secure, arch, &global, options, &exchange)
                     .await
                     .map_err(udf_error)?;

@@ -981,3 +981,83 @@ async fn fedmedian_outvotes_an_attacker_site_that_poisons_fedavg() {
     );
     drop(server);
 }
+
+/// `secure_aggregation = true` over sites: each site masks its update
+/// (SecAgg over the exchange's bulletin board, run at the site), the
+/// coordinator unmasks only the weighted mean — FedAvg's, so the model
+/// learns as well as without it — and a site that dies after sharing its
+/// keys is unmasked away while the others' round goes on.
+#[tokio::test]
+async fn secure_aggregation_over_sites_survives_a_site_that_dies_mid_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, mut sites) =
+        coordinator_and_sites(dir.path(), 1500, &["bank.transactions"]).await;
+    let train = |model: &str, extra: &str| {
+        format!(
+            "TRAIN MODEL {model} USING logistic_regression PREDICT is_fraud \
+             FROM ({TRAINING_QUERY}) FEDERATED ON SITES ('apac', 'eu', 'us') \
+             WITH (rounds = 5, local_epochs = 2, learning_rate = 0.1, optimizer = 'adam', \
+                   seed = 4, round_timeout = 8{extra})"
+        )
+    };
+    client.batch_execute(&train("plain", "")).await.unwrap();
+    client
+        .batch_execute(&train("secure", ", secure_aggregation = true"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_message(&e)));
+    let (plain, secure) = (
+        accuracy_of(&client, "plain").await,
+        accuracy_of(&client, "secure").await,
+    );
+    assert!(plain > 0.8, "fedavg over sites: {plain}");
+    assert!(
+        (secure - plain).abs() < 0.01,
+        "secure {secure} vs plain {plain}: the same mean up to quantization"
+    );
+
+    // apac will die in round 2 of the next run, after sharing its keys.
+    let (config, data_dir) = (sites[0].2.clone(), dir.path().join("site-apac"));
+    sites[0].0.kill();
+    sites[0].0 = SiteProcess::start_with_env(
+        "apac",
+        sites[0].1.port,
+        &config,
+        &data_dir,
+        &token("apac"),
+        &[],
+        &[("FEDSQL_DEBUG_EXIT_AFTER_SHARES", "2")],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_online(&client, &REGIONS).await;
+    client
+        .batch_execute(&train("dropout", ", secure_aggregation = true"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_message(&e)));
+    assert!(
+        sites[0].0.log().contains("exits after sharing its keys"),
+        "apac did not drop out:\n{}",
+        sites[0].0.log()
+    );
+    let rounds = text_rows(
+        &client,
+        "SELECT round, client, status FROM fedsql.system.training_rounds \
+         WHERE model = 'dropout' AND phase = 'train' AND round <= 2 ORDER BY round, client",
+    )
+    .await;
+    let rounds: Vec<Vec<String>> = rounds
+        .into_iter()
+        .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+        .collect();
+    assert_eq!(rounds.len(), 6, "{rounds:?}");
+    for row in &rounds {
+        let died = row[0] == "2" && row[1] == "apac";
+        assert_eq!(row[2] != "ok", died, "{rounds:?}");
+    }
+    // Round 2 merged eu's and us's unmasked mean; the run learned on.
+    let dropout = accuracy_of(&client, "dropout").await;
+    assert!(
+        dropout > plain - 0.05,
+        "secure run with a dropout {dropout}, plain {plain}"
+    );
+    drop(server);
+}

@@ -70,11 +70,18 @@ pub trait TrainingClient: Send + Sync {
         weights: &Arc<Vec<f32>>,
     ) -> Result<(Metrics, TargetMoments)>;
 
-    /// The training rows, when they are in this process (secure aggregation
-    /// runs its masked rounds on them).
-    fn local_examples(&self) -> Option<Arc<Examples>> {
-        None
-    }
+    /// One round of local training under `secure_aggregation = true`: the
+    /// client's part of SecAgg ([`crate::secure_client::take_part`]) — its
+    /// update leaves it only masked. `fail` fails the client after it
+    /// shared its keys. Returns the bytes of global weights it fetched.
+    async fn train_secure(
+        &self,
+        round: u32,
+        access: &ExchangeAccess,
+        arch: &Architecture,
+        config: LocalConfig,
+        fail: bool,
+    ) -> Result<u64>;
 }
 
 /// Which column is predicted and what kind of model predicts it.
@@ -380,8 +387,16 @@ impl TrainingClient for LocalClient {
         Ok((metrics, self.target_moments))
     }
 
-    fn local_examples(&self) -> Option<Arc<Examples>> {
-        Some(Arc::clone(&self.train))
+    async fn train_secure(
+        &self,
+        round: u32,
+        access: &ExchangeAccess,
+        arch: &Architecture,
+        config: LocalConfig,
+        fail: bool,
+    ) -> Result<u64> {
+        let train = Arc::clone(&self.train);
+        crate::secure_client::take_part(access, round, arch, train, config, fail).await
     }
 }
 

@@ -435,6 +435,7 @@ impl FlightService for WeightExchange {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((round, client.clone()), update);
+        self.state.changed.send_modify(|v| *v += 1);
         Ok(Response::new(Box::pin(stream::iter([Ok(
             PutResult::default(),
         )]))))
@@ -680,6 +681,34 @@ impl ExchangeBoard {
         timeout: std::time::Duration,
     ) -> BTreeMap<String, Vec<u8>> {
         self.0.close(round, stage, expected, timeout).await
+    }
+
+    /// Waits until each of `expected` sent its update for `round` (or
+    /// withdrew), or `timeout`.
+    pub async fn wait_for_updates(
+        &self,
+        round: u32,
+        expected: &[String],
+        timeout: std::time::Duration,
+    ) {
+        let state = &self.0;
+        let mut changed = state.changed.subscribe();
+        let all_sent = async {
+            loop {
+                let done = {
+                    let gone = state.gone.lock().unwrap_or_else(|p| p.into_inner());
+                    let updates = state.updates.lock().unwrap_or_else(|p| p.into_inner());
+                    expected.iter().all(|e| {
+                        let key = (round, e.clone());
+                        updates.contains_key(&key) || gone.contains(&key)
+                    })
+                };
+                if done || changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, all_sent).await;
     }
 
     /// Records that `client` failed in `round`, so no stage waits for it

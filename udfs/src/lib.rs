@@ -13,6 +13,8 @@
 //! - [`exchange`]: global weights and client updates over Arrow Flight;
 //! - [`secure_aggregation`]: SecAgg masking, so the coordinator sees only
 //!   the sum of the clients' updates;
+//! - [`secure_client`]: a client's part of a secure round, over the
+//!   exchange's bulletin board;
 //! - [`registry`]: versioned models under the data dir;
 //! - [`checkpoint`]: a run's state after each round, for `RESUME TRAINING`;
 //! - [`evaluate`]: `EVALUATE MODEL` metrics from per-client sufficient statistics;
@@ -29,6 +31,7 @@ pub mod options;
 pub mod predict;
 pub mod registry;
 pub mod secure_aggregation;
+pub mod secure_client;
 pub mod strategy;
 pub mod train;
 

@@ -84,6 +84,11 @@ struct Site {
 /// strategies are tested against it).
 const ATTACK_VAR: &str = "FEDSQL_DEBUG_ATTACK_SCALE";
 
+/// A test hook: a site with this variable set to a round number exits in
+/// that securely aggregated round after it shared its keys — the dropout
+/// that SecAgg must unmask away.
+const EXIT_AFTER_SHARES_VAR: &str = "FEDSQL_DEBUG_EXIT_AFTER_SHARES";
+
 /// Runs `fedsql site` until Ctrl-C or SIGTERM.
 /// Runs `fedsql site` until Ctrl-C or SIGTERM. With `pg_listen`, the site
 /// also serves its own catalog over the Postgres wire there, so its admin
@@ -373,6 +378,26 @@ impl Site {
                     .train(round, &exchange, &arch, config, false)
                     .await
                     .map_err(|e| e.to_string())?;
+                Ok(Reply::Trained { fetched })
+            }
+            Task::TrainSecure {
+                run,
+                round,
+                exchange,
+                arch,
+                config,
+            } => {
+                let client = self.client(&run)?;
+                // The dropout test's site dies after sharing its keys.
+                let dies = std::env::var(EXIT_AFTER_SHARES_VAR).ok() == Some(round.to_string());
+                let trained = client
+                    .train_secure(round, &exchange, &arch, config, dies)
+                    .await;
+                if dies {
+                    tracing::warn!(site = %self.name, round, "{EXIT_AFTER_SHARES_VAR} set: this site exits after sharing its keys");
+                    std::process::exit(3);
+                }
+                let fetched = trained.map_err(|e| e.to_string())?;
                 Ok(Reply::Trained { fetched })
             }
             Task::Evaluate {

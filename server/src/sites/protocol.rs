@@ -81,6 +81,15 @@ pub enum Task {
         arch: Architecture,
         config: LocalConfig,
     },
+    /// One securely aggregated round (SecAgg over the exchange's bulletin
+    /// board): the update leaves the site only masked.
+    TrainSecure {
+        run: String,
+        round: u32,
+        exchange: ExchangeAccess,
+        arch: Architecture,
+        config: LocalConfig,
+    },
     /// Score the weights published as round `key` on the held-out rows.
     Evaluate {
         run: String,

@@ -58,7 +58,12 @@ impl RemoteSite {
 
     /// Sends `task` and returns the reply, a site's failure as an error.
     pub async fn ask(&self, task: Task) -> Result<Reply, UdfError> {
-        match self.registry.call(&self.name, task, self.timeout).await {
+        self.ask_within(task, self.timeout).await
+    }
+
+    /// [`RemoteSite::ask`], waiting up to `timeout` for the reply.
+    async fn ask_within(&self, task: Task, timeout: Duration) -> Result<Reply, UdfError> {
+        match self.registry.call(&self.name, task, timeout).await {
             Ok(Reply::Failed { message }) => {
                 Err(UdfError::Training(format!("site {}: {message}", self.name)))
             }
@@ -138,6 +143,35 @@ impl TrainingClient for RemoteSite {
             config,
         };
         match self.ask(task).await? {
+            Reply::Trained { fetched } => Ok(fetched),
+            other => Err(unexpected(&self.name, &other)),
+        }
+    }
+
+    async fn train_secure(
+        &self,
+        round: u32,
+        access: &ExchangeAccess,
+        arch: &Architecture,
+        config: LocalConfig,
+        fail: bool,
+    ) -> Result<u64, UdfError> {
+        if fail {
+            return Err(UdfError::Training(
+                "fault injected (FEDSQL_FAULT_INJECT)".into(),
+            ));
+        }
+        self.ensure_ready(false).await?;
+        let task = Task::TrainSecure {
+            run: self.run.clone(),
+            round,
+            exchange: access.clone(),
+            arch: arch.clone(),
+            config,
+        };
+        // The site answers after the whole round: its training (bounded by
+        // round_timeout), then the unmask stage (bounded by another).
+        match self.ask_within(task, self.timeout * 2).await? {
             Reply::Trained { fetched } => Ok(fetched),
             other => Err(unexpected(&self.name, &other)),
         }
