@@ -35,6 +35,7 @@ pub fn models_schema() -> SchemaRef {
         Field::new("strategy", DataType::Utf8, false),
         Field::new("rounds", DataType::Int64, false),
         Field::new("clients", DataType::Int64, false),
+        Field::new("parameters", DataType::Int64, false),
         Field::new("created_at", timestamp(), false),
         Field::new("metrics", DataType::Utf8, false),
         Field::new(
@@ -55,6 +56,7 @@ pub fn models_batch(versions: &[(ModelVersion, bool)]) -> DfResult<RecordBatch> 
     let mut strategy = StringBuilder::new();
     let mut rounds = Int64Builder::new();
     let mut clients = Int64Builder::new();
+    let mut parameters = Int64Builder::new();
     let mut created = TimestampMicrosecondBuilder::new();
     let mut metrics = StringBuilder::new();
     let mut reads = ListBuilder::new(StringBuilder::new());
@@ -67,6 +69,7 @@ pub fn models_batch(versions: &[(ModelVersion, bool)]) -> DfResult<RecordBatch> 
         strategy.append_value(&m.strategy);
         rounds.append_value(i64::from(m.rounds));
         clients.append_value(m.clients.len() as i64);
+        parameters.append_value(m.architecture.parameter_count() as i64);
         created.append_value(m.created_at_us);
         metrics.append_value(metrics_json(&m.metrics));
         reads.append_value(m.input_reads.iter().map(Some));
@@ -80,6 +83,7 @@ pub fn models_batch(versions: &[(ModelVersion, bool)]) -> DfResult<RecordBatch> 
         Arc::new(strategy.finish()),
         Arc::new(rounds.finish()),
         Arc::new(clients.finish()),
+        Arc::new(parameters.finish()),
         Arc::new(created.finish()),
         Arc::new(metrics.finish()),
         Arc::new(reads.finish()),

@@ -22,7 +22,7 @@ use fedsql_udfs::client::{
     TrainingClient,
 };
 use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
-use fedsql_udfs::exchange::{ExchangeAccess, ExchangeServer};
+use fedsql_udfs::exchange::{ExchangeAccess, ExchangeServer, ExchangeTls};
 use fedsql_udfs::features::{text_values, ColumnSummary, FeatureTransform};
 use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
@@ -90,7 +90,7 @@ enum ClientRows {
     /// At the sites: the task that prepared them (sent again to a site that
     /// restarts), and each site's name and the session that prepared it.
     Sites {
-        prepare: Task,
+        prepare: Box<Task>,
         sites: Vec<(String, Option<String>)>,
     },
 }
@@ -541,10 +541,18 @@ impl Engine {
 
     /// A weight exchange for one run, where `exchange_host` /
     /// `exchange_advertise` say (loopback by default).
+    /// A weight exchange for one run; with the coordinator's Flight TLS
+    /// certificate, sites reach it over TLS too.
     async fn start_exchange(&self) -> Result<ExchangeServer> {
+        let settings = self.settings();
+        let tls = settings.flight_tls()?.map(|pem| ExchangeTls {
+            cert: pem.cert,
+            key: pem.key,
+        });
         ExchangeServer::start_on(
-            self.settings().exchange_host,
-            self.settings().exchange_advertise.clone(),
+            settings.exchange_host,
+            settings.exchange_advertise.clone(),
+            tls,
         )
         .await
         .map_err(udf_error)
@@ -765,7 +773,7 @@ impl Engine {
             columns,
             profiles,
             clients: ClientRows::Sites {
-                prepare: prepare_task,
+                prepare: Box::new(prepare_task),
                 sites,
             },
         })
@@ -815,7 +823,7 @@ impl Engine {
                             name,
                             Arc::clone(self.sites()),
                             run.to_string(),
-                            (prepare.clone(), setup),
+                            (Task::clone(&prepare), setup),
                             session,
                             options.round_timeout,
                         ))

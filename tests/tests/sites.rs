@@ -153,10 +153,23 @@ impl SiteProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> SiteProcess {
+        let url = format!("http://127.0.0.1:{coordinator_port}");
+        Self::start_at(name, &url, config, data_dir, token, extra, env)
+    }
+
+    /// A site dialling the coordinator at `url`.
+    fn start_at(
+        name: &str,
+        url: &str,
+        config: &Path,
+        data_dir: &Path,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> SiteProcess {
         let mut child = Command::new(fedsql_bin())
             .envs(env.iter().copied())
-            .args(["site", "--name", name, "--coordinator"])
-            .arg(format!("http://127.0.0.1:{coordinator_port}"))
+            .args(["site", "--name", name, "--coordinator", url])
             .arg("--config")
             .arg(config)
             .arg("--data-dir")
@@ -713,18 +726,15 @@ async fn a_site_trains_over_tls_to_its_coordinator() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!("coordinator_ca = \"{}\"\n", ca.display()));
     std::fs::write(&config, text).unwrap();
-    let mut site = Command::new(fedsql_bin())
-        .args(["site", "--name", "eu", "--coordinator"])
-        .arg(format!("https://localhost:{}", server.flight_port))
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("site"))
-        .arg("--no-demo")
-        .env("SITE_TOKEN", "tls-site-token")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let site = SiteProcess::start_at(
+        "eu",
+        &format!("https://localhost:{}", server.flight_port),
+        &config,
+        &dir.path().join("site"),
+        "tls-site-token",
+        &[],
+        &[],
+    );
     wait_online(&client, &["eu"]).await;
     let trained = text_rows(
         &client,
@@ -736,8 +746,18 @@ async fn a_site_trains_over_tls_to_its_coordinator() {
     )
     .await;
     assert_eq!(trained[0][0].as_deref(), Some("over_tls"));
-    let _ = site.kill();
-    let _ = site.wait();
+    // The weights travelled over TLS too: the exchange the site was sent
+    // to is the coordinator's certificate's https:// endpoint.
+    let log = site.log();
+    let rounds: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("training a round"))
+        .collect();
+    assert_eq!(rounds.len(), 2, "{log}");
+    assert!(
+        rounds.iter().all(|l| l.contains("https://localhost:")),
+        "the site did not use a TLS weight exchange:\n{log}"
+    );
 }
 
 /// `(status, rounds_completed)` of the run of model `resumed`, if listed.

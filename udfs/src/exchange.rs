@@ -53,7 +53,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Result, UdfError};
@@ -64,12 +64,32 @@ use tonic::metadata::MetadataValue;
 /// name, and the key [`ExchangeServer::admit`] made for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExchangeAccess {
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://host:port` when the exchange serves
+    /// TLS (see [`ExchangeTls`]).
     pub endpoint: String,
     /// The client's name in the run.
     pub client: String,
     /// Hex of 32 random bytes, valid for this run only.
     pub key: String,
+    /// A plain loopback endpoint of the same exchange, for clients in the
+    /// coordinator's own process (under TLS: their bytes never leave the
+    /// machine). Never sent to a site.
+    #[serde(skip)]
+    pub local_endpoint: Option<String>,
+    /// PEM of the CA a remote client verifies an `https://` endpoint with:
+    /// the client's own configuration (a site's `coordinator_ca`), never
+    /// sent by the coordinator. Without it, the system's roots.
+    #[serde(skip)]
+    pub trusted_ca: Option<Arc<Vec<u8>>>,
+}
+
+/// The certificate chain and private key (PEM) the exchange serves TLS
+/// with: the coordinator's Flight SQL ones, so a site that trusts its
+/// coordinator trusts its exchange.
+#[derive(Clone)]
+pub struct ExchangeTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
 }
 
 const CLIENT_HEADER: &str = "x-fedsql-exchange-client";
@@ -518,63 +538,102 @@ impl FlightService for WeightExchange {
 pub struct ExchangeServer {
     /// The URL clients connect to.
     endpoint: String,
+    /// Under TLS, the plain loopback URL for in-process clients.
+    local_endpoint: Option<String>,
     state: Arc<ExchangeState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    /// One per listener.
+    stop: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ExchangeServer {
     /// Starts the service on a free loopback port.
     pub async fn start() -> Result<ExchangeServer> {
-        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), None).await
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), None, None).await
     }
 
     /// Starts the service on a free port of `host`; clients are told to
     /// connect to `advertise` (a host name or address other processes reach
-    /// this one by) instead of `host` when given.
+    /// this one by) instead of `host` when given. With `tls`, that port
+    /// serves TLS (its URL `https://`; a loopback `host` is advertised as
+    /// `localhost`, the name certificates are issued for), and a second,
+    /// plain listener on loopback serves clients in this process.
     pub async fn start_on(
         host: std::net::IpAddr,
         advertise: Option<String>,
+        tls: Option<ExchangeTls>,
     ) -> Result<ExchangeServer> {
-        let listener = TcpListener::bind((host, 0))
-            .await
-            .map_err(|e| UdfError::Training(format!("weight exchange: cannot listen: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| UdfError::Training(format!("weight exchange: {e}")))?;
-        let endpoint = match advertise {
-            Some(name) => format!("http://{name}:{}", addr.port()),
-            None => format!("http://{addr}"),
+        let bind = |host: std::net::IpAddr| async move {
+            let listener = TcpListener::bind((host, 0))
+                .await
+                .map_err(|e| UdfError::Training(format!("weight exchange: cannot listen: {e}")))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| UdfError::Training(format!("weight exchange: {e}")))?;
+            Ok::<_, UdfError>((listener, addr))
+        };
+        let (listener, addr) = bind(host).await?;
+        let name = match (advertise, &tls) {
+            (Some(name), _) => name,
+            (None, Some(_)) if host.is_loopback() => "localhost".to_string(),
+            (None, _) => addr.ip().to_string(),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = match name.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("{scheme}://[{name}]:{}", addr.port()),
+            Err(_) => format!("{scheme}://{name}:{}", addr.port()),
         };
         let state = Arc::new(ExchangeState::default());
+        let mut server = ExchangeServer {
+            endpoint,
+            local_endpoint: None,
+            state,
+            stop: Vec::new(),
+            tasks: Vec::new(),
+        };
+        if let Some(tls) = tls {
+            let (local, local_addr) = bind(std::net::Ipv4Addr::LOCALHOST.into()).await?;
+            server.local_endpoint = Some(format!("http://{local_addr}"));
+            server.serve(local, None)?;
+            server.serve(listener, Some(tls))?;
+        } else {
+            server.serve(listener, None)?;
+        }
+        Ok(server)
+    }
+
+    /// Serves the exchange's state on `listener` until stopped.
+    fn serve(&mut self, listener: TcpListener, tls: Option<ExchangeTls>) -> Result<()> {
         let service = FlightServiceServer::new(WeightExchange {
-            state: Arc::clone(&state),
+            state: Arc::clone(&self.state),
         })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+        let mut builder = Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(FRAME);
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(tls.cert, tls.key)))
+                .map_err(|e| UdfError::Training(format!("weight exchange TLS: {e}")))?;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let task = tokio::spawn(async move {
+        self.tasks.push(tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = Server::builder()
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_frame_size(FRAME)
+            if let Err(e) = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
             {
                 tracing::warn!(error = %e, "weight exchange stopped with an error");
             }
-        });
-        Ok(ExchangeServer {
-            endpoint,
-            state,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        }));
+        self.stop.push(stop);
+        Ok(())
     }
 
     /// Where clients connect.
@@ -597,6 +656,8 @@ impl ExchangeServer {
             endpoint: self.endpoint.clone(),
             client: client.to_string(),
             key,
+            local_endpoint: self.local_endpoint.clone(),
+            trusted_ca: None,
         }
     }
 
@@ -648,10 +709,10 @@ impl ExchangeServer {
 
     /// Stops the service and waits for it.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
+        for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             let _ = task.await;
         }
     }
@@ -659,7 +720,7 @@ impl ExchangeServer {
 
 impl Drop for ExchangeServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
     }
@@ -735,15 +796,29 @@ pub struct ExchangeClient {
 impl ExchangeClient {
     /// Connects to a run's exchange as the client `access` admits.
     pub async fn connect(access: &ExchangeAccess) -> Result<ExchangeClient> {
-        let endpoint = access.endpoint.as_str();
+        // In the coordinator's process, the plain loopback listener.
+        let endpoint = access
+            .local_endpoint
+            .as_deref()
+            .unwrap_or(access.endpoint.as_str());
         let header = |value: &str| {
             MetadataValue::try_from(value).map_err(|_| {
                 UdfError::Training(format!("weight exchange: {value:?} is not a header value"))
             })
         };
         let (client, key) = (header(&access.client)?, header(&access.key)?);
-        let channel = Channel::from_shared(endpoint.to_string())
-            .map_err(|e| UdfError::Training(format!("weight exchange {endpoint}: {e}")))?
+        let mut channel = Channel::from_shared(endpoint.to_string())
+            .map_err(|e| UdfError::Training(format!("weight exchange {endpoint}: {e}")))?;
+        if endpoint.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca) = &access.trusted_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(ca.as_slice()));
+            }
+            channel = channel
+                .tls_config(tls)
+                .map_err(|e| UdfError::Training(format!("weight exchange TLS: {e}")))?;
+        }
+        let channel = channel
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(FRAME)
@@ -956,6 +1031,8 @@ mod tests {
             endpoint: server.endpoint(),
             client: client.into(),
             key: key.into(),
+            local_endpoint: None,
+            trusted_ca: None,
         };
         for (access, why) in [
             (forged("eu", &us.key), "a wrong exchange key for eu"),

@@ -77,6 +77,9 @@ struct Site {
     /// `[site] allow`, resolved against `database`.
     allowed: Vec<ResolvedTableReference>,
     runs: Mutex<HashMap<String, Run>>,
+    /// `[site] coordinator_ca`'s PEM: what the weight exchange's TLS is
+    /// verified with, as the coordinator link's is.
+    coordinator_ca: Option<Arc<Vec<u8>>>,
 }
 
 /// A test hook: a site with this variable set to a number sends that
@@ -137,6 +140,12 @@ pub async fn run_site(
         .iter()
         .map(|t| TableReference::from(t.as_str()).resolve(&database, "public"))
         .collect();
+    let coordinator_ca = match &policy.coordinator_ca {
+        Some(path) => Some(Arc::new(
+            std::fs::read(path).map_err(|e| ServerError::io(path, e))?,
+        )),
+        None => None,
+    };
     let site = Arc::new(Site {
         name,
         token,
@@ -145,6 +154,7 @@ pub async fn run_site(
         database,
         allowed,
         runs: Mutex::new(HashMap::new()),
+        coordinator_ca,
     });
     println!(
         "fedsql site {} ({}) polling coordinator {coordinator}",
@@ -318,7 +328,17 @@ impl Site {
             .ok_or_else(|| format!("run {run} is not set up at this site"))
     }
 
-    async fn handle(&self, task: Task) -> std::result::Result<Reply, String> {
+    async fn handle(&self, mut task: Task) -> std::result::Result<Reply, String> {
+        // The exchange is verified with the site's own trust, never with
+        // anything the coordinator sends.
+        if let Task::Train { exchange, .. }
+        | Task::TrainSecure { exchange, .. }
+        | Task::Evaluate { exchange, .. }
+        | Task::Score { exchange, .. } = &mut task
+        {
+            exchange.local_endpoint = None;
+            exchange.trusted_ca = self.coordinator_ca.clone();
+        }
         match task {
             Task::Prepare { run, query, spec } => {
                 let batch = self.read(&query).await?;
@@ -374,6 +394,7 @@ impl Site {
                 config,
             } => {
                 let client = self.client(&run)?;
+                tracing::info!(site = %self.name, %run, round, exchange = %exchange.endpoint, "training a round");
                 let fetched = client
                     .train(round, &exchange, &arch, config, false)
                     .await

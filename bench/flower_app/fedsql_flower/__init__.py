@@ -1,0 +1,1 @@
+"""fedsql's Flower baseline app (see bench/flower_sites.sh)."""
