@@ -50,12 +50,16 @@ pub struct Settings {
     pub sites: Vec<SiteConfig>,
     /// Site process (`fedsql site`): its token and its policy (`[site]`).
     pub site: Option<SitePolicy>,
-    /// The address each training run's weight exchange listens on (a free
-    /// port of it). Loopback serves `FEDERATED BY` and sites on this
-    /// machine; sites elsewhere need an address they can reach.
+    /// The address the weight exchange listens on. Loopback serves
+    /// `FEDERATED BY` and sites on this machine; sites elsewhere need an
+    /// address they can reach.
     pub exchange_host: std::net::IpAddr,
-    /// The host name sites connect to the weight exchange by, when it is
-    /// not `exchange_host` (a container's service name, a public name).
+    /// The weight exchange's port, one for every run of this process
+    /// (`0`: a free one, chosen at the first training run).
+    pub exchange_port: u16,
+    /// The host name (or `name:port`, when a proxy or NAT forwards another
+    /// port) sites connect to the weight exchange by, when it is not
+    /// `exchange_host` (a container's service name, a public name).
     pub exchange_advertise: Option<String>,
     /// The longest statement text accepted, in bytes (longer: 54000).
     pub max_statement_bytes: usize,
@@ -109,6 +113,7 @@ impl Default for Settings {
             sites: Vec::new(),
             site: None,
             exchange_host: std::net::Ipv4Addr::LOCALHOST.into(),
+            exchange_port: 0,
             exchange_advertise: None,
             max_statement_bytes: 16 << 20,
         }
@@ -181,10 +186,13 @@ pub struct SettingsArgs {
     /// PEM private key for Flight SQL over TLS.
     #[arg(long, env = "FEDSQL_FLIGHT_TLS_KEY")]
     pub flight_tls_key: Option<PathBuf>,
-    /// Address training runs' weight exchanges listen on [default: 127.0.0.1].
+    /// Address the weight exchange listens on [default: 127.0.0.1].
     #[arg(long, env = "FEDSQL_EXCHANGE_HOST")]
     pub exchange_host: Option<std::net::IpAddr>,
-    /// Host name sites reach the weight exchange by.
+    /// Port the weight exchange listens on [default: 0, a free one].
+    #[arg(long, env = "FEDSQL_EXCHANGE_PORT")]
+    pub exchange_port: Option<u16>,
+    /// Host name (or name:port) sites reach the weight exchange by.
     #[arg(long, env = "FEDSQL_EXCHANGE_ADVERTISE")]
     pub exchange_advertise: Option<String>,
     /// Longest statement accepted, in bytes [default: 16 MiB].
@@ -240,6 +248,9 @@ impl SettingsArgs {
         }
         if let Some(v) = self.exchange_host {
             settings.exchange_host = v;
+        }
+        if let Some(v) = self.exchange_port {
+            settings.exchange_port = v;
         }
         if let Some(v) = &self.exchange_advertise {
             settings.exchange_advertise = Some(v.clone());

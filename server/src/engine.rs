@@ -80,6 +80,9 @@ pub struct Engine {
     models: Arc<ModelRegistry>,
     sites: Arc<SiteRegistry>,
     logins: crate::accounts::LoginThrottle,
+    /// The weight exchange every training run of this process opens a run
+    /// on; started with the first run.
+    exchange: tokio::sync::OnceCell<fedsql_udfs::exchange::ExchangeListener>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -150,6 +153,7 @@ impl Engine {
             models,
             sites,
             logins: crate::accounts::LoginThrottle::default(),
+            exchange: tokio::sync::OnceCell::new(),
         });
         engine.open_sources().await?;
         engine.replay_views().await?;
@@ -179,6 +183,13 @@ impl Engine {
     /// The sites that may connect to this coordinator.
     pub fn sites(&self) -> &Arc<SiteRegistry> {
         &self.sites
+    }
+
+    /// The weight exchange's listener, started on first use.
+    pub(crate) fn exchange(
+        &self,
+    ) -> &tokio::sync::OnceCell<fedsql_udfs::exchange::ExchangeListener> {
+        &self.exchange
     }
 
     /// The recent-query log behind `fedsql.system.queries`.

@@ -22,7 +22,7 @@ use fedsql_udfs::client::{
     TrainingClient,
 };
 use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
-use fedsql_udfs::exchange::{ExchangeAccess, ExchangeServer, ExchangeTls};
+use fedsql_udfs::exchange::{ExchangeAccess, ExchangeListener, ExchangeServer, ExchangeTls};
 use fedsql_udfs::features::{text_values, ColumnSummary, FeatureTransform};
 use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
@@ -539,23 +539,30 @@ impl Engine {
         )))
     }
 
-    /// A weight exchange for one run, where `exchange_host` /
-    /// `exchange_advertise` say (loopback by default).
-    /// A weight exchange for one run; with the coordinator's Flight TLS
+    /// A weight exchange run for one training run, on the process's one
+    /// listener (`exchange_host`:`exchange_port`, advertised as
+    /// `exchange_advertise`); with the coordinator's Flight TLS
     /// certificate, sites reach it over TLS too.
     async fn start_exchange(&self) -> Result<ExchangeServer> {
         let settings = self.settings();
-        let tls = settings.flight_tls()?.map(|pem| ExchangeTls {
-            cert: pem.cert,
-            key: pem.key,
-        });
-        ExchangeServer::start_on(
-            settings.exchange_host,
-            settings.exchange_advertise.clone(),
-            tls,
-        )
-        .await
-        .map_err(udf_error)
+        let listener = self
+            .exchange()
+            .get_or_try_init(|| async {
+                let tls = settings.flight_tls()?.map(|pem| ExchangeTls {
+                    cert: pem.cert,
+                    key: pem.key,
+                });
+                ExchangeListener::start_on(
+                    settings.exchange_host,
+                    settings.exchange_port,
+                    settings.exchange_advertise.clone(),
+                    tls,
+                )
+                .await
+                .map_err(udf_error)
+            })
+            .await?;
+        Ok(listener.open_run())
     }
 
     /// `EVALUATE … FEDERATED ON SITES`: each site scores its own rows and

@@ -270,9 +270,24 @@ async fn coordinator_and_sites(
     tokio_postgres::Client,
     Vec<(SiteProcess, CountingProxy, PathBuf)>,
 ) {
+    coordinator_and_sites_with(dir, rows, allow, &[]).await
+}
+
+/// [`coordinator_and_sites`] with extra arguments for the coordinator.
+async fn coordinator_and_sites_with(
+    dir: &Path,
+    rows: usize,
+    allow: &[&str],
+    coordinator_args: &[&str],
+) -> (
+    FedsqlServer,
+    tokio_postgres::Client,
+    Vec<(SiteProcess, CountingProxy, PathBuf)>,
+) {
     let env = token_env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = FedsqlServer::start_with_env(&dir.join("coordinator"), &[], &env_refs);
+    let server =
+        FedsqlServer::start_with_env(&dir.join("coordinator"), coordinator_args, &env_refs);
     let client = server.connect("demo").await;
     let mut sites = Vec::new();
     for region in REGIONS {
@@ -317,8 +332,26 @@ const TRAINING_QUERY: &str = "SELECT amount, channel, memo, is_fraud FROM bank.t
 #[tokio::test]
 async fn training_over_three_sites_keeps_rows_at_the_sites() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, client, sites) =
-        coordinator_and_sites(dir.path(), 400, &["bank.transactions"]).await;
+    // The weight exchange too is reached through a capturing proxy: the
+    // coordinator listens on a fixed exchange port and tells the sites the
+    // proxy's address.
+    let exchange_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let exchange_proxy = CountingProxy::start(exchange_port).await;
+    let (port, advertise) = (
+        exchange_port.to_string(),
+        format!("127.0.0.1:{}", exchange_proxy.port),
+    );
+    let (_server, client, sites) = coordinator_and_sites_with(
+        dir.path(),
+        400,
+        &["bank.transactions"],
+        &["--exchange-port", &port, "--exchange-advertise", &advertise],
+    )
+    .await;
 
     // The coordinator sees each site's offered tables: names and types only.
     let rows = text_rows(
@@ -356,13 +389,45 @@ async fn training_over_three_sites_keeps_rows_at_the_sites() {
     )
     .await;
     assert_eq!(history.len(), 12, "{history:?}");
+    let parameters: u64 = text_rows(
+        &client,
+        "SELECT parameters FROM fedsql.system.models WHERE model = 'fraud_sites'",
+    )
+    .await[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let parameter_bytes = 4 * parameters;
+    let mut counted = 0;
     for row in &history {
         assert_eq!(row[2].as_deref(), Some("ok"), "{row:?}");
         let examples: u64 = row[3].as_deref().unwrap().parse().unwrap();
         assert!(examples > 250 && examples <= 400, "{row:?}");
+        // Flight data of one update: the weights, and a schema message
+        // and IPC framing (under 512 bytes).
         let received: u64 = row[4].as_deref().unwrap().parse().unwrap();
-        assert!(received > 0 && received < 64 * 1024, "{row:?}");
+        assert!(
+            received >= parameter_bytes && received <= parameter_bytes + 512,
+            "{row:?}: {parameters} parameters"
+        );
+        counted += received;
     }
+    // On the wire to the exchange (captured): the updates the coordinator
+    // counted, plus per round and site the fetch and evaluate calls and
+    // HTTP/2 + gRPC framing — bounded at 1.1 × the parameters + 4 KiB.
+    let wire = exchange_proxy.bytes().len() as u64;
+    let per_site_round = wire as f64 / 12.0;
+    eprintln!(
+        "exchange: {per_site_round:.0} bytes per site and round on the wire, \
+         {} of update data, {parameter_bytes} parameter bytes",
+        counted / 12
+    );
+    assert!(
+        wire >= counted && per_site_round <= 1.1 * parameter_bytes as f64 + 4096.0,
+        "{wire} bytes to the exchange for {counted} bytes of updates \
+         ({per_site_round:.0} per site and round, {parameter_bytes} parameter bytes)"
+    );
     let accuracy = accuracy_of(&client, "fraud_sites").await;
     assert!(accuracy > 0.75, "accuracy over sites {accuracy}");
 
@@ -462,10 +527,15 @@ async fn training_over_three_sites_keeps_rows_at_the_sites() {
     );
     assert!(refused.contains("site "), "{refused}");
 
-    // Nothing a site sent to the coordinator contains row content: neither
-    // the per-row secrets nor the free-text memos.
-    for (site, proxy, _) in &sites {
-        let sent = proxy.bytes();
+    // Nothing a site sent to the coordinator — on its link or to the weight
+    // exchange — contains row content: neither the per-row secrets nor the
+    // free-text memos.
+    let exchange_bytes = exchange_proxy.bytes();
+    for (site, sent) in sites
+        .iter()
+        .map(|(site, proxy, _)| (site, proxy.bytes()))
+        .chain(sites.first().map(|(site, _, _)| (site, exchange_bytes)))
+    {
         assert!(!sent.is_empty(), "no bytes went through the proxy");
         for marker in [&b"ROWSECRET"[..], &b"SECRET"[..], &b"NOT-ALLOWED"[..]] {
             assert!(

@@ -1,7 +1,9 @@
 //! Weight exchange over Arrow Flight.
 //!
-//! The coordinator runs a [`WeightExchange`] Flight service for a training
-//! run; every client — in-process ones included, over loopback — fetches
+//! The coordinator runs one [`WeightExchange`] Flight service
+//! ([`ExchangeListener`], on one port for the process's life, so a firewall
+//! in front of it needs one rule) and opens a run on it per training run
+//! ([`ExchangeListener::open_run`]); every client — in-process ones included, over loopback — fetches
 //! the round's global weights with `DoGet` and sends its update back with
 //! `DoPut`. Weights travel as record batches of one `Float32` column, cut
 //! into chunks so any model size fits under gRPC's message limits; the
@@ -25,8 +27,9 @@
 //! coordinator admits each client of a run with a fresh random key
 //! ([`ExchangeServer::admit`]) and hands it over with the round's task, so
 //! someone who reaches the exchange's port can neither read the weights nor
-//! send an update, and a client cannot send one under another's name.
-//! Refused calls are kept for the coordinator ([`ExchangeServer::take_refusals`]).
+//! send an update, and a client cannot send one under another's name. The
+//! key also tells which run a call belongs to. Refused calls are kept for
+//! the coordinator ([`ExchangeServer::take_refusals`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -184,11 +187,6 @@ struct ExchangeState {
     gone: Mutex<std::collections::HashSet<(u32, String)>>,
     /// Bumped on every post and close, so waiters look again.
     changed: tokio::sync::watch::Sender<u64>,
-    /// The admitted clients' keys, hashed (BLAKE3 hashes compare in
-    /// constant time).
-    keys: Mutex<HashMap<String, blake3::Hash>>,
-    /// Why calls were refused, oldest first, until the coordinator reads them.
-    refusals: Mutex<Vec<String>>,
 }
 
 impl Default for ExchangeState {
@@ -199,8 +197,6 @@ impl Default for ExchangeState {
             board: Mutex::default(),
             gone: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
-            keys: Mutex::default(),
-            refusals: Mutex::default(),
         }
     }
 }
@@ -229,7 +225,27 @@ struct Read {
     stage: String,
 }
 
-impl ExchangeState {
+/// A client admitted to a run: its name, and the run.
+struct Admission {
+    client: String,
+    run: Arc<ExchangeState>,
+}
+
+/// Every open run of a listener, by the BLAKE3 hashes of its clients'
+/// keys (the keys themselves are never kept).
+#[derive(Default)]
+struct Runs {
+    keys: Mutex<HashMap<[u8; 32], Admission>>,
+    /// Why calls were refused, oldest first, until a run reads them (a
+    /// refused call names no run it could be told apart by).
+    refusals: Mutex<Vec<String>>,
+}
+
+impl Runs {
+    fn lock_keys(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Admission>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records a refused call and answers it `unauthenticated`.
     fn refuse(&self, why: String) -> Status {
         tracing::warn!(refusal = %why, "weight exchange refused a call");
@@ -240,8 +256,12 @@ impl ExchangeState {
         Status::unauthenticated(why)
     }
 
-    /// The admitted client a call comes from, by its name and key headers.
-    fn authenticate<T>(&self, request: &Request<T>) -> std::result::Result<String, Status> {
+    /// The admitted client a call comes from, by its name and key headers,
+    /// and the run the key admits it to.
+    fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> std::result::Result<(String, Arc<ExchangeState>), Status> {
         let header = |name| {
             request
                 .metadata()
@@ -252,16 +272,19 @@ impl ExchangeState {
         let (Some(client), Some(key)) = (header(CLIENT_HEADER), header(KEY_HEADER)) else {
             return Err(self.refuse("a call without an exchange key".into()));
         };
-        let admitted = self
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&client)
-            .copied();
-        match admitted {
-            Some(hash) if hash == blake3::hash(key.as_bytes()) => Ok(client),
-            Some(_) => Err(self.refuse(format!("a wrong exchange key for {client}"))),
-            None => Err(self.refuse(format!("{client} is not a client of this run"))),
+        let hash = *blake3::hash(key.as_bytes()).as_bytes();
+        let keys = self.lock_keys();
+        match keys.get(&hash) {
+            Some(a) if a.client == client => Ok((client, Arc::clone(&a.run))),
+            _ => {
+                let known = keys.values().any(|a| a.client == client);
+                drop(keys);
+                Err(self.refuse(if known {
+                    format!("a wrong exchange key for {client}")
+                } else {
+                    format!("{client} is not a client of this run")
+                }))
+            }
         }
     }
 
@@ -273,7 +296,9 @@ impl ExchangeState {
             Err(self.refuse(format!("{caller} sent as {client}")))
         }
     }
+}
 
+impl ExchangeState {
     fn lock_board(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, String), Stage>> {
         self.board.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -348,7 +373,7 @@ impl ExchangeState {
 
 /// The coordinator's Flight service.
 struct WeightExchange {
-    state: Arc<ExchangeState>,
+    runs: Arc<Runs>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -367,13 +392,13 @@ impl FlightService for WeightExchange {
         &self,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        self.state.authenticate(&request)?;
+        let (_, state) = self.runs.authenticate(&request)?;
         let ticket = String::from_utf8_lossy(&request.get_ref().ticket).to_string();
         let round: u32 = ticket
             .strip_prefix("weights/")
             .and_then(|r| r.parse().ok())
             .ok_or_else(|| Status::invalid_argument(format!("unknown ticket {ticket}")))?;
-        let weights = match &*self.state.global.lock().unwrap_or_else(|p| p.into_inner()) {
+        let weights = match &*state.global.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((current, w)) if *current == round => w.clone(),
             _ => return Err(Status::not_found(format!("round {round} is not open"))),
         };
@@ -397,7 +422,7 @@ impl FlightService for WeightExchange {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
-        let caller = self.state.authenticate(&request)?;
+        let (caller, state) = self.runs.authenticate(&request)?;
         let mut data = request.into_inner();
         let first = data
             .message()
@@ -413,7 +438,7 @@ impl FlightService for WeightExchange {
                 "an update's descriptor path is [update, round, client, num_examples, loss]",
             ));
         };
-        self.state.same_client(&caller, client)?;
+        self.runs.same_client(&caller, client)?;
         let parse_err = || Status::invalid_argument(format!("bad update descriptor {path:?}"));
         let round: u32 = round.parse().map_err(|_| parse_err())?;
         let messages = stream::once(async { Ok(first) })
@@ -433,7 +458,7 @@ impl FlightService for WeightExchange {
         };
         // A short or long update (a client cut off mid-stream, or another
         // model's) is refused here rather than failing the merge.
-        let expected = match &*self.state.global.lock().unwrap_or_else(|p| p.into_inner()) {
+        let expected = match &*state.global.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((current, w)) if *current == round => w.len(),
             _ => return Err(Status::not_found(format!("round {round} is not open"))),
         };
@@ -450,12 +475,12 @@ impl FlightService for WeightExchange {
             loss: loss.parse().map_err(|_| parse_err())?,
             bytes,
         };
-        self.state
+        state
             .updates
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((round, client.clone()), update);
-        self.state.changed.send_modify(|v| *v += 1);
+        state.changed.send_modify(|v| *v += 1);
         Ok(Response::new(Box::pin(stream::iter([Ok(
             PutResult::default(),
         )]))))
@@ -503,20 +528,20 @@ impl FlightService for WeightExchange {
         &self,
         request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        let caller = self.state.authenticate(&request)?;
+        let (caller, state) = self.runs.authenticate(&request)?;
         let action = request.into_inner();
         let bad =
             |e: serde_json::Error| Status::invalid_argument(format!("{}: {e}", action.r#type));
         let body = match action.r#type.as_str() {
             "post" => {
                 let post: Post = serde_json::from_slice(&action.body).map_err(bad)?;
-                self.state.same_client(&caller, &post.client)?;
-                self.state.post(post)?;
+                self.runs.same_client(&caller, &post.client)?;
+                state.post(post)?;
                 Vec::new()
             }
             "read" => {
                 let read: Read = serde_json::from_slice(&action.body).map_err(bad)?;
-                let posts = self.state.read(read.round, &read.stage).await;
+                let posts = state.read(read.round, &read.stage).await;
                 serde_json::to_vec(&posts).map_err(|e| Status::internal(e.to_string()))?
             }
             other => return Err(Status::unimplemented(format!("action {other}"))),
@@ -533,79 +558,85 @@ impl FlightService for WeightExchange {
     }
 }
 
-/// A running weight exchange, stopped by [`ExchangeServer::stop`] or when
-/// dropped.
-pub struct ExchangeServer {
+/// The weight exchange's Flight service on its port(s), serving every run
+/// opened on it; stopped by [`ExchangeListener::stop`] or when dropped.
+pub struct ExchangeListener {
     /// The URL clients connect to.
     endpoint: String,
     /// Under TLS, the plain loopback URL for in-process clients.
     local_endpoint: Option<String>,
-    state: Arc<ExchangeState>,
-    /// One per listener.
+    runs: Arc<Runs>,
+    /// One per listening socket.
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl ExchangeServer {
-    /// Starts the service on a free loopback port.
-    pub async fn start() -> Result<ExchangeServer> {
-        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), None, None).await
+/// The URL clients reach a listener bound to `bound` by: `advertise` when
+/// given (`name`, or `name:port` when a proxy or NAT forwards another port
+/// to this one), else the bound address — `localhost` under TLS on
+/// loopback, the name certificates are issued for.
+fn advertised(advertise: Option<&str>, bound: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let port = bound.port();
+    match advertise {
+        Some(a) if a.parse::<std::net::SocketAddr>().is_ok() => format!("{scheme}://{a}"),
+        Some(a) if a.parse::<std::net::Ipv6Addr>().is_ok() => format!("{scheme}://[{a}]:{port}"),
+        Some(a) => match a.rsplit_once(':') {
+            Some((name, p)) if p.parse::<u16>().is_ok() => format!("{scheme}://{name}:{p}"),
+            _ => format!("{scheme}://{a}:{port}"),
+        },
+        None if tls && bound.ip().is_loopback() => format!("{scheme}://localhost:{port}"),
+        None => format!("{scheme}://{bound}"),
     }
+}
 
-    /// Starts the service on a free port of `host`; clients are told to
-    /// connect to `advertise` (a host name or address other processes reach
-    /// this one by) instead of `host` when given. With `tls`, that port
-    /// serves TLS (its URL `https://`; a loopback `host` is advertised as
-    /// `localhost`, the name certificates are issued for), and a second,
-    /// plain listener on loopback serves clients in this process.
+impl ExchangeListener {
+    /// Starts the service on `port` of `host` (`0`: a free one); clients
+    /// are told to connect to `advertise` (see [`advertised`]) instead of
+    /// `host` when given. With `tls`, that port serves TLS (its URL
+    /// `https://`), and a second, plain listener on loopback serves
+    /// clients in this process.
     pub async fn start_on(
         host: std::net::IpAddr,
+        port: u16,
         advertise: Option<String>,
         tls: Option<ExchangeTls>,
-    ) -> Result<ExchangeServer> {
-        let bind = |host: std::net::IpAddr| async move {
-            let listener = TcpListener::bind((host, 0))
-                .await
-                .map_err(|e| UdfError::Training(format!("weight exchange: cannot listen: {e}")))?;
+    ) -> Result<ExchangeListener> {
+        let bind = |host: std::net::IpAddr, port: u16| async move {
+            let listener = TcpListener::bind((host, port)).await.map_err(|e| {
+                UdfError::Training(format!(
+                    "weight exchange: cannot listen on {host} port {port}: {e}"
+                ))
+            })?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| UdfError::Training(format!("weight exchange: {e}")))?;
             Ok::<_, UdfError>((listener, addr))
         };
-        let (listener, addr) = bind(host).await?;
-        let name = match (advertise, &tls) {
-            (Some(name), _) => name,
-            (None, Some(_)) if host.is_loopback() => "localhost".to_string(),
-            (None, _) => addr.ip().to_string(),
-        };
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let endpoint = match name.parse::<std::net::Ipv6Addr>() {
-            Ok(_) => format!("{scheme}://[{name}]:{}", addr.port()),
-            Err(_) => format!("{scheme}://{name}:{}", addr.port()),
-        };
-        let state = Arc::new(ExchangeState::default());
-        let mut server = ExchangeServer {
-            endpoint,
+        let (listener, addr) = bind(host, port).await?;
+        let mut server = ExchangeListener {
+            endpoint: advertised(advertise.as_deref(), addr, tls.is_some()),
             local_endpoint: None,
-            state,
+            runs: Arc::default(),
             stop: Vec::new(),
             tasks: Vec::new(),
         };
         if let Some(tls) = tls {
-            let (local, local_addr) = bind(std::net::Ipv4Addr::LOCALHOST.into()).await?;
+            let (local, local_addr) = bind(std::net::Ipv4Addr::LOCALHOST.into(), 0).await?;
             server.local_endpoint = Some(format!("http://{local_addr}"));
             server.serve(local, None)?;
             server.serve(listener, Some(tls))?;
         } else {
             server.serve(listener, None)?;
         }
+        tracing::info!(endpoint = %server.endpoint, "weight exchange listening");
         Ok(server)
     }
 
-    /// Serves the exchange's state on `listener` until stopped.
+    /// Serves every run on `listener` until stopped.
     fn serve(&mut self, listener: TcpListener, tls: Option<ExchangeTls>) -> Result<()> {
         let service = FlightServiceServer::new(WeightExchange {
-            state: Arc::clone(&self.state),
+            runs: Arc::clone(&self.runs),
         })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -641,17 +672,81 @@ impl ExchangeServer {
         self.endpoint.clone()
     }
 
+    /// A new run on this listener: its own weights, updates and board,
+    /// reachable only with the keys it admits.
+    pub fn open_run(&self) -> ExchangeServer {
+        ExchangeServer {
+            endpoint: self.endpoint.clone(),
+            local_endpoint: self.local_endpoint.clone(),
+            runs: Arc::clone(&self.runs),
+            state: Arc::default(),
+            listener: None,
+        }
+    }
+
+    /// Stops the service and waits for it.
+    pub async fn stop(mut self) {
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ExchangeListener {
+    fn drop(&mut self) {
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One training run on a weight exchange: it publishes the rounds' weights,
+/// admits the run's clients and collects their updates. Its keys stop
+/// working when it is stopped or dropped.
+pub struct ExchangeServer {
+    endpoint: String,
+    local_endpoint: Option<String>,
+    runs: Arc<Runs>,
+    state: Arc<ExchangeState>,
+    /// The listener, when this run has one of its own
+    /// ([`ExchangeServer::start`]).
+    listener: Option<ExchangeListener>,
+}
+
+impl ExchangeServer {
+    /// A run on a listener of its own, on a free loopback port (tests,
+    /// benchmarks, in-process use).
+    pub async fn start() -> Result<ExchangeServer> {
+        let listener =
+            ExchangeListener::start_on(std::net::Ipv4Addr::LOCALHOST.into(), 0, None, None).await?;
+        let mut run = listener.open_run();
+        run.listener = Some(listener);
+        Ok(run)
+    }
+
+    /// Where clients connect.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
     /// Admits `client` to this run with a fresh key (replacing an earlier
     /// one) and returns what it needs to connect.
     pub fn admit(&self, client: &str) -> ExchangeAccess {
         let key: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        self.state
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(client.to_string(), blake3::hash(key.as_bytes()));
+        let mut keys = self.runs.lock_keys();
+        keys.retain(|_, a| !(Arc::ptr_eq(&a.run, &self.state) && a.client == client));
+        keys.insert(
+            *blake3::hash(key.as_bytes()).as_bytes(),
+            Admission {
+                client: client.to_string(),
+                run: Arc::clone(&self.state),
+            },
+        );
         ExchangeAccess {
             endpoint: self.endpoint.clone(),
             client: client.to_string(),
@@ -663,13 +758,7 @@ impl ExchangeServer {
 
     /// The calls refused since the last look, and why.
     pub fn take_refusals(&self) -> Vec<String> {
-        std::mem::take(
-            &mut *self
-                .state
-                .refusals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
+        std::mem::take(&mut *self.runs.refusals.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Opens `round` with these global weights.
@@ -707,22 +796,25 @@ impl ExchangeServer {
         ExchangeBoard(Arc::clone(&self.state))
     }
 
-    /// Stops the service and waits for it.
+    /// Ends the run (its keys stop working) and stops its own listener, if
+    /// it has one.
     pub async fn stop(mut self) {
-        for stop in self.stop.drain(..) {
-            let _ = stop.send(());
+        self.forget_keys();
+        if let Some(listener) = self.listener.take() {
+            listener.stop().await;
         }
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
-        }
+    }
+
+    fn forget_keys(&self) {
+        self.runs
+            .lock_keys()
+            .retain(|_, a| !Arc::ptr_eq(&a.run, &self.state));
     }
 }
 
 impl Drop for ExchangeServer {
     fn drop(&mut self) {
-        for stop in self.stop.drain(..) {
-            let _ = stop.send(());
-        }
+        self.forget_keys();
     }
 }
 
