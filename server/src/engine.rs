@@ -5,6 +5,7 @@
 //! `demo` resolves unqualified names in catalog `demo`, schema `public`, and
 //! reaches every other catalog by three-part names.
 
+use fedsql_udfs::checkpoint::now_us;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
@@ -1090,14 +1091,6 @@ async fn open_source(
             entry.name, entry.kind
         ))),
     }
-}
-
-/// Microseconds since the Unix epoch, for catalog timestamps.
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// A `[[sources]]` entry of the config file as a catalog entry.

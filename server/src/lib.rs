@@ -22,7 +22,6 @@ pub mod pg_compat;
 pub mod pg_text;
 pub mod query_log;
 mod resume;
-mod secure_round;
 pub mod serve;
 pub mod sites;
 pub mod system_tables;

@@ -9,37 +9,30 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use fedsql_sql::{EvaluateModel, ExistingModel, Federation, TrainModel};
-use fedsql_udfs::checkpoint::{Checkpoint, CheckpointSummary};
+use fedsql_udfs::checkpoint::{now_us, Checkpoint, CheckpointSummary};
 use fedsql_udfs::client::{
-    profile, Encoding, InputColumns, LocalClient, Profile, TargetMoments, TargetSpec,
-    TrainingClient,
+    profile, Encoding, InputColumns, LocalClient, Profile, TargetSpec, TrainingClient,
 };
 use fedsql_udfs::evaluate::{check_target, EvalStats, METRIC_COLUMNS};
-use fedsql_udfs::exchange::{ExchangeAccess, ExchangeListener, ExchangeServer, ExchangeTls};
+use fedsql_udfs::exchange::{ExchangeListener, ExchangeServer, ExchangeTls};
 use fedsql_udfs::features::{text_values, ColumnSummary, FeatureTransform};
 use fedsql_udfs::model::{Activation, Architecture};
 use fedsql_udfs::options::TrainingOptions;
-use fedsql_udfs::registry::{LiveTraining, ModelVersion, RoundRecord, Task as ModelTask};
-use fedsql_udfs::strategy::ClientUpdate;
-use fedsql_udfs::train::{LocalConfig, Metrics};
+use fedsql_udfs::registry::{ModelVersion, Task as ModelTask};
 use fedsql_udfs::UdfError;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::engine::{quote_literal, Engine, FedsqlOutcome};
 use crate::error::{Result, ServerError};
-use crate::secure_round::{secure_round, SecureClient};
 use crate::sites::protocol::{Reply as SiteReply, Task};
 use crate::sites::remote::RemoteSite;
 use fedsql_connectors::ReadPurpose;
+use fedsql_udfs::coordinator::{run_rounds, Rounds, Trained};
 
 tokio::task_local! {
     /// Where progress lines of the statement running on this task go (the
@@ -481,9 +474,17 @@ impl Engine {
             history: Vec::new(),
             metrics: Vec::new(),
         };
-        let trained = self
-            .run_rounds(&arch, &clients, &options, (&live, base), resume)
-            .await;
+        let rounds = Rounds {
+            arch: &arch,
+            clients: &clients,
+            options: &options,
+            exchange: self.start_exchange().await?,
+            checkpoints: registry.checkpoints(),
+            live: &live,
+            base,
+            resume,
+        };
+        let trained = run_rounds(rounds, &progress).await.map_err(udf_error);
         for site in &sites {
             site.finish().await;
         }
@@ -498,7 +499,11 @@ impl Engine {
                 }
             }
         }
-        let (weights, history, mut metrics) = trained?;
+        let Trained {
+            weights,
+            history,
+            mut metrics,
+        } = trained?;
         // RMSE in the target's own units (the history's already is).
         for (name, value) in metrics.iter_mut() {
             if name == "rmse" {
@@ -849,266 +854,6 @@ impl Engine {
             }
         }
     }
-
-    /// The rounds: train on the chosen clients in parallel, merge, evaluate
-    /// everywhere, checkpoint. Starts after `resume`'s last completed round
-    /// when given. Returns the final weights, the history and the final
-    /// validation metrics.
-    async fn run_rounds(
-        &self,
-        arch: &Architecture,
-        clients: &[Arc<dyn TrainingClient>],
-        options: &TrainingOptions,
-        (live, base): (&LiveTraining, Checkpoint),
-        resume: Option<Checkpoint>,
-    ) -> Result<(Vec<f32>, Vec<RoundRecord>, Vec<(String, f64)>)> {
-        let model = base.summary.model.as_str();
-        let target_std = base.target_std;
-        let mut strategy = options.strategy().map_err(udf_error)?;
-        let mut global = arch.initial_weights(options.seed);
-        let mut history = Vec::new();
-        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-        let mut summary = Vec::new();
-        let mut first_round = 1;
-        if let Some(c) = resume {
-            if c.global.len() != global.len() {
-                return Err(udf_error(UdfError::Training(format!(
-                    "the checkpoint holds {} weights, the model has {}",
-                    c.global.len(),
-                    global.len()
-                ))));
-            }
-            strategy.restore(c.strategy).map_err(udf_error)?;
-            rng.set_word_pos(c.selection_position);
-            (global, history, summary) = (c.global, c.history, c.metrics);
-            first_round = c.summary.completed + 1;
-            live.record(&history);
-            progress(format!(
-                "resuming after round {} of {}",
-                c.summary.completed, options.rounds
-            ));
-        }
-        let checkpoints = self.models().checkpoints();
-        let fault = std::env::var("FEDSQL_FAULT_INJECT").ok();
-        let mut last_eval = Vec::new();
-        // Weights travel over Arrow Flight for every client, in this process
-        // or at a site: one path for local partitions and remote sites.
-        // Each client proves who it is to the exchange with its own key.
-        let exchange = self.start_exchange().await?;
-        let access: Vec<ExchangeAccess> =
-            clients.iter().map(|c| exchange.admit(c.name())).collect();
-        for round in first_round..=options.rounds {
-            let round_start = history.len();
-            exchange.publish(round, global.clone());
-            let wanted = ((clients.len() as f64 * options.fraction_train).ceil() as usize)
-                .clamp(options.min_train_nodes.min(clients.len()), clients.len());
-            let mut chosen: Vec<usize> = (0..clients.len()).collect();
-            chosen.shuffle(&mut rng);
-            chosen.truncate(wanted);
-            chosen.sort();
-
-            let mut updates = Vec::new();
-            let mut failures = Vec::new();
-            if options.secure_aggregation {
-                let secure = chosen
-                    .iter()
-                    .map(|&c| SecureClient {
-                        client: Arc::clone(&clients[c]),
-                        access: access[c].clone(),
-                        config: local_config(options, round, c),
-                        fail: fault.as_deref() == Some(&format!("{}:{round}", clients[c].name())),
-                    })
-                    .collect();
-                let outcome = secure_round(round, secure, arch, &global, options, &exchange)
-                    .await
-                    .map_err(udf_error)?;
-                history.extend(outcome.records);
-                failures = outcome.failures;
-                updates.extend(outcome.update);
-            }
-            let mut tasks = Vec::new();
-            for &c in chosen.iter().filter(|_| !options.secure_aggregation) {
-                let client = Arc::clone(&clients[c]);
-                let config = local_config(options, round, c);
-                let injected = fault.as_deref() == Some(&format!("{}:{round}", client.name()));
-                let (arch, access) = (arch.clone(), access[c].clone());
-                let started = Instant::now();
-                let handle = tokio::spawn(async move {
-                    client.train(round, &access, &arch, config, injected).await
-                });
-                tasks.push((
-                    c,
-                    started,
-                    tokio::time::timeout(options.round_timeout, handle),
-                ));
-            }
-            for (c, started, task) in tasks {
-                let name = clients[c].name().to_string();
-                let (status, result) = match task.await {
-                    // What aggregation uses is what arrived over Flight.
-                    Ok(Ok(Ok(fetched))) => match exchange.take_update(round, &name) {
-                        Some(update) => ("ok", Some((fetched, update))),
-                        None => {
-                            failures.push(format!("{name}: its update did not arrive"));
-                            ("failed", None)
-                        }
-                    },
-                    Ok(Ok(Err(e))) => {
-                        failures.push(format!("{name}: {e}"));
-                        ("failed", None)
-                    }
-                    Ok(Err(e)) => {
-                        failures.push(format!("{name}: {e}"));
-                        ("failed", None)
-                    }
-                    Err(_) => {
-                        failures.push(format!("{name}: no result within round_timeout"));
-                        ("timeout", None)
-                    }
-                };
-                history.push(RoundRecord {
-                    round,
-                    client: name,
-                    phase: "train".into(),
-                    num_examples: result.as_ref().map_or(0, |(_, u)| u.num_examples),
-                    loss: result.as_ref().map(|(_, u)| u.loss),
-                    accuracy: None,
-                    rmse: None,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    bytes_sent: result.as_ref().map(|(fetched, _)| *fetched),
-                    bytes_received: result.as_ref().map(|(_, u)| u.bytes),
-                    status: status.into(),
-                });
-                if let Some((_, u)) = result {
-                    updates.push(ClientUpdate {
-                        weights: u.weights,
-                        num_examples: u.num_examples,
-                    });
-                }
-            }
-            if !failures.is_empty() && !options.accept_failures {
-                return Err(udf_error(UdfError::Training(format!(
-                    "round {round}: {} (accept_failures = false)",
-                    failures.join("; ")
-                ))));
-            }
-            // (Under secure aggregation the one update is the survivors' mean.)
-            let trained = history[round_start..]
-                .iter()
-                .filter(|r| r.phase == "train" && r.status == "ok")
-                .count();
-            if trained < options.min_train_nodes || updates.is_empty() {
-                return Err(udf_error(UdfError::Training(format!(
-                    "round {round}: {trained} client(s) succeeded, fewer than min_train_nodes = {} ({})",
-                    options.min_train_nodes,
-                    failures.join("; ")
-                ))));
-            }
-            global = strategy.aggregate(&global, &updates).map_err(udf_error)?;
-
-            // Every client evaluates the merged model on its held-out rows;
-            // the merged weights are also the next round's, published now so
-            // remote clients read them from the exchange.
-            exchange.publish(round + 1, global.clone());
-            let merged = Arc::new(global.clone());
-            let evaluations = clients.iter().zip(&access).map(|(client, access)| {
-                let (client, arch, access, merged) = (
-                    Arc::clone(client),
-                    arch.clone(),
-                    access.clone(),
-                    Arc::clone(&merged),
-                );
-                async move {
-                    let started = Instant::now();
-                    let result = tokio::time::timeout(
-                        options.round_timeout,
-                        client.evaluate(round + 1, &access, &arch, &merged),
-                    )
-                    .await;
-                    (client, started, result)
-                }
-            });
-            last_eval.clear();
-            for (client, started, result) in futures::future::join_all(evaluations).await {
-                let (status, metrics) = match result {
-                    Ok(Ok((m, moments))) => ("ok", Some((m, moments))),
-                    Ok(Err(e)) => {
-                        tracing::warn!(model, round, client = client.name(), error = %e, "evaluation failed");
-                        ("failed", None)
-                    }
-                    Err(_) => ("timeout", None),
-                };
-                let m = metrics.map(|(m, _)| m);
-                history.push(RoundRecord {
-                    round,
-                    client: client.name().to_string(),
-                    phase: "evaluate".into(),
-                    num_examples: m.map_or(0, |m| m.num_examples),
-                    loss: m.map(|m| m.loss),
-                    accuracy: m.and_then(|m| m.accuracy),
-                    // In the target's own units.
-                    rmse: m.and_then(|m| m.rmse).map(|e| e * target_std),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    bytes_sent: None,
-                    bytes_received: None,
-                    status: status.into(),
-                });
-                if let Some(pair) = metrics {
-                    last_eval.push(pair);
-                }
-            }
-            summary = summarize(&last_eval);
-            // Calls without a valid key (someone else on the network, or a
-            // client sending as another) were refused; say so.
-            for refusal in exchange.take_refusals() {
-                progress(format!(
-                    "round {round}: the weight exchange refused {refusal}"
-                ));
-            }
-            // The round is complete once its checkpoint is written; it shows
-            // in training_rounds after that, so what a client sees there
-            // survives a restart.
-            let mut checkpoint = base.clone();
-            checkpoint.summary.completed = round;
-            checkpoint.summary.updated_at_us = now_us();
-            checkpoint.global.clone_from(&global);
-            checkpoint.strategy = strategy.state();
-            checkpoint.selection_position = rng.get_word_pos();
-            checkpoint.history.clone_from(&history);
-            checkpoint.metrics.clone_from(&summary);
-            if let Err(e) = checkpoints.save(&checkpoint) {
-                progress(format!("round {round} could not be checkpointed: {e}"));
-                tracing::warn!(model, round, error = %e, "checkpoint not written");
-            }
-            live.record(&history[round_start..]);
-            progress(format!(
-                "round {round}/{}: {} client(s) trained{}; {}",
-                options.rounds,
-                trained,
-                if failures.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} failed", failures.len())
-                },
-                summary
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            tracing::info!(
-                model,
-                round,
-                rounds = options.rounds,
-                clients = chosen.len(),
-                failed = failures.len(),
-                metrics = ?summary,
-                "training round done"
-            );
-        }
-        exchange.stop().await;
-        Ok((global, history, summary))
-    }
 }
 
 /// The feature transform, task and target scale from the clients'
@@ -1171,14 +916,6 @@ fn federated_encoding(
     Ok((transform, task, target_std))
 }
 
-/// Microseconds since the Unix epoch (0 if the clock is before it).
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// The database `ctx` resolves unqualified names in.
 pub(crate) fn current_database(ctx: &SessionContext) -> String {
     ctx.state()
@@ -1187,18 +924,6 @@ pub(crate) fn current_database(ctx: &SessionContext) -> String {
         .catalog
         .default_catalog
         .clone()
-}
-
-/// How client `c` trains in `round`.
-fn local_config(options: &TrainingOptions, round: u32, c: usize) -> LocalConfig {
-    LocalConfig {
-        epochs: options.local_epochs,
-        batch_size: options.batch_size,
-        learning_rate: options.learning_rate,
-        optimizer: options.optimizer,
-        proximal_mu: options.proximal_mu,
-        seed: options.seed ^ (u64::from(round) << 32) ^ c as u64,
-    }
 }
 
 /// A session like `ctx` (same catalogs and settings) whose scans label what
@@ -1211,40 +936,4 @@ fn with_purpose(ctx: &SessionContext, purpose: Arc<ReadPurpose>) -> SessionConte
             .with_config(config)
             .build(),
     )
-}
-
-/// Example-weighted validation metrics over all clients; R² from the
-/// clients' target moments, so no client sends its targets.
-fn summarize(evals: &[(Metrics, TargetMoments)]) -> Vec<(String, f64)> {
-    let n: f64 = evals.iter().map(|(m, _)| m.num_examples as f64).sum();
-    if n == 0.0 {
-        return vec![];
-    }
-    let mean = |f: &dyn Fn(&Metrics) -> Option<f64>| -> Option<f64> {
-        evals
-            .iter()
-            .map(|(m, _)| f(m).map(|v| v * m.num_examples as f64))
-            .sum::<Option<f64>>()
-            .map(|s| s / n)
-    };
-    let mut out = vec![(
-        "loss".to_string(),
-        mean(&|m| Some(m.loss)).unwrap_or(f64::NAN),
-    )];
-    if let Some(acc) = mean(&|m| m.accuracy) {
-        out.push(("accuracy".into(), acc));
-    }
-    if let Some(mse) = mean(&|m| m.rmse.map(|r| r * r)) {
-        out.push(("rmse".into(), mse.sqrt()));
-        let (c, s, q) = evals
-            .iter()
-            .fold((0.0, 0.0, 0.0), |(c, s, q), (_, (c2, s2, q2))| {
-                (c + c2, s + s2, q + q2)
-            });
-        let total = q - s * s / c.max(1.0);
-        if total > 0.0 {
-            out.push(("r2".into(), 1.0 - mse * c / total));
-        }
-    }
-    out
 }

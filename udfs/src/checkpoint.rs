@@ -25,6 +25,13 @@ use crate::model::Architecture;
 use crate::registry::{io, write_atomic, RoundRecord, Task};
 use crate::strategy::StrategyState;
 
+/// Microseconds since the Unix epoch: the timestamps of a run's summary.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 /// A run after its last completed round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {

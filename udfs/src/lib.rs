@@ -10,6 +10,7 @@
 //! - [`train`]: one client's local training and evaluation;
 //! - [`client`]: the [`client::TrainingClient`] trait the coordinator drives,
 //!   and the in-process client a partition or a site trains with;
+//! - [`coordinator`]: the round loop over those clients, and secure rounds;
 //! - [`exchange`]: global weights and client updates over Arrow Flight;
 //! - [`secure_aggregation`]: SecAgg masking, so the coordinator sees only
 //!   the sum of the clients' updates;
@@ -22,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod client;
+pub mod coordinator;
 pub mod error;
 pub mod evaluate;
 pub mod exchange;

@@ -1,7 +1,7 @@
 //! One training round with `secure_aggregation = true`, the coordinator's
 //! side: the clients (in-process partitions or `fedsql site` processes, the
 //! same [`TrainingClient::train_secure`]) run SecAgg over the weight
-//! exchange's bulletin board (`fedsql_udfs::secure_client` is their side),
+//! exchange's bulletin board ([`crate::secure_client`] is their side),
 //! and the coordinator closes the stages, announces who survived, and
 //! learns only the example-weighted mean of the survivors' updates.
 //!
@@ -13,16 +13,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fedsql_udfs::client::TrainingClient;
-use fedsql_udfs::exchange::{ExchangeAccess, ExchangeServer};
-use fedsql_udfs::model::Architecture;
-use fedsql_udfs::options::TrainingOptions;
-use fedsql_udfs::registry::RoundRecord;
-use fedsql_udfs::secure_aggregation::{dequantize, threshold, unmask, Reveal, MAX_CLIENTS};
-use fedsql_udfs::secure_client::{peers_of, Survivors, KEYS, REVEAL, SHARES, SURVIVORS};
-use fedsql_udfs::strategy::ClientUpdate;
-use fedsql_udfs::train::LocalConfig;
-use fedsql_udfs::UdfError;
+use crate::client::TrainingClient;
+use crate::exchange::{ExchangeAccess, ExchangeServer};
+use crate::model::Architecture;
+use crate::options::TrainingOptions;
+use crate::registry::RoundRecord;
+use crate::secure_aggregation::{dequantize, threshold, unmask, Reveal, MAX_CLIENTS};
+use crate::secure_client::{peers_of, Survivors, KEYS, REVEAL, SHARES, SURVIVORS};
+use crate::strategy::ClientUpdate;
+use crate::train::LocalConfig;
+use crate::UdfError;
 
 /// A client of the round, as the coordinator hands it out.
 pub(crate) struct SecureClient {
