@@ -59,6 +59,10 @@ pub enum ServerError {
     /// Settings or options are invalid (22023 / F0000 at startup).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A `fedsql run` project cannot run: a file that does not parse, a
+    /// missing ref, a cycle (F0000, as a configuration file error).
+    #[error("{0}")]
+    Project(String),
     /// Reading or writing the data dir failed (58030).
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -94,6 +98,7 @@ impl ServerError {
             ServerError::DuplicateCursor(_) => "42P03",
             ServerError::CursorForwardOnly(_) => "55000",
             ServerError::Config(_) => "22023",
+            ServerError::Project(_) => "F0000",
             ServerError::Io { .. } => "58030",
             ServerError::Connector(e) => e.sqlstate(),
             ServerError::Query { sqlstate, .. } => sqlstate,

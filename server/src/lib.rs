@@ -22,6 +22,7 @@ pub mod pg_compat;
 pub mod pg_text;
 pub mod query_log;
 mod resume;
+pub mod run;
 pub mod serve;
 pub mod sites;
 pub mod system_tables;

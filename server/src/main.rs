@@ -55,13 +55,29 @@ enum Command {
         /// The SQL to run.
         sql: Option<String>,
     },
-    /// Run a dbt-style project folder.
+    /// Run a dbt-style project folder (fedsql_project.toml, models/,
+    /// seeds/) on the embedded engine and its data dir; exits non-zero if a
+    /// model fails or a test finds failing rows.
     Run {
         dir: PathBuf,
-        #[arg(long)]
+        /// Nodes to run: name, +name (with what it needs), name+ (with what
+        /// needs it), tag:x, path:models/dir; several allowed.
+        #[arg(long, num_args = 1..)]
         select: Vec<String>,
+        /// Rebuild incremental models from scratch.
         #[arg(long)]
         full_refresh: bool,
+        /// Also run the schema.yml tests of the selected models.
+        #[arg(long)]
+        test: bool,
+        /// Variables for var(), a JSON or YAML object ('{"k": 1}').
+        #[arg(long)]
+        vars: Option<String>,
+        /// Models built at once [default: the project's threads, 4].
+        #[arg(long)]
+        threads: Option<usize>,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Run a federated site next to its own data: it dials out to the
     /// coordinator, runs training queries on its own catalog under its
@@ -150,10 +166,33 @@ async fn run(cli: Cli) -> Result<(), ServerError> {
                 None => query_embedded(settings, database, &sql, format).await,
             }
         }
-        Command::Run { .. } => Err(ServerError::NotSupported {
-            statement: "fedsql run".into(),
-            reason: "dbt-style projects have not landed yet".into(),
-        }),
+        Command::Run {
+            dir,
+            select,
+            full_refresh,
+            test,
+            vars,
+            threads,
+            settings,
+        } => {
+            let engine = Engine::open(settings.resolve()?).await?;
+            let options = fedsql_server::run::RunOptions {
+                dir,
+                select,
+                full_refresh,
+                test,
+                vars,
+                threads,
+            };
+            let summary = fedsql_server::run::run(engine, options).await?;
+            if summary.ok() {
+                Ok(())
+            } else {
+                Err(ServerError::Project(
+                    "a model failed or a test found failing rows (target/run_results.json)".into(),
+                ))
+            }
+        }
         Command::Site {
             name,
             coordinator,
