@@ -822,6 +822,18 @@ impl Engine {
     /// by `fedsql query` and by start-up replay.
     pub async fn run(&self, database: &str, sql: &str) -> Result<Vec<StatementResult>> {
         let ctx = self.session_context(database)?;
+        self.run_in(&ctx, database, sql).await
+    }
+
+    /// [`Engine::run`] in a session of `database` the caller keeps (making
+    /// one costs more than running a small statement).
+    pub async fn run_in(
+        &self,
+        ctx: &SessionContext,
+        database: &str,
+        sql: &str,
+    ) -> Result<Vec<StatementResult>> {
+        let ctx = ctx.clone();
         let mut results = Vec::new();
         for statement in self.parse(sql)? {
             let offset = statement.offset();

@@ -60,6 +60,16 @@ pub struct Steps {
     pub describe: String,
 }
 
+/// What is under a node's name before it builds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Existing<'a> {
+    /// `BASE TABLE` or `VIEW`, if the relation exists.
+    pub kind: Option<&'a str>,
+    /// Whether an interrupted build left `__fedsql_tmp` / `__fedsql_backup`
+    /// / `__fedsql_seed` relations beside it (dropped first).
+    pub leftovers: bool,
+}
+
 /// A sibling of `relation` named `<identifier>__<suffix>`.
 fn sibling(relation: &Relation, suffix: &str) -> (String, String) {
     let name = format!("{}__{suffix}", relation.identifier);
@@ -68,15 +78,17 @@ fn sibling(relation: &Relation, suffix: &str) -> (String, String) {
 
 /// `CREATE TABLE tmp AS query`, then the swap of `tmp` into `relation`
 /// (whatever `existing` is).
-fn swap_in(relation: &Relation, query: &str, existing: Option<&str>) -> Vec<String> {
+fn swap_in(relation: &Relation, query: &str, existing: Existing<'_>) -> Vec<String> {
     let (tmp, _) = sibling(relation, "fedsql_tmp");
     let (backup, backup_name) = sibling(relation, "fedsql_backup");
     let target = quoted(&[&relation.identifier]);
-    let mut out = vec![
-        format!("DROP TABLE IF EXISTS {tmp}"),
-        format!("DROP TABLE IF EXISTS {backup}"),
-        format!("CREATE TABLE {tmp} AS {query}"),
-    ];
+    let mut out = Vec::new();
+    if existing.leftovers {
+        out.push(format!("DROP TABLE IF EXISTS {tmp}"));
+        out.push(format!("DROP TABLE IF EXISTS {backup}"));
+    }
+    out.push(format!("CREATE TABLE {tmp} AS {query}"));
+    let existing = existing.kind;
     match existing {
         Some("VIEW") => out.push(format!("DROP VIEW {relation}")),
         Some(_) => out.push(format!(
@@ -97,7 +109,7 @@ pub fn steps(
     materialized: &Materialized,
     relation: &Relation,
     sql: &str,
-    existing: Option<&str>,
+    existing: Existing<'_>,
     incremental: bool,
     unique_key: Option<&str>,
 ) -> Result<Steps, String> {
@@ -110,7 +122,7 @@ pub fn steps(
     match materialized {
         Materialized::View => {
             let mut out = Vec::new();
-            if matches!(existing, Some(kind) if kind != "VIEW") {
+            if matches!(existing.kind, Some(kind) if kind != "VIEW") {
                 out.push(format!("DROP TABLE {relation}"));
             }
             out.push(format!("CREATE OR REPLACE VIEW {relation} AS {sql}"));
@@ -163,13 +175,14 @@ pub fn steps(
         Materialized::Seed(path) => {
             let (external, _) = sibling(relation, "fedsql_seed");
             let location = path.display().to_string().replace('\'', "''");
-            let mut out = vec![
-                format!("DROP TABLE IF EXISTS {external}"),
-                format!(
-                    "CREATE EXTERNAL TABLE {external} STORED AS CSV LOCATION '{location}' \
-                     OPTIONS ('format.has_header' 'true')"
-                ),
-            ];
+            let mut out = Vec::new();
+            if existing.leftovers {
+                out.push(format!("DROP TABLE IF EXISTS {external}"));
+            }
+            out.push(format!(
+                "CREATE EXTERNAL TABLE {external} STORED AS CSV LOCATION '{location}' \
+                 OPTIONS ('format.has_header' 'true')"
+            ));
             out.extend(swap_in(
                 relation,
                 &format!("SELECT * FROM {external}"),
@@ -224,11 +237,15 @@ mod tests {
     #[test]
     fn a_table_is_swapped_in_beside_the_old_one() {
         let r = Relation::table("demo", "marts", "t");
+        let table = Existing {
+            kind: Some("BASE TABLE"),
+            leftovers: false,
+        };
         let s = steps(
             &Materialized::Table,
             &r,
             "SELECT 1 AS x",
-            Some("BASE TABLE"),
+            table,
             false,
             None,
         )
@@ -236,19 +253,31 @@ mod tests {
         assert_eq!(
             s.statements,
             [
-                "DROP TABLE IF EXISTS \"demo\".\"marts\".\"t__fedsql_tmp\"",
-                "DROP TABLE IF EXISTS \"demo\".\"marts\".\"t__fedsql_backup\"",
                 "CREATE TABLE \"demo\".\"marts\".\"t__fedsql_tmp\" AS SELECT 1 AS x",
                 "ALTER TABLE \"demo\".\"marts\".\"t\" RENAME TO \"t__fedsql_backup\"",
                 "ALTER TABLE \"demo\".\"marts\".\"t__fedsql_tmp\" RENAME TO \"t\"",
                 "DROP TABLE \"demo\".\"marts\".\"t__fedsql_backup\"",
             ]
         );
+        // What an interrupted build left is dropped first.
+        let leftovers = Existing {
+            kind: None,
+            leftovers: true,
+        };
+        let fresh = steps(&Materialized::Table, &r, "SELECT 1", leftovers, false, None).unwrap();
+        assert_eq!(
+            fresh.statements[..2],
+            [
+                "DROP TABLE IF EXISTS \"demo\".\"marts\".\"t__fedsql_tmp\"",
+                "DROP TABLE IF EXISTS \"demo\".\"marts\".\"t__fedsql_backup\"",
+            ]
+        );
+        assert_eq!(fresh.statements.len(), 4);
         let append = steps(
             &Materialized::Incremental,
             &r,
             "SELECT 2",
-            Some("BASE TABLE"),
+            table,
             true,
             None,
         )
@@ -257,7 +286,15 @@ mod tests {
             append.statements,
             ["INSERT INTO \"demo\".\"marts\".\"t\" SELECT * FROM (SELECT 2) AS fedsql_new"]
         );
-        let refused = steps(&Materialized::Model, &r, "SELECT 1", None, false, None).unwrap_err();
+        let refused = steps(
+            &Materialized::Model,
+            &r,
+            "SELECT 1",
+            Existing::default(),
+            false,
+            None,
+        )
+        .unwrap_err();
         assert!(refused.contains("TRAIN MODEL"), "{refused}");
     }
 }

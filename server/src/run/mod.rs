@@ -230,6 +230,7 @@ pub async fn run(engine: Arc<Engine>, options: RunOptions) -> Result<RunSummary,
     // Run pass, in dependency order, independent nodes in parallel.
     let threads = options.threads.unwrap_or(project.file.threads).max(1);
     let run_ctx = Arc::new(RunContext {
+        session: engine.session_context(&database)?,
         engine: Arc::clone(&engine),
         database: database.clone(),
         schema: schema.clone(),
@@ -238,7 +239,16 @@ pub async fn run(engine: Arc<Engine>, options: RunOptions) -> Result<RunSummary,
         sources: project.sources.clone(),
         planned: planned.clone(),
         full_refresh: options.full_refresh,
+        relations: Default::default(),
     });
+    // The schema exists before any node builds in it.
+    run_ctx
+        .execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            render::quoted(&[&database, &schema])
+        ))
+        .await?;
+    *run_ctx.relations() = run_ctx.list_relations().await?;
     let total = order.len();
     println!(
         "Running {total} node(s) of project {} in {database}.{schema} ({threads} at once)",
@@ -414,6 +424,8 @@ pub async fn run(engine: Arc<Engine>, options: RunOptions) -> Result<RunSummary,
 /// What building one node needs.
 struct RunContext {
     engine: Arc<Engine>,
+    /// One session for every statement of the run.
+    session: datafusion::prelude::SessionContext,
     database: String,
     schema: String,
     project_name: String,
@@ -421,6 +433,9 @@ struct RunContext {
     sources: BTreeMap<String, BTreeMap<String, project::SourceTable>>,
     planned: BTreeMap<String, Planned>,
     full_refresh: bool,
+    /// The schema's relations by name and kind (see
+    /// [`RunContext::list_relations`]).
+    relations: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl RunContext {
@@ -435,7 +450,14 @@ impl RunContext {
 
     /// Runs `sql` in the project's database.
     async fn execute(&self, sql: &str) -> Result<Vec<StatementResult>, ServerError> {
-        self.engine.run(&self.database, sql).await
+        let started = Instant::now();
+        let result = self.engine.run_in(&self.session, &self.database, sql).await;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            sql,
+            "ran a statement"
+        );
+        result
     }
 
     /// The first column of the first row `sql` answers, as text.
@@ -496,34 +518,50 @@ impl RunContext {
             .map_err(|e| template_error(&planned.node.path, e))
     }
 
-    /// The kind of relation `relation` is now (`BASE TABLE`, `VIEW`), if
-    /// it exists.
-    async fn existing(&self, relation: &Relation) -> Result<Option<String>, ServerError> {
-        self.first_value(&format!(
-            "SELECT table_type FROM information_schema.tables \
-             WHERE table_catalog = {} AND table_schema = {} AND table_name = {}",
-            literal(&relation.database),
-            literal(&relation.schema),
-            literal(&relation.identifier)
-        ))
-        .await
+    /// The relations of the project's schema and their kinds (`BASE
+    /// TABLE`, `VIEW`), read once before the run; builds keep it current.
+    async fn list_relations(&self) -> Result<BTreeMap<String, String>, ServerError> {
+        let sql = format!(
+            "SELECT table_name, table_type FROM information_schema.tables \
+             WHERE table_catalog = {} AND table_schema = {}",
+            literal(&self.database),
+            literal(&self.schema)
+        );
+        let mut out = BTreeMap::new();
+        for result in self.execute(&sql).await? {
+            if let StatementResult::Rows { batches, .. } = result {
+                for batch in &batches {
+                    for row in 0..batch.num_rows() {
+                        let text = |c: usize| {
+                            datafusion::arrow::util::display::array_value_to_string(
+                                batch.column(c),
+                                row,
+                            )
+                            .map_err(|e| ServerError::Internal(e.to_string()))
+                        };
+                        out.insert(text(0)?, text(1)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn relations(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.relations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Builds node `name`; answers its compiled SQL and what was done.
     async fn build(&self, name: &str) -> Result<(String, String), ServerError> {
         let planned = &self.planned[name];
-        let existing = if matches!(
-            planned.materialized,
-            Materialized::Ephemeral | Materialized::Model
-        ) {
-            None
-        } else {
-            self.execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                render::quoted(&[&self.database, &self.schema])
-            ))
-            .await?;
-            self.existing(&planned.relation).await?
+        let id = &planned.relation.identifier;
+        let (existing, leftovers) = {
+            let relations = self.relations();
+            let leftover = |suffix: &str| relations.contains_key(&format!("{id}__{suffix}"));
+            (
+                relations.get(id).cloned(),
+                leftover("fedsql_tmp") || leftover("fedsql_backup") || leftover("fedsql_seed"),
+            )
         };
         let incremental = matches!(planned.materialized, Materialized::Incremental)
             && existing.as_deref() == Some("BASE TABLE")
@@ -536,13 +574,26 @@ impl RunContext {
             &planned.materialized,
             &planned.relation,
             &sql,
-            existing.as_deref(),
+            materialize::Existing {
+                kind: existing.as_deref(),
+                leftovers,
+            },
             incremental,
             planned.unique_key.as_deref(),
         )
         .map_err(|m| ProjectError::Invalid(planned.node.path.clone(), m))?;
         for step in &steps.statements {
             self.execute(step).await?;
+        }
+        let kind = match planned.materialized {
+            Materialized::View => Some("VIEW"),
+            Materialized::Ephemeral | Materialized::Model => None,
+            _ => Some("BASE TABLE"),
+        };
+        if let Some(kind) = kind {
+            let mut relations = self.relations();
+            relations.retain(|r, _| !r.starts_with(&format!("{id}__fedsql_")));
+            relations.insert(id.clone(), kind.to_string());
         }
         Ok((sql, steps.describe))
     }
