@@ -67,6 +67,22 @@ pub enum StatementResult {
     Command(String),
 }
 
+/// Sessions by database, made once for a batch of statements (replaying
+/// or re-planning views): making one costs more than planning a view.
+#[derive(Default)]
+struct Sessions(std::collections::HashMap<String, SessionContext>);
+
+impl Sessions {
+    fn of(&mut self, engine: &Engine, database: &str) -> Result<SessionContext> {
+        if let Some(ctx) = self.0.get(database) {
+            return Ok(ctx.clone());
+        }
+        let ctx = engine.session_context(database)?;
+        self.0.insert(database.to_string(), ctx.clone());
+        Ok(ctx)
+    }
+}
+
 /// Shared state of a running fedsql.
 pub struct Engine {
     settings: Settings,
@@ -570,7 +586,8 @@ impl Engine {
                             "the stored definition of {qualified} is not a CREATE VIEW"
                         ))
                     })?;
-                self.define(&view.database, &sql).await?;
+                self.define(&mut Sessions::default(), &view.database, &sql)
+                    .await?;
                 provider
                     .deregister_table(&table)
                     .map_err(|e| ServerError::from_datafusion(&e, &qualified))?;
@@ -673,8 +690,8 @@ impl Engine {
     /// Runs a persisted definition (`CREATE VIEW`, `CREATE SCHEMA`, …) in
     /// `database`, planned and run without `execute_plan`: it is already
     /// persisted, so the catalog is not written again.
-    async fn define(&self, database: &str, sql: &str) -> Result<()> {
-        let ctx = self.session_context(database)?;
+    async fn define(&self, sessions: &mut Sessions, database: &str, sql: &str) -> Result<()> {
+        let ctx = sessions.of(self, database)?;
         let plan = self.plan_sql(&ctx, sql).await?;
         ctx.execute_logical_plan(plan)
             .await
@@ -697,6 +714,7 @@ impl Engine {
             .map(str::to_ascii_lowercase)
             .collect();
         let views = self.lock_state().views.clone();
+        let mut sessions = Sessions::default();
         for view in views.iter().filter(|v| !v.name.starts_with("schema:")) {
             let definition = view.sql.to_ascii_lowercase();
             if !names.iter().any(|n| definition.contains(n.as_str())) {
@@ -715,7 +733,7 @@ impl Engine {
             {
                 let _ = schema.deregister_table(table);
             }
-            if let Err(e) = self.define(&view.database, &view.sql).await {
+            if let Err(e) = self.define(&mut sessions, &view.database, &view.sql).await {
                 tracing::info!(view = %view.name, error = %e, "view unavailable until its input exists again");
             }
         }
@@ -892,6 +910,7 @@ impl Engine {
             .cloned()
             .partition(|v| v.name.starts_with("schema:"));
         let mut tables_restored = false;
+        let mut sessions = Sessions::default();
         for view in schemas.into_iter().chain(views) {
             // Schemas first, then the owned tables in them, then views
             // (which may read both).
@@ -901,7 +920,7 @@ impl Engine {
             }
             // A view whose inputs are gone stays persisted (its source may
             // come back), but the server still starts.
-            if let Err(e) = self.define(&view.database, &view.sql).await {
+            if let Err(e) = self.define(&mut sessions, &view.database, &view.sql).await {
                 tracing::warn!(view = %view.name, error = %e, "could not restore view");
             }
         }
