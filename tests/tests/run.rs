@@ -245,3 +245,65 @@ fn a_failing_test_a_cycle_and_a_missing_ref_fail_the_run() {
         "{log}"
     );
 }
+
+#[test]
+fn a_run_killed_while_it_builds_a_table_leaves_the_old_table() {
+    let (dir, project) = project();
+    let data = dir.path().join("data");
+    let dir_arg = project.to_str().unwrap();
+    let out = fedsql(&["run", dir_arg, "--select", "+busy_regions"], &data);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = query(
+        &data,
+        "SELECT * FROM demo.marts.busy_regions ORDER BY region",
+    );
+    assert_eq!(before.len(), 3);
+
+    // The model becomes a query that runs for minutes; the run is killed
+    // while it builds.
+    let model = project.join("models/busy_regions.sql");
+    let fast = std::fs::read_to_string(&model).unwrap();
+    std::fs::write(
+        &model,
+        "{{ config(materialized='table') }}\n\
+         SELECT r.region, r.transactions + z.n AS transactions FROM {{ ref('region_activity') }} r \
+         CROSS JOIN (SELECT count(*) AS n FROM bank.transactions a, bank.transactions b \
+                     WHERE a.amount + b.amount > 0) z",
+    )
+    .unwrap();
+    let mut child = Command::new(fedsql_bin())
+        .args(["run", dir_arg, "--select", "busy_regions", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the slow build ended early"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    // After the crash: the old table, whole, under the model's name.
+    assert_eq!(
+        query(
+            &data,
+            "SELECT * FROM demo.marts.busy_regions ORDER BY region"
+        ),
+        before
+    );
+    // And the next run builds it again.
+    std::fs::write(&model, fast).unwrap();
+    let out = fedsql(&["run", dir_arg, "--select", "busy_regions"], &data);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        query(
+            &data,
+            "SELECT * FROM demo.marts.busy_regions ORDER BY region"
+        ),
+        before
+    );
+}
