@@ -256,6 +256,17 @@ impl Runs {
         Status::unauthenticated(why)
     }
 
+    /// Records a refused update (a well-authenticated call with values that
+    /// cannot be merged) and answers it `invalid_argument`.
+    fn reject(&self, why: String) -> Status {
+        tracing::warn!(refusal = %why, "weight exchange refused an update");
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(why.clone());
+        Status::invalid_argument(why)
+    }
+
     /// The admitted client a call comes from, by its name and key headers,
     /// and the run the key admits it to.
     fn authenticate<T>(
@@ -464,8 +475,15 @@ impl FlightService for WeightExchange {
         };
         let got = masked.as_ref().map_or(weights.len(), Vec::len);
         if got != expected {
-            return Err(Status::invalid_argument(format!(
-                "round {round} has {expected} weights; the update holds {got}"
+            return Err(self.runs.reject(format!(
+                "an update of {caller} for round {round} with {got} weights (the model has {expected})"
+            )));
+        }
+        // One NaN or infinity would poison every coordinate of a mean.
+        if let Some(at) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(self.runs.reject(format!(
+                "an update of {caller} for round {round} with a non-finite weight ({} at {at})",
+                weights[at]
             )));
         }
         let update = ReceivedUpdate {
@@ -1188,9 +1206,25 @@ mod tests {
         assert!(server.take_update(1, "eu").is_none(), "taken once");
         let short = client.send(1, "eu", &update[1..], 42, 0.25).await;
         let message = short.unwrap_err().to_string();
-        assert!(message.contains("the update holds"), "{message}");
+        assert!(
+            message.contains(&format!(
+                "with {} weights (the model has {})",
+                update.len() - 1,
+                update.len()
+            )),
+            "{message}"
+        );
+        // A NaN or an infinity anywhere is refused: it would poison a mean.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut poisoned = update.clone();
+            poisoned[CHUNK + 3] = bad;
+            let e = client.send(1, "eu", &poisoned, 42, 0.25).await.unwrap_err();
+            assert!(e.to_string().contains("non-finite weight"), "{e}");
+        }
         assert!(client.send(2, "eu", &update, 42, 0.25).await.is_err());
         assert!(server.take_update(1, "eu").is_none());
+        // The refused updates are reported to the coordinator.
+        assert_eq!(server.take_refusals().len(), 3);
         server.stop().await;
     }
 }
