@@ -259,7 +259,6 @@ pub async fn run(engine: Arc<Engine>, options: RunOptions) -> Result<RunSummary,
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut pending: Vec<String> = order.clone();
     let mut running = tokio::task::JoinSet::new();
-    let mut in_flight: BTreeSet<String> = BTreeSet::new();
     let mut done = 0usize;
     while !pending.is_empty() || !running.is_empty() {
         // Start every node whose selected refs are done, up to `threads`.
@@ -293,7 +292,6 @@ pub async fn run(engine: Arc<Engine>, options: RunOptions) -> Result<RunSummary,
                 continue;
             }
             let ctx = Arc::clone(&run_ctx);
-            in_flight.insert(name.clone());
             running.spawn(async move {
                 let started = Instant::now();
                 let outcome = ctx.build(&name).await;
@@ -305,7 +303,6 @@ pub async fn run(engine: Arc<Engine>, options: RunOptions) -> Result<RunSummary,
         };
         let (name, outcome, seconds) =
             joined.map_err(|e| ServerError::Internal(format!("a model's task failed: {e}")))?;
-        in_flight.remove(&name);
         done += 1;
         let kind = planned[&name].materialized.name();
         let result = match outcome {
