@@ -203,6 +203,21 @@ impl SiteProcess {
     fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+
+    /// Waits until this process has reached the coordinator (a restarted
+    /// site's old entry can look online for a while: starting a run
+    /// before the new process connected would prepare the dead one).
+    async fn wait_connected(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains("connected to the coordinator") {
+            assert!(
+                Instant::now() < deadline,
+                "the site did not connect within 60 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for SiteProcess {
@@ -1041,7 +1056,7 @@ async fn fedmedian_outvotes_an_attacker_site_that_poisons_fedavg() {
         &[],
         &[("FEDSQL_DEBUG_ATTACK_SCALE", "-20")],
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    sites[2].0.wait_connected().await;
     wait_online(&client, &REGIONS).await;
     client
         .batch_execute(&train("poisoned", "fedavg"))
@@ -1117,7 +1132,7 @@ async fn secure_aggregation_over_sites_survives_a_site_that_dies_mid_round() {
         &[],
         &[("FEDSQL_DEBUG_EXIT_AFTER_SHARES", "2")],
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    sites[0].0.wait_connected().await;
     wait_online(&client, &REGIONS).await;
     client
         .batch_execute(&train("dropout", ", secure_aggregation = true"))
