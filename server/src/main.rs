@@ -59,23 +59,8 @@ enum Command {
     /// seeds/) on the embedded engine and its data dir; exits non-zero if a
     /// model fails or a test finds failing rows.
     Run {
-        dir: PathBuf,
-        /// Nodes to run: name, +name (with what it needs), name+ (with what
-        /// needs it), tag:x, path:models/dir; several allowed.
-        #[arg(long, num_args = 1..)]
-        select: Vec<String>,
-        /// Rebuild incremental models from scratch.
-        #[arg(long)]
-        full_refresh: bool,
-        /// Also run the schema.yml tests of the selected models.
-        #[arg(long)]
-        test: bool,
-        /// Variables for var(), a JSON or YAML object ('{"k": 1}').
-        #[arg(long)]
-        vars: Option<String>,
-        /// Models built at once [default: the project's threads, 4].
-        #[arg(long)]
-        threads: Option<usize>,
+        #[command(flatten)]
+        options: fedsql_server::run::RunOptions,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -166,24 +151,8 @@ async fn run(cli: Cli) -> Result<(), ServerError> {
                 None => query_embedded(settings, database, &sql, format).await,
             }
         }
-        Command::Run {
-            dir,
-            select,
-            full_refresh,
-            test,
-            vars,
-            threads,
-            settings,
-        } => {
+        Command::Run { options, settings } => {
             let engine = Engine::open(settings.resolve()?).await?;
-            let options = fedsql_server::run::RunOptions {
-                dir,
-                select,
-                full_refresh,
-                test,
-                vars,
-                threads,
-            };
             let summary = fedsql_server::run::run(engine, options).await?;
             if summary.ok() {
                 Ok(())

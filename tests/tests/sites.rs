@@ -324,6 +324,29 @@ async fn coordinator_and_sites_with(
     (server, client, sites)
 }
 
+/// Restarts `region`'s site process (same proxy, config and data dir) with
+/// `env`, and waits until the new process is online at the coordinator.
+async fn restart_site(
+    client: &tokio_postgres::Client,
+    dir: &Path,
+    site: &mut (SiteProcess, CountingProxy, PathBuf),
+    region: &str,
+    env: &[(&str, &str)],
+) {
+    site.0.kill();
+    site.0 = SiteProcess::start_with_env(
+        region,
+        site.1.port,
+        &site.2,
+        &dir.join(format!("site-{region}")),
+        &token(region),
+        &[],
+        env,
+    );
+    site.0.wait_connected().await;
+    wait_online(client, &REGIONS).await;
+}
+
 /// The validation accuracy of `model`'s active version.
 async fn accuracy_of(client: &tokio_postgres::Client, model: &str) -> f64 {
     let rows = text_rows(
@@ -1045,19 +1068,14 @@ async fn fedmedian_outvotes_an_attacker_site_that_poisons_fedavg() {
     let honest_median = accuracy_of(&client, "honest_median").await;
 
     // us becomes an attacker: it sends its update flipped and scaled ×20.
-    let (config, data_dir) = (sites[2].2.clone(), dir.path().join("site-us"));
-    sites[2].0.kill();
-    sites[2].0 = SiteProcess::start_with_env(
+    restart_site(
+        &client,
+        dir.path(),
+        &mut sites[2],
         "us",
-        sites[2].1.port,
-        &config,
-        &data_dir,
-        &token("us"),
-        &[],
         &[("FEDSQL_DEBUG_ATTACK_SCALE", "-20")],
-    );
-    sites[2].0.wait_connected().await;
-    wait_online(&client, &REGIONS).await;
+    )
+    .await;
     client
         .batch_execute(&train("poisoned", "fedavg"))
         .await
@@ -1121,19 +1139,14 @@ async fn secure_aggregation_over_sites_survives_a_site_that_dies_mid_round() {
     );
 
     // apac will die in round 2 of the next run, after sharing its keys.
-    let (config, data_dir) = (sites[0].2.clone(), dir.path().join("site-apac"));
-    sites[0].0.kill();
-    sites[0].0 = SiteProcess::start_with_env(
+    restart_site(
+        &client,
+        dir.path(),
+        &mut sites[0],
         "apac",
-        sites[0].1.port,
-        &config,
-        &data_dir,
-        &token("apac"),
-        &[],
         &[("FEDSQL_DEBUG_EXIT_AFTER_SHARES", "2")],
-    );
-    sites[0].0.wait_connected().await;
-    wait_online(&client, &REGIONS).await;
+    )
+    .await;
     client
         .batch_execute(&train("dropout", ", secure_aggregation = true"))
         .await

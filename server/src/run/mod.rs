@@ -46,16 +46,27 @@ pub enum ProjectError {
     Template { path: PathBuf, message: String },
 }
 
-/// `fedsql run`'s options.
-#[derive(Debug, Clone, Default)]
+/// `fedsql run`'s options (its command-line arguments).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunOptions {
+    /// The project folder (fedsql_project.toml, models/, seeds/).
     pub dir: PathBuf,
+    /// Nodes to run: name, +name (with what it needs), name+ (with what
+    /// needs it), tag:x, path:models/dir; several allowed.
+    #[arg(long, num_args = 1..)]
     pub select: Vec<String>,
+    /// Rebuild incremental models from scratch.
+    #[arg(long)]
     pub full_refresh: bool,
     /// Also run the schema.yml tests of the selected models.
+    #[arg(long)]
     pub test: bool,
-    /// `--vars`, a JSON (or YAML) object overriding `[vars]`.
+    /// Variables for var(), a JSON or YAML object ('{"k": 1}'), overriding
+    /// the project's [vars].
+    #[arg(long)]
     pub vars: Option<String>,
+    /// Models built at once [default: the project's threads, 4].
+    #[arg(long)]
     pub threads: Option<usize>,
 }
 

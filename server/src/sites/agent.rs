@@ -332,7 +332,6 @@ impl Site {
         // The exchange is verified with the site's own trust, never with
         // anything the coordinator sends.
         if let Task::Train { exchange, .. }
-        | Task::TrainSecure { exchange, .. }
         | Task::Evaluate { exchange, .. }
         | Task::Score { exchange, .. } = &mut task
         {
@@ -392,23 +391,17 @@ impl Site {
                 exchange,
                 arch,
                 config,
+                secure,
             } => {
                 let client = self.client(&run)?;
-                tracing::info!(site = %self.name, %run, round, exchange = %exchange.endpoint, "training a round");
-                let fetched = client
-                    .train(round, &exchange, &arch, config, false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(Reply::Trained { fetched })
-            }
-            Task::TrainSecure {
-                run,
-                round,
-                exchange,
-                arch,
-                config,
-            } => {
-                let client = self.client(&run)?;
+                tracing::info!(site = %self.name, %run, round, secure, exchange = %exchange.endpoint, "training a round");
+                if !secure {
+                    let fetched = client
+                        .train(round, &exchange, &arch, config, false)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    return Ok(Reply::Trained { fetched });
+                }
                 // The dropout test's site dies after sharing its keys.
                 let dies = std::env::var(EXIT_AFTER_SHARES_VAR).ok() == Some(round.to_string());
                 let trained = client

@@ -73,22 +73,17 @@ pub enum Task {
         split_seed: u64,
     },
     /// One round of local training over the weight exchange, as the
-    /// client `exchange` admits.
+    /// client `exchange` admits; with `secure`, a securely aggregated one
+    /// (SecAgg over the exchange's bulletin board: the update leaves the
+    /// site only masked).
     Train {
         run: String,
         round: u32,
         exchange: ExchangeAccess,
         arch: Architecture,
         config: LocalConfig,
-    },
-    /// One securely aggregated round (SecAgg over the exchange's bulletin
-    /// board): the update leaves the site only masked.
-    TrainSecure {
-        run: String,
-        round: u32,
-        exchange: ExchangeAccess,
-        arch: Architecture,
-        config: LocalConfig,
+        #[serde(default)]
+        secure: bool,
     },
     /// Score the weights published as round `key` on the held-out rows.
     Evaluate {

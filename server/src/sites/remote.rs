@@ -96,6 +96,44 @@ impl RemoteSite {
         Ok(())
     }
 
+    /// One round at the site, plain or securely aggregated.
+    async fn train_round(
+        &self,
+        round: u32,
+        access: &ExchangeAccess,
+        arch: &Architecture,
+        config: LocalConfig,
+        fail: bool,
+        secure: bool,
+    ) -> Result<u64, UdfError> {
+        if fail {
+            return Err(UdfError::Training(
+                "fault injected (FEDSQL_FAULT_INJECT)".into(),
+            ));
+        }
+        self.ensure_ready(false).await?;
+        let task = Task::Train {
+            run: self.run.clone(),
+            round,
+            exchange: access.clone(),
+            arch: arch.clone(),
+            config,
+            secure,
+        };
+        // A secure round's site answers after the whole round: its
+        // training (bounded by round_timeout), then the unmask stage
+        // (bounded by another).
+        let timeout = if secure {
+            self.timeout * 2
+        } else {
+            self.timeout
+        };
+        match self.ask_within(task, timeout).await? {
+            Reply::Trained { fetched } => Ok(fetched),
+            other => Err(unexpected(&self.name, &other)),
+        }
+    }
+
     /// Tells the site to forget the run (best effort).
     pub async fn finish(&self) {
         let _ = self
@@ -129,23 +167,8 @@ impl TrainingClient for RemoteSite {
         config: LocalConfig,
         fail: bool,
     ) -> Result<u64, UdfError> {
-        if fail {
-            return Err(UdfError::Training(
-                "fault injected (FEDSQL_FAULT_INJECT)".into(),
-            ));
-        }
-        self.ensure_ready(false).await?;
-        let task = Task::Train {
-            run: self.run.clone(),
-            round,
-            exchange: access.clone(),
-            arch: arch.clone(),
-            config,
-        };
-        match self.ask(task).await? {
-            Reply::Trained { fetched } => Ok(fetched),
-            other => Err(unexpected(&self.name, &other)),
-        }
+        self.train_round(round, access, arch, config, fail, false)
+            .await
     }
 
     async fn train_secure(
@@ -156,25 +179,8 @@ impl TrainingClient for RemoteSite {
         config: LocalConfig,
         fail: bool,
     ) -> Result<u64, UdfError> {
-        if fail {
-            return Err(UdfError::Training(
-                "fault injected (FEDSQL_FAULT_INJECT)".into(),
-            ));
-        }
-        self.ensure_ready(false).await?;
-        let task = Task::TrainSecure {
-            run: self.run.clone(),
-            round,
-            exchange: access.clone(),
-            arch: arch.clone(),
-            config,
-        };
-        // The site answers after the whole round: its training (bounded by
-        // round_timeout), then the unmask stage (bounded by another).
-        match self.ask_within(task, self.timeout * 2).await? {
-            Reply::Trained { fetched } => Ok(fetched),
-            other => Err(unexpected(&self.name, &other)),
-        }
+        self.train_round(round, access, arch, config, fail, true)
+            .await
     }
 
     async fn evaluate(
