@@ -43,6 +43,15 @@ pub struct SiteEntry {
     pub created_at_us: i64,
 }
 
+/// An encoder made by `CREATE ENCODER`: its name and model directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncoderEntry {
+    pub name: String,
+    pub path: String,
+    /// Microseconds since the Unix epoch.
+    pub created_at_us: i64,
+}
+
 /// Everything in `catalog.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CatalogState {
@@ -51,6 +60,9 @@ pub struct CatalogState {
     /// Absent in files written before sites existed.
     #[serde(default)]
     pub sites: Vec<SiteEntry>,
+    /// Encoders made by `CREATE ENCODER`.
+    #[serde(default)]
+    pub encoders: Vec<EncoderEntry>,
     /// fedsql-owned tables (`catalog.schema.table`), whose rows are
     /// snapshotted under `tables/` (see `owned_tables`).
     #[serde(default)]
@@ -124,6 +136,11 @@ mod tests {
                 name: "eu".into(),
                 credential: crate::sites::SiteCredential::new("token"),
                 created_at_us: 1,
+            }],
+            encoders: vec![EncoderEntry {
+                name: "minilm".into(),
+                path: "/models/minilm".into(),
+                created_at_us: 2,
             }],
             tables: vec!["demo.marts.t".into()],
         };

@@ -48,6 +48,8 @@ pub struct Settings {
     /// Coordinator: the sites that may connect (`[[sites]]`), as with
     /// `CREATE SITE`.
     pub sites: Vec<SiteConfig>,
+    /// Pretrained sentence encoders (`[[encoders]]`), as with `CREATE ENCODER`.
+    pub encoders: Vec<EncoderConfig>,
     /// Site process (`fedsql site`): its token and its policy (`[site]`).
     pub site: Option<SitePolicy>,
     /// The address the weight exchange listens on. Loopback serves
@@ -72,6 +74,15 @@ pub struct Settings {
 pub struct SiteConfig {
     pub name: String,
     pub token_env: String,
+}
+
+/// An `[[encoders]]` entry: a name and a sentence-transformers model
+/// directory (`config.json`, `tokenizer.json`, `model.safetensors`, …).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 /// A site's `[site]` section: how it authenticates to its coordinator and
@@ -111,6 +122,7 @@ impl Default for Settings {
             users: Vec::new(),
             sources: Vec::new(),
             sites: Vec::new(),
+            encoders: Vec::new(),
             site: None,
             exchange_host: std::net::Ipv4Addr::LOCALHOST.into(),
             exchange_port: 0,

@@ -6,6 +6,7 @@
 //! reaches every other catalog by three-part names.
 
 use fedsql_udfs::checkpoint::now_us;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
@@ -30,7 +31,9 @@ use fedsql_connectors::pushdown::{FedsqlOptions, PolicyFederationRule};
 use fedsql_connectors::RemoteQueryObserver;
 use fedsql_sql::{FedsqlStatement, SourceKind};
 
-use crate::catalog_store::{CatalogState, CatalogStore, SiteEntry, SourceEntry, ViewEntry};
+use crate::catalog_store::{
+    CatalogState, CatalogStore, EncoderEntry, SiteEntry, SourceEntry, ViewEntry,
+};
 use crate::config::Settings;
 use crate::error::{Result, ServerError};
 use crate::front::Planned;
@@ -39,6 +42,7 @@ use crate::query_log::QueryLog;
 use crate::sites::{SiteCredential, SiteRegistry};
 use crate::system_tables::{self, SystemTable};
 use datafusion::logical_expr::ScalarUDF;
+use fedsql_udfs::embed::{CosineUdf, EmbedUdf, TokenizeUdf};
 use fedsql_udfs::predict::{Output, PredictTable, PredictUdf};
 use fedsql_udfs::registry::ModelRegistry;
 
@@ -81,6 +85,19 @@ impl Sessions {
         self.0.insert(database.to_string(), ctx.clone());
         Ok(ctx)
     }
+}
+
+/// Loads a sentence encoder into the process's table, off the async
+/// workers (reading and converting ~100 MB of weights).
+async fn load_encoder(name: &str, dir: PathBuf) -> fedsql_udfs::Result<()> {
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        fedsql_udfs::encoder::encoders()
+            .register(&name, &dir)
+            .map(|_| ())
+    })
+    .await
+    .map_err(|e| fedsql_udfs::UdfError::Training(format!("loading the encoder: {e}")))?
 }
 
 /// Shared state of a running fedsql.
@@ -172,6 +189,7 @@ impl Engine {
             logins: crate::accounts::LoginThrottle::default(),
             exchange: tokio::sync::OnceCell::new(),
         });
+        engine.open_encoders().await?;
         engine.open_sources().await?;
         engine.replay_views().await?;
         Ok(engine)
@@ -301,6 +319,11 @@ impl Engine {
             "predict_table",
             Arc::new(PredictTable::new(Arc::clone(&self.models))),
         );
+        ctx.register_udf(ScalarUDF::new_from_impl(EmbedUdf::default()));
+        ctx.register_udf(ScalarUDF::new_from_impl(TokenizeUdf::default()));
+        for distance in [false, true] {
+            ctx.register_udf(ScalarUDF::new_from_impl(CosineUdf::new(distance)));
+        }
         for output in [Output::Value, Output::Probability] {
             ctx.register_udf(ScalarUDF::new_from_impl(PredictUdf::new(
                 Arc::clone(&self.models),
@@ -408,6 +431,18 @@ impl Engine {
                 options,
             } => self.create_site(name, *if_not_exists, options),
             FedsqlStatement::DropSite { name, if_exists } => self.drop_site(name, *if_exists),
+            FedsqlStatement::CreateEncoder {
+                name,
+                path,
+                if_not_exists,
+                or_replace,
+            } => {
+                self.create_encoder(name, path, *if_not_exists, *or_replace)
+                    .await
+            }
+            FedsqlStatement::DropEncoder { name, if_exists } => {
+                self.drop_encoder(name, *if_exists)
+            }
             FedsqlStatement::TrainModel(tm) => self.train_model(ctx, tm).await,
             FedsqlStatement::ResumeTraining { name } => self.resume_training(ctx, name).await,
             FedsqlStatement::ShowModels => Ok(FedsqlOutcome::Query(
@@ -935,6 +970,100 @@ impl Engine {
         Arc::clone(&self.queries) as Arc<dyn RemoteQueryObserver>
     }
 
+    /// Loads the encoders of `[[encoders]]` (a bad one stops start-up, as a
+    /// bad source would) and those `CREATE ENCODER` persisted (a directory
+    /// gone since is logged and skipped: `embed` then names what is known).
+    async fn open_encoders(&self) -> Result<()> {
+        for e in &self.settings.encoders {
+            load_encoder(&e.name, e.path.clone())
+                .await
+                .map_err(|err| ServerError::Config(format!("encoder {}: {err}", e.name)))?;
+        }
+        let persisted = self.lock_state().encoders.clone();
+        for e in persisted {
+            if let Err(err) = load_encoder(&e.name, PathBuf::from(&e.path)).await {
+                tracing::warn!(encoder = %e.name, "encoder not loaded: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// `CREATE [OR REPLACE] ENCODER name FROM 'path'`: loads the model now
+    /// (a bad directory is refused, naming the file) and persists it.
+    async fn create_encoder(
+        &self,
+        name: &str,
+        path: &str,
+        if_not_exists: bool,
+        or_replace: bool,
+    ) -> Result<FedsqlOutcome> {
+        let tag = || Ok(FedsqlOutcome::Command("CREATE ENCODER".into()));
+        if self.settings.encoders.iter().any(|e| e.name == name) {
+            if if_not_exists {
+                return tag();
+            }
+            return Err(ServerError::NotSupported {
+                statement: "CREATE ENCODER".into(),
+                reason: format!("encoder \"{name}\" is defined in the config file ([[encoders]])"),
+            });
+        }
+        let exists = self.lock_state().encoders.iter().any(|e| e.name == name);
+        if exists && if_not_exists {
+            return tag();
+        }
+        if exists && !or_replace {
+            return Err(ServerError::DuplicateObject {
+                kind: "encoder",
+                name: name.to_string(),
+            });
+        }
+        let dir = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+        load_encoder(name, dir.clone())
+            .await
+            .map_err(crate::training::udf_error)?;
+        let mut state = self.lock_state();
+        let mut next = state.clone();
+        next.encoders.retain(|e| e.name != name);
+        next.encoders.push(EncoderEntry {
+            name: name.to_string(),
+            path: dir.display().to_string(),
+            created_at_us: now_us(),
+        });
+        self.store.save(&next)?;
+        *state = next;
+        tag()
+    }
+
+    /// `DROP ENCODER`: models trained on it can no longer predict until an
+    /// encoder of that name is created again.
+    fn drop_encoder(&self, name: &str, if_exists: bool) -> Result<FedsqlOutcome> {
+        let tag = || Ok(FedsqlOutcome::Command("DROP ENCODER".into()));
+        let mut state = self.lock_state();
+        let Some(pos) = state.encoders.iter().position(|e| e.name == name) else {
+            if self.settings.encoders.iter().any(|e| e.name == name) {
+                return Err(ServerError::NotSupported {
+                    statement: "DROP ENCODER".into(),
+                    reason: format!(
+                        "encoder \"{name}\" is defined in the config file ([[encoders]])"
+                    ),
+                });
+            }
+            if if_exists {
+                return tag();
+            }
+            return Err(ServerError::UndefinedObject {
+                kind: "encoder",
+                name: name.to_string(),
+            });
+        };
+        let mut next = state.clone();
+        next.encoders.remove(pos);
+        self.store.save(&next)?;
+        *state = next;
+        fedsql_udfs::encoder::encoders().unregister(name);
+        tag()
+    }
+
     /// `CREATE SITE`: reads the token from the variable `token_env` names
     /// and persists only its salted hash.
     fn create_site(
@@ -1066,6 +1195,13 @@ fn system_catalog(
         .map_err(to_err)?;
     system
         .register_table("sites".into(), Arc::new(site_rows))
+        .map_err(to_err)?;
+    let encoders = SystemTable::new(
+        system_tables::encoders_schema(),
+        Arc::new(system_tables::encoders_batch),
+    );
+    system
+        .register_table("encoders".into(), Arc::new(encoders))
         .map_err(to_err)?;
     type Batch = fn(&ModelRegistry) -> datafusion::error::Result<RecordBatch>;
     let model_tables: [(&str, SchemaRef, Batch); 4] = [

@@ -7,6 +7,20 @@ use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use fedsql_connectors::ConnectorError;
+use fedsql_udfs::UdfError;
+
+/// The SQLSTATE of a model or encoder error: bad options and inputs are
+/// the user's to fix (22023 / 42804), unknown names 42704, missing or
+/// malformed model files 58P01, the rest the run's (XX000).
+pub fn udf_sqlstate(e: &UdfError) -> &'static str {
+    match e {
+        UdfError::Option(_) => "22023",
+        UdfError::Input(_) => "42804",
+        UdfError::NotFound(_) => "42704",
+        UdfError::Files(_) => "58P01",
+        UdfError::Training(_) => "XX000",
+    }
+}
 
 /// A `Result` whose error is a [`ServerError`].
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
@@ -196,6 +210,14 @@ impl ServerError {
                 Some(e) => ServerError::Query {
                     sqlstate: e.sqlstate().to_string(),
                     message: e.to_string(),
+                    position: None,
+                },
+                None if inner.is::<UdfError>() => ServerError::Query {
+                    sqlstate: inner
+                        .downcast_ref::<UdfError>()
+                        .map_or("XX000", udf_sqlstate)
+                        .into(),
+                    message: inner.to_string(),
                     position: None,
                 },
                 None => ServerError::Query {

@@ -228,3 +228,44 @@ pub fn queries_batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
     ];
     Ok(RecordBatch::try_new(queries_schema(), columns)?)
 }
+
+/// Schema of `fedsql.system.encoders`.
+pub fn encoders_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("dims", DataType::Int64, false),
+        Field::new("max_tokens", DataType::Int64, false),
+        Field::new("pooling", DataType::Utf8, false),
+    ]))
+}
+
+/// Rows of `fedsql.system.encoders`: every loaded sentence encoder of this
+/// process.
+pub fn encoders_batch() -> DfResult<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut path = StringBuilder::new();
+    let mut dims = Int64Builder::new();
+    let mut max_tokens = Int64Builder::new();
+    let mut pooling = StringBuilder::new();
+    for (n, e) in fedsql_udfs::encoder::encoders().list() {
+        name.append_value(n);
+        path.append_value(e.dir().display().to_string());
+        dims.append_value(e.dims() as i64);
+        max_tokens.append_value(e.max_tokens() as i64);
+        let (mode, normalize) = e.pooling();
+        pooling.append_value(format!(
+            "{}{}",
+            format!("{mode:?}").to_lowercase(),
+            if normalize { ", normalized" } else { "" }
+        ));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(name.finish()),
+        Arc::new(path.finish()),
+        Arc::new(dims.finish()),
+        Arc::new(max_tokens.finish()),
+        Arc::new(pooling.finish()),
+    ];
+    Ok(RecordBatch::try_new(encoders_schema(), columns)?)
+}

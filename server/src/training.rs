@@ -48,14 +48,8 @@ fn progress(line: String) {
 /// A training failure as a server error: bad options and inputs are the
 /// user's to fix (22023 / 42804), the rest is the run's (XX000).
 pub fn udf_error(e: UdfError) -> ServerError {
-    let sqlstate = match &e {
-        UdfError::Option(_) => "22023",
-        UdfError::Input(_) => "42804",
-        UdfError::NotFound(_) => "42704",
-        UdfError::Training(_) => "XX000",
-    };
     ServerError::Query {
-        sqlstate: sqlstate.into(),
+        sqlstate: crate::error::udf_sqlstate(&e).into(),
         message: e.to_string(),
         position: None,
     }

@@ -49,6 +49,17 @@ pub enum FedsqlStatement {
     /// `TRUNCATE [TABLE] name [, …]` on fedsql-owned tables (dbt re-seeds
     /// with it). Each name keeps its parts as written.
     Truncate { names: Vec<Vec<String>> },
+    /// `CREATE [OR REPLACE] ENCODER [IF NOT EXISTS] name FROM '/path'`: a
+    /// pretrained sentence encoder (a sentence-transformers directory)
+    /// that `embed()` and text classifiers use by name.
+    CreateEncoder {
+        name: String,
+        path: String,
+        if_not_exists: bool,
+        or_replace: bool,
+    },
+    /// `DROP ENCODER [IF EXISTS] name`
+    DropEncoder { name: String, if_exists: bool },
     /// `RESUME TRAINING name`: continue an interrupted `TRAIN MODEL` of
     /// `name` from its last completed round.
     ResumeTraining { name: String },
@@ -79,6 +90,8 @@ impl FedsqlStatement {
             FedsqlStatement::AlterModelSetActiveVersion { .. } => "ALTER MODEL",
             FedsqlStatement::DropModel { .. } => "DROP MODEL",
             FedsqlStatement::ResumeTraining { .. } => "RESUME TRAINING",
+            FedsqlStatement::CreateEncoder { .. } => "CREATE ENCODER",
+            FedsqlStatement::DropEncoder { .. } => "DROP ENCODER",
             FedsqlStatement::Truncate { .. } => "TRUNCATE TABLE",
             FedsqlStatement::RenameRelation {
                 kind: RelationKind::Table,

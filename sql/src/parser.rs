@@ -175,6 +175,8 @@ fn is_fedsql_statement(words: &[String]) -> bool {
             | ("DROP", "SOURCE")
             | ("CREATE", "SITE")
             | ("DROP", "SITE")
+            | ("CREATE", "ENCODER")
+            | ("DROP", "ENCODER")
             | ("DROP", "MODEL")
             | ("SHOW", "SOURCES")
             | ("REFRESH", "SOURCE")
@@ -187,7 +189,10 @@ fn is_fedsql_statement(words: &[String]) -> bool {
             | ("ALTER", "TABLE")
             | ("ALTER", "VIEW")
     ) || w(0) == "TRUNCATE"
-        || (w(0), w(1), w(2), w(3)) == ("CREATE", "OR", "REPLACE", "MODEL")
+        || matches!(
+            (w(0), w(1), w(2), w(3)),
+            ("CREATE", "OR", "REPLACE", "MODEL") | ("CREATE", "OR", "REPLACE", "ENCODER")
+        )
 }
 
 fn is_whitespace(token: &Token) -> bool {
@@ -271,8 +276,14 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
     }
     if p.parse_keyword(Keyword::CREATE) {
         if p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]) {
+            if parse_word(p, "ENCODER") {
+                return parse_create_encoder(p, true);
+            }
             expect_word(p, "MODEL")?;
             return parse_train_body(p, text, ExistingModel::Replace);
+        }
+        if parse_word(p, "ENCODER") {
+            return parse_create_encoder(p, false);
         }
         if parse_word(p, "MODEL") {
             let existing = if p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]) {
@@ -309,6 +320,11 @@ fn parse_fedsql(p: &mut Parser<'_>, text: &SourceText<'_>) -> Result<FedsqlState
             let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = parse_name(p)?;
             return Ok(FedsqlStatement::DropSource { name, if_exists });
+        }
+        if parse_word(p, "ENCODER") {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = parse_name(p)?;
+            return Ok(FedsqlStatement::DropEncoder { name, if_exists });
         }
         expect_word(p, "MODEL")?;
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
@@ -429,6 +445,22 @@ fn parse_federation(p: &mut Parser<'_>) -> Result<Federation, ParserError> {
     let sites = p.parse_comma_separated(|p| p.parse_literal_string())?;
     p.expect_token(&Token::RParen)?;
     Ok(Federation::OnSites(sites))
+}
+
+fn parse_create_encoder(
+    p: &mut Parser<'_>,
+    or_replace: bool,
+) -> Result<FedsqlStatement, ParserError> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parse_name(p)?;
+    p.expect_keyword(Keyword::FROM)?;
+    let path = p.parse_literal_string()?;
+    Ok(FedsqlStatement::CreateEncoder {
+        name,
+        path,
+        if_not_exists,
+        or_replace,
+    })
 }
 
 fn parse_create_source(p: &mut Parser<'_>) -> Result<FedsqlStatement, ParserError> {
@@ -786,6 +818,22 @@ mod tests {
             };
             assert_eq!(again, t, "{t}");
         }
+        assert_eq!(
+            one("create or replace encoder MiniLM from '/models/minilm'"),
+            FedsqlStatement::CreateEncoder {
+                name: "minilm".into(),
+                path: "/models/minilm".into(),
+                if_not_exists: false,
+                or_replace: true,
+            }
+        );
+        assert_eq!(
+            one("DROP ENCODER IF EXISTS minilm"),
+            FedsqlStatement::DropEncoder {
+                name: "minilm".into(),
+                if_exists: true,
+            }
+        );
         assert_eq!(
             one("resume training \"Fraud\""),
             FedsqlStatement::ResumeTraining {

@@ -16,6 +16,10 @@ pub enum UdfError {
     /// A model or model version that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A pretrained model's files are missing or malformed (the message
+    /// names the file).
+    #[error("{0}")]
+    Files(String),
     /// Training failed while running.
     #[error("training failed: {0}")]
     Training(String),

@@ -3,6 +3,8 @@
 //!
 //! - [`strategy`]: FedAvg, FedAvgM, FedAdam/FedYogi/FedAdagrad, FedMedian,
 //!   FedTrimmedAvg, Krum, and fixed-clipping differential privacy;
+//! - [`encoder`]: pretrained sentence encoders (BERT in Burn) by name;
+//! - [`embed`]: `embed`, `tokenize`, `cosine_similarity`/`cosine_distance`;
 //! - [`features`]: federated preprocessing (standardize, one-hot, hashed words);
 //! - [`options`]: `WITH (…)` options, checked before training starts;
 //! - [`model`]: the networks (linear, logistic, MLP) as Burn modules and their
@@ -24,6 +26,8 @@
 pub mod checkpoint;
 pub mod client;
 pub mod coordinator;
+pub mod embed;
+pub mod encoder;
 pub mod error;
 pub mod evaluate;
 pub mod exchange;
