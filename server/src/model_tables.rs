@@ -280,6 +280,9 @@ pub fn model_features_batch(versions: &[(ModelVersion, bool)]) -> DfResult<Recor
                     Encoding::HashedWords { buckets } => {
                         format!("hashed words ({buckets} buckets)")
                     }
+                    Encoding::Sentence { encoder, dims } => {
+                        format!("sentence encoder {encoder} ({dims} dims, frozen; head trained)")
+                    }
                 };
                 (f.name.clone(), f.data_type.clone(), enc)
             })

@@ -95,11 +95,51 @@ fn resolve_columns(schema: &SchemaRef, spec: &TargetSpec) -> Result<InputColumns
     InputColumns::resolve(schema, spec).map_err(udf_error)
 }
 
-/// `mlp(hidden_units = '64,32', activation = 'relu')` → layers and activation.
-fn architecture_params(tm: &TrainModel) -> Result<(Vec<usize>, Activation)> {
+/// `mlp(hidden_units = '64,32', activation = 'relu')` → layers and
+/// activation; `text_classifier(encoder = 'minilm', tune = 'head')` → a
+/// classification head over the encoder's embeddings, and the encoder.
+fn architecture_params(tm: &TrainModel) -> Result<(Vec<usize>, Activation, Option<String>)> {
     let mut hidden = vec![];
     let mut activation = Activation::Relu;
+    let mut encoder = None;
     match tm.algorithm.as_str() {
+        "text_classifier" => {
+            for (k, v) in &tm.algorithm_params {
+                match (k.as_str(), v.as_text().to_lowercase().as_str()) {
+                    ("encoder", name) => encoder = Some(name.to_string()),
+                    ("tune", "head") => {}
+                    ("tune", "last_layers" | "lora") | ("lora_rank", _) => {
+                        return Err(ServerError::NotSupported {
+                            statement: "TRAIN MODEL".into(),
+                            reason: format!(
+                                "text_classifier {k} = '{}': only tune = 'head' is implemented \
+                                 (the encoder stays frozen and only the head trains and travels)",
+                                v.as_text()
+                            ),
+                        })
+                    }
+                    ("tune", other) => {
+                        return Err(udf_error(UdfError::Option(format!(
+                            "unknown tune '{other}' (known: head, last_layers, lora)"
+                        ))))
+                    }
+                    (other, _) => {
+                        return Err(udf_error(UdfError::Option(format!(
+                            "unknown text_classifier parameter {other} (known: encoder, tune)"
+                        ))))
+                    }
+                }
+            }
+            let name = encoder.as_deref().ok_or_else(|| {
+                udf_error(UdfError::Option(
+                    "text_classifier needs an encoder: USING text_classifier (encoder = 'minilm')"
+                        .into(),
+                ))
+            })?;
+            fedsql_udfs::encoder::encoders()
+                .get(name)
+                .map_err(udf_error)?;
+        }
         "linear_regression" | "logistic_regression" => {
             if let Some((k, _)) = tm.algorithm_params.first() {
                 return Err(udf_error(UdfError::Option(format!(
@@ -138,11 +178,12 @@ fn architecture_params(tm: &TrainModel) -> Result<(Vec<usize>, Activation)> {
         }
         other => {
             return Err(udf_error(UdfError::Option(format!(
-                "unknown model kind {other} (known: linear_regression, logistic_regression, mlp)"
+                "unknown model kind {other} (known: linear_regression, logistic_regression, mlp, \
+                 text_classifier)"
             ))))
         }
     }
-    Ok((hidden, activation))
+    Ok((hidden, activation, encoder))
 }
 
 /// The error for a column the input lacks (42703), listing what it has.
@@ -346,7 +387,7 @@ impl Engine {
                 .collect::<Vec<_>>(),
         )
         .map_err(udf_error)?;
-        let (hidden, activation) = architecture_params(tm)?;
+        let (hidden, activation, encoder) = architecture_params(tm)?;
 
         // The input: any fedsql query. Partitions: planned in the caller's
         // session, its source reads labelled with the version being made
@@ -372,6 +413,7 @@ impl Engine {
                 Federation::ByColumn(by) => Some(by.clone()),
                 Federation::OnSites(_) => None,
             },
+            encoder: encoder.clone(),
         };
         let run = format!("{}-{version}-{}", tm.name, crate::flight::random_hex(6));
         let input = match &tm.federation {
@@ -396,7 +438,7 @@ impl Engine {
         // interrupted run's (its weights are laid out by it).
         let (transform, task, target_std) = match &resume {
             Some(c) => (c.transform.clone(), c.task.clone(), c.target_std),
-            None => federated_encoding(&input, tm)?,
+            None => federated_encoding(&input, tm, encoder.as_deref())?,
         };
         let encoding = Encoding {
             transform: transform.clone(),
@@ -855,7 +897,18 @@ impl Engine {
 fn federated_encoding(
     input: &TrainingInput,
     tm: &TrainModel,
+    encoder: Option<&str>,
 ) -> Result<(FeatureTransform, ModelTask, f64)> {
+    let sentence = match encoder {
+        Some(name) => Some((
+            name,
+            fedsql_udfs::encoder::encoders()
+                .get(name)
+                .map_err(udf_error)?
+                .dims(),
+        )),
+        None => None,
+    };
     let columns = &input.columns;
     let classify = columns.classify;
     let target_type = input.schema.field(columns.target).data_type().clone();
@@ -879,6 +932,7 @@ fn federated_encoding(
             .zip(merged)
             .map(|((_, name, t, kind), s)| (name.clone(), t.clone(), *kind, s))
             .collect::<Vec<_>>(),
+        sentence,
     );
     let labels: Vec<String> = labels.into_iter().collect();
     // Regression targets are standardized with federated moments, so one

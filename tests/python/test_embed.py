@@ -3,6 +3,8 @@ against an independent numpy implementation of all-MiniLM-L6-v2 over the
 same safetensors file (minilm_reference.py), paraphrase retrieval, semantic
 search over the demo's support messages, and the encoder's errors."""
 
+import json
+
 import numpy as np
 import psycopg
 import pytest
@@ -51,6 +53,37 @@ ODD = [
     "銀行カードをなくしました",
     "my card 💳 is gone 😢",
     "word " * 400,
+]
+
+
+# New wording, same intents: none of these sentences (and few of their
+# words) is in the demo's support messages.
+REWORDED = [
+    ("how many dollars are sitting in my savings", "balance"),
+    ("tell me what I have got left to spend", "balance"),
+    ("am I overdrawn at the moment", "balance"),
+    ("what amount is there in my account today", "balance"),
+    ("how rich am I right now", "balance"),
+    ("my plastic has vanished and I cannot locate it", "card_lost"),
+    ("a pickpocket grabbed my purse on the tram", "card_lost"),
+    ("I dropped my visa somewhere in town", "card_lost"),
+    ("I have no idea where I put my mastercard", "card_lost"),
+    ("my purse got snatched with everything in it", "card_lost"),
+    ("a purchase I never made showed up", "fraud_report"),
+    ("there are charges from a shop I have never been to", "fraud_report"),
+    ("somebody is spending my money without asking me", "fraud_report"),
+    ("I think my details were hacked and used to buy things", "fraud_report"),
+    ("I do not recognise this debit from last night", "fraud_report"),
+    ("I need financing to buy a house", "loan"),
+    ("can you lend me ten thousand", "loan"),
+    ("what would the monthly repayment be on a mortgage", "loan"),
+    ("I am interested in credit to buy a vehicle", "loan"),
+    ("could the bank advance me funds for my studies", "loan"),
+    ("please wire 200 to my landlord", "transfer"),
+    ("move some cash across to my brother", "transfer"),
+    ("I need to pay my friend back 50 euros", "transfer"),
+    ("put 300 into savings from my checking", "transfer"),
+    ("send a payment abroad to my mother", "transfer"),
 ]
 
 
@@ -192,3 +225,57 @@ def test_a_created_encoder_survives_a_restart():
             assert e.value.sqlstate == "42704"
     finally:
         server.stop()
+
+
+def test_text_classifier_federated_by_region_understands_new_wording(server):
+    options = "WITH (rounds = 10, optimizer = 'adam', learning_rate = 0.05, local_epochs = 5)"
+    source = "FROM (SELECT text, intent, region FROM bank.support_messages) FEDERATED BY region"
+    with psycopg.connect(dsn(server), autocommit=True) as conn:
+        conn.execute(
+            f"TRAIN MODEL intent USING text_classifier (encoder = 'minilm', tune = 'head') "
+            f"PREDICT intent {source} {options}"
+        )
+        conn.execute(f"TRAIN MODEL intent_words USING logistic_regression PREDICT intent {source} {options}")
+        metrics = {
+            model: json.loads(m)["accuracy"]
+            for model, m in conn.execute(
+                "SELECT model, metrics FROM fedsql.system.models "
+                "WHERE model IN ('intent', 'intent_words') AND active"
+            ).fetchall()
+        }
+        # Held out during training: at least the bag of words' accuracy.
+        assert metrics["intent"] >= metrics["intent_words"] - 1e-9, metrics
+
+        def accuracy(model):
+            rows = conn.execute(
+                f"SELECT predict('{model}', t), i FROM "
+                "(SELECT unnest(%s::text[]) AS t, unnest(%s::text[]) AS i)",
+                [[t for t, _ in REWORDED], [i for _, i in REWORDED]],
+            ).fetchall()
+            return sum(p == i for p, i in rows) / len(rows)
+
+        encoder, words = accuracy("intent"), accuracy("intent_words")
+        # Measured 0.96 against 0.40: the stated margin is 0.3.
+        assert encoder >= 0.85 and encoder >= words + 0.3, (encoder, words)
+
+        # Only the head travels: 384 × 5 weights + 5 biases, never the
+        # 22M-parameter encoder.
+        (parameters,) = conn.execute(
+            "SELECT parameters FROM fedsql.system.models WHERE model = 'intent' AND active"
+        ).fetchone()
+        assert parameters == 384 * 5 + 5
+        sent = conn.execute(
+            "SELECT bytes_sent FROM fedsql.system.training_rounds "
+            "WHERE model = 'intent' AND phase = 'train' AND status = 'ok'"
+        ).fetchall()
+        assert len(sent) == 30
+        assert all(parameters * 4 <= b <= parameters * 4 + 1024 for (b,) in sent), sent
+        described = [row[3] for row in conn.execute("DESCRIBE MODEL intent").fetchall()]
+        assert any("sentence encoder minilm" in d for d in described), described
+
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute(f"TRAIN MODEL x USING text_classifier (encoder = 'minilm', tune = 'lora') PREDICT intent {source}")
+        assert e.value.sqlstate == "0A000" and "only tune = 'head'" in str(e.value)
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute(f"TRAIN MODEL x USING text_classifier PREDICT intent {source}")
+        assert e.value.sqlstate == "22023" and "needs an encoder" in str(e.value)

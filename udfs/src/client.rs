@@ -89,10 +89,13 @@ pub trait TrainingClient: Send + Sync {
 pub struct TargetSpec {
     /// The target column's name.
     pub target: String,
-    /// `linear_regression`, `logistic_regression` or `mlp`.
+    /// `linear_regression`, `logistic_regression`, `mlp` or `text_classifier`.
     pub algorithm: String,
     /// A column that is neither feature nor target (`FEDERATED BY`'s).
     pub excluded: Option<String>,
+    /// The sentence encoder free text goes through (`text_classifier`).
+    #[serde(default)]
+    pub encoder: Option<String>,
 }
 
 /// The columns of a training input: the target, and the features with
@@ -155,7 +158,7 @@ impl InputColumns {
                     spec.target
                 )))
             }
-            ("logistic_regression", Some(_)) => true,
+            ("logistic_regression" | "text_classifier", Some(_)) => true,
             ("mlp", Some(ColumnKind::Numeric)) => *target_type == DataType::Boolean,
             ("mlp", Some(ColumnKind::Text)) => true,
             _ => {

@@ -13,7 +13,9 @@
 //!   (NULL and unseen values are all zeros);
 //! - other text is a hashed bag of words ([`HASH_BUCKETS`] buckets of
 //!   `log(1 + count)`), so free text such as support messages can train an
-//!   intent classifier.
+//!   intent classifier — or, when the model names a sentence encoder
+//!   (`text_classifier`), that encoder's embedding, which carries meaning
+//!   rather than words.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -188,9 +190,22 @@ impl ColumnSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "encoding", rename_all = "snake_case")]
 pub enum Encoding {
-    Standardized { mean: f64, std: f64 },
-    OneHot { categories: Vec<String> },
-    HashedWords { buckets: usize },
+    Standardized {
+        mean: f64,
+        std: f64,
+    },
+    OneHot {
+        categories: Vec<String>,
+    },
+    HashedWords {
+        buckets: usize,
+    },
+    /// The embedding of a pretrained sentence encoder (frozen: only the
+    /// model on top of it trains and travels).
+    Sentence {
+        encoder: String,
+        dims: usize,
+    },
 }
 
 impl Encoding {
@@ -200,6 +215,7 @@ impl Encoding {
             Encoding::Standardized { .. } => 1,
             Encoding::OneHot { categories } => categories.len(),
             Encoding::HashedWords { buckets } => *buckets,
+            Encoding::Sentence { dims, .. } => *dims,
         }
     }
 }
@@ -220,9 +236,11 @@ pub struct FeatureTransform {
 }
 
 impl FeatureTransform {
-    /// Builds the transform from the merged summaries of every client.
+    /// Builds the transform from the merged summaries of every client; free
+    /// text goes through `sentence` (an encoder's name and width) when given.
     pub fn from_summaries(
         columns: &[(String, DataType, ColumnKind, ColumnSummary)],
+        sentence: Option<(&str, usize)>,
     ) -> FeatureTransform {
         let features = columns
             .iter()
@@ -240,8 +258,14 @@ impl FeatureTransform {
                             categories: s.distinct.iter().cloned().collect(),
                         }
                     }
-                    ColumnKind::Text => Encoding::HashedWords {
-                        buckets: HASH_BUCKETS,
+                    ColumnKind::Text => match sentence {
+                        Some((encoder, dims)) => Encoding::Sentence {
+                            encoder: encoder.to_string(),
+                            dims,
+                        },
+                        None => Encoding::HashedWords {
+                            buckets: HASH_BUCKETS,
+                        },
                     },
                 };
                 Feature {
@@ -300,6 +324,30 @@ impl FeatureTransform {
                         }
                         for x in row.iter_mut() {
                             *x = x.ln_1p();
+                        }
+                    }
+                }
+                Encoding::Sentence { encoder, dims } => {
+                    let encoder = crate::encoder::encoders().get(encoder)?;
+                    if encoder.dims() != *dims {
+                        return Err(UdfError::Input(format!(
+                            "feature {} was trained on a {dims}-dimensional encoder; the \
+                             encoder of that name now makes {} dimensions",
+                            feature.name,
+                            encoder.dims()
+                        )));
+                    }
+                    let texts = text_values(column)?;
+                    let present: Vec<&str> = texts.iter().flatten().map(String::as_str).collect();
+                    tracing::debug!(rows = present.len(), "encoding text");
+                    let vectors = encoder.encode(&present)?;
+                    let mut next = vectors.chunks_exact(*dims);
+                    for (r, text) in texts.iter().enumerate() {
+                        if text.is_some() {
+                            if let Some(v) = next.next() {
+                                matrix[r * width + offset..r * width + offset + dims]
+                                    .copy_from_slice(v);
+                            }
                         }
                     }
                 }
@@ -363,12 +411,10 @@ mod tests {
         let mut s = ColumnSummary::of(ColumnKind::Numeric, &a).unwrap();
         s.merge(&ColumnSummary::of(ColumnKind::Numeric, &b).unwrap());
         assert_eq!((s.count, s.sum, s.sum_squares), (4, 10.0, 30.0));
-        let t = FeatureTransform::from_summaries(&[(
-            "x".into(),
-            DataType::Int64,
-            ColumnKind::Numeric,
-            s,
-        )]);
+        let t = FeatureTransform::from_summaries(
+            &[("x".into(), DataType::Int64, ColumnKind::Numeric, s)],
+            None,
+        );
         // mean 2.5, population std √1.25
         let Encoding::Standardized { mean, std } = t.features[0].encoding else {
             panic!("standardized")
@@ -389,8 +435,10 @@ mod tests {
         let low: ArrayRef = Arc::new(StringArray::from(values));
         let s = ColumnSummary::of(ColumnKind::Text, &low).unwrap();
         assert!(!s.distinct.contains("rare") && !s.many);
-        let t =
-            FeatureTransform::from_summaries(&[("c".into(), DataType::Utf8, ColumnKind::Text, s)]);
+        let t = FeatureTransform::from_summaries(
+            &[("c".into(), DataType::Utf8, ColumnKind::Text, s)],
+            None,
+        );
         assert_eq!(t.width(), 2);
         assert_eq!(
             t.encode(&[low]).unwrap()[..6],
@@ -407,8 +455,10 @@ mod tests {
         let s = ColumnSummary::of(ColumnKind::Text, &free).unwrap();
         // Free text: no value is reported at all.
         assert!(s.many && s.distinct.is_empty());
-        let t =
-            FeatureTransform::from_summaries(&[("m".into(), DataType::Utf8, ColumnKind::Text, s)]);
+        let t = FeatureTransform::from_summaries(
+            &[("m".into(), DataType::Utf8, ColumnKind::Text, s)],
+            None,
+        );
         assert_eq!(t.width(), HASH_BUCKETS);
         let m = t.encode(&[free]).unwrap();
         // Every row has "card" in the same bucket.
@@ -419,12 +469,10 @@ mod tests {
     #[test]
     fn wrong_columns_are_clear_errors() {
         let s = ColumnSummary::default();
-        let t = FeatureTransform::from_summaries(&[(
-            "x".into(),
-            DataType::Float64,
-            ColumnKind::Numeric,
-            s,
-        )]);
+        let t = FeatureTransform::from_summaries(
+            &[("x".into(), DataType::Float64, ColumnKind::Numeric, s)],
+            None,
+        );
         let text: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
         let err = t.encode(&[text]).unwrap_err().to_string();
         assert!(err.contains("feature x was trained as Float64"), "{err}");
