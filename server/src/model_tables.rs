@@ -280,6 +280,7 @@ pub fn model_features_batch(versions: &[(ModelVersion, bool)]) -> DfResult<Recor
                     Encoding::HashedWords { buckets } => {
                         format!("hashed words ({buckets} buckets)")
                     }
+                    Encoding::Vector { dims } => format!("vector ({dims} numbers)"),
                     Encoding::Sentence { encoder, dims } => {
                         format!("sentence encoder {encoder} ({dims} dims, frozen; head trained)")
                     }

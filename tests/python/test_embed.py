@@ -273,6 +273,23 @@ def test_text_classifier_federated_by_region_understands_new_wording(server):
         described = [row[3] for row in conn.execute("DESCRIBE MODEL intent").fetchall()]
         assert any("sentence encoder minilm" in d for d in described), described
 
+        # Materialized embeddings are features too: one per element.
+        conn.execute(
+            "CREATE TABLE demo.public.embedded AS SELECT embed('minilm', text) AS v, intent, region "
+            "FROM bank.support_messages"
+        )
+        conn.execute(
+            "TRAIN MODEL intent_vectors USING logistic_regression PREDICT intent "
+            f"FROM (SELECT v, intent, region FROM demo.public.embedded) FEDERATED BY region {options}"
+        )
+        (predicted,) = conn.execute(
+            "SELECT predict('intent_vectors', embed('minilm', 'a pickpocket grabbed my purse on the tram'))"
+        ).fetchone()
+        assert predicted == "card_lost"
+        described = [row[3] for row in conn.execute("DESCRIBE MODEL intent_vectors").fetchall()]
+        assert "vector (384 numbers)" in described, described
+        conn.execute("DROP TABLE demo.public.embedded")
+
         with pytest.raises(psycopg.Error) as e:
             conn.execute(f"TRAIN MODEL x USING text_classifier (encoder = 'minilm', tune = 'lora') PREDICT intent {source}")
         assert e.value.sqlstate == "0A000" and "only tune = 'head'" in str(e.value)

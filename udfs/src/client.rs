@@ -158,7 +158,10 @@ impl InputColumns {
                     spec.target
                 )))
             }
-            ("logistic_regression" | "text_classifier", Some(_)) => true,
+            (
+                "logistic_regression" | "text_classifier",
+                Some(ColumnKind::Numeric | ColumnKind::Text),
+            ) => true,
             ("mlp", Some(ColumnKind::Numeric)) => *target_type == DataType::Boolean,
             ("mlp", Some(ColumnKind::Text)) => true,
             _ => {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, UdfError};
@@ -38,6 +38,8 @@ pub const HASH_BUCKETS: usize = 256;
 pub enum ColumnKind {
     Numeric,
     Text,
+    /// A fixed-size list of numbers (an embedding): one feature per element.
+    Vector,
 }
 
 /// The kind of an Arrow column, or `None` if fedsql cannot use it.
@@ -45,6 +47,9 @@ pub fn column_kind(data_type: &DataType) -> Option<ColumnKind> {
     match data_type {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _) => {
             Some(ColumnKind::Text)
+        }
+        DataType::FixedSizeList(item, n) if item.data_type().is_numeric() && *n > 0 => {
+            Some(ColumnKind::Vector)
         }
         t if t.is_numeric()
             || matches!(
@@ -135,6 +140,7 @@ impl ColumnSummary {
     pub fn of(kind: ColumnKind, array: &ArrayRef) -> Result<ColumnSummary> {
         let mut s = ColumnSummary::default();
         match kind {
+            ColumnKind::Vector => s.count = (array.len() - array.null_count()) as u64,
             ColumnKind::Numeric => {
                 for v in numeric_values(array)? {
                     if v.is_finite() {
@@ -200,6 +206,11 @@ pub enum Encoding {
     HashedWords {
         buckets: usize,
     },
+    /// A fixed-size list of numbers as they are (embeddings are already
+    /// on a common scale); NULL is all zeros.
+    Vector {
+        dims: usize,
+    },
     /// The embedding of a pretrained sentence encoder (frozen: only the
     /// model on top of it trains and travels).
     Sentence {
@@ -215,7 +226,7 @@ impl Encoding {
             Encoding::Standardized { .. } => 1,
             Encoding::OneHot { categories } => categories.len(),
             Encoding::HashedWords { buckets } => *buckets,
-            Encoding::Sentence { dims, .. } => *dims,
+            Encoding::Sentence { dims, .. } | Encoding::Vector { dims } => *dims,
         }
     }
 }
@@ -246,6 +257,12 @@ impl FeatureTransform {
             .iter()
             .map(|(name, data_type, kind, s)| {
                 let encoding = match kind {
+                    ColumnKind::Vector => Encoding::Vector {
+                        dims: match data_type {
+                            DataType::FixedSizeList(_, n) => *n as usize,
+                            _ => 0,
+                        },
+                    },
                     ColumnKind::Numeric => {
                         let n = s.count.max(1) as f64;
                         let mean = s.sum / n;
@@ -324,6 +341,32 @@ impl FeatureTransform {
                         }
                         for x in row.iter_mut() {
                             *x = x.ln_1p();
+                        }
+                    }
+                }
+                Encoding::Vector { dims } => {
+                    let wanted = DataType::FixedSizeList(
+                        Arc::new(Field::new_list_field(DataType::Float32, true)),
+                        *dims as i32,
+                    );
+                    if !matches!(column.data_type(), DataType::FixedSizeList(_, n) if *n as usize == *dims)
+                    {
+                        return Err(type_error(feature, column.data_type()));
+                    }
+                    let list = cast(column, &wanted).map_err(|e| {
+                        UdfError::Input(format!("reading feature {}: {e}", feature.name))
+                    })?;
+                    let list = list.as_fixed_size_list();
+                    let values = list.values().as_primitive::<Float32Type>();
+                    for r in 0..list.len() {
+                        if list.is_valid(r) {
+                            for (j, slot) in matrix[r * width + offset..r * width + offset + dims]
+                                .iter_mut()
+                                .enumerate()
+                            {
+                                let v = values.value(r * dims + j);
+                                *slot = if v.is_finite() { v } else { 0.0 };
+                            }
                         }
                     }
                 }
@@ -464,6 +507,35 @@ mod tests {
         // Every row has "card" in the same bucket.
         let bucket = (fnv1a("card") % HASH_BUCKETS as u64) as usize;
         assert!((0..100).all(|r| m[r * HASH_BUCKETS + bucket] > 0.0));
+    }
+
+    #[test]
+    fn fixed_size_lists_are_one_feature_per_element() {
+        use datafusion::arrow::array::FixedSizeListArray;
+        let item = Arc::new(Field::new_list_field(DataType::Float64, true));
+        let v: ArrayRef = Arc::new(FixedSizeListArray::new(
+            item,
+            3,
+            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 9.0, 9.0, 9.0])),
+            Some(vec![true, false].into()),
+        ));
+        assert_eq!(column_kind(v.data_type()), Some(ColumnKind::Vector));
+        let s = ColumnSummary::of(ColumnKind::Vector, &v).unwrap();
+        assert_eq!(s.count, 1);
+        let t = FeatureTransform::from_summaries(
+            &[("v".into(), v.data_type().clone(), ColumnKind::Vector, s)],
+            None,
+        );
+        assert_eq!(t.width(), 3);
+        // The NULL row is all zeros.
+        assert_eq!(t.encode(&[v]).unwrap(), [1.0, 2.0, 3.0, 0.0, 0.0, 0.0]);
+        let short: ArrayRef = Arc::new(FixedSizeListArray::new(
+            Arc::new(Field::new_list_field(DataType::Float64, true)),
+            2,
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+            None,
+        ));
+        assert!(t.encode(&[short]).is_err());
     }
 
     #[test]
