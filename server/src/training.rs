@@ -840,21 +840,49 @@ impl Engine {
     ) -> Result<(Vec<Arc<dyn TrainingClient>>, Vec<Arc<RemoteSite>>)> {
         match rows {
             ClientRows::Partitions(batches) => {
-                let clients = batches
+                // Encoding is CPU-bound (a sentence encoder takes seconds per
+                // thousand rows): off the async workers, and reported.
+                let encoders: Vec<&str> = encoding
+                    .transform
+                    .features
                     .iter()
-                    .enumerate()
-                    .map(|(n, (name, batch))| {
-                        let client = LocalClient::from_rows(
-                            name.clone(),
-                            batch,
-                            columns,
-                            encoding,
-                            options.seed + n as u64,
-                        )
-                        .map_err(udf_error)?;
-                        Ok(Arc::new(client) as Arc<dyn TrainingClient>)
+                    .filter_map(|f| match &f.encoding {
+                        fedsql_udfs::features::Encoding::Sentence { encoder, .. } => {
+                            Some(encoder.as_str())
+                        }
+                        _ => None,
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .collect();
+                let mut clients = Vec::with_capacity(batches.len());
+                for (n, (name, batch)) in batches.into_iter().enumerate() {
+                    let started = std::time::Instant::now();
+                    let rows = batch.num_rows();
+                    let (task_name, task_columns, task_encoding) =
+                        (name.clone(), columns.clone(), encoding.clone());
+                    let seed = options.seed.wrapping_add(n as u64);
+                    let client = tokio::task::spawn_blocking(move || {
+                        LocalClient::from_rows(
+                            task_name,
+                            &batch,
+                            &task_columns,
+                            &task_encoding,
+                            seed,
+                        )
+                    })
+                    .await
+                    .map_err(|e| {
+                        udf_error(UdfError::Training(format!("encoding client {name}: {e}")))
+                    })?
+                    .map_err(udf_error)?;
+                    if !encoders.is_empty() {
+                        progress(format!(
+                            "client {name}: encoded {rows} rows with encoder {} in {:.1} s",
+                            encoders.join(", "),
+                            started.elapsed().as_secs_f64()
+                        ));
+                    }
+                    clients.push(Arc::new(client) as Arc<dyn TrainingClient>);
+                }
                 Ok((clients, Vec::new()))
             }
             ClientRows::Sites { prepare, sites } => {

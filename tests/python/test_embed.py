@@ -231,10 +231,15 @@ def test_text_classifier_federated_by_region_understands_new_wording(server):
     options = "WITH (rounds = 10, optimizer = 'adam', learning_rate = 0.05, local_epochs = 5)"
     source = "FROM (SELECT text, intent, region FROM bank.support_messages) FEDERATED BY region"
     with psycopg.connect(dsn(server), autocommit=True) as conn:
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
         conn.execute(
             f"TRAIN MODEL intent USING text_classifier (encoder = 'minilm', tune = 'head') "
             f"PREDICT intent {source} {options}"
         )
+        # Each client's encoding is reported before its rounds.
+        encoded = [n for n in notices if "rows with encoder minilm" in n]
+        assert len(encoded) == 3, notices
         conn.execute(f"TRAIN MODEL intent_words USING logistic_regression PREDICT intent {source} {options}")
         metrics = {
             model: json.loads(m)["accuracy"]
