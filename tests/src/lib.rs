@@ -402,6 +402,26 @@ pub fn odbc_execute(connection_string: &str, statements: &[&str]) {
     }
 }
 
+/// The first column of the first row `sql` returns through ODBC, as text
+/// (`None` for no row or NULL).
+pub fn odbc_scalar(connection_string: &str, sql: &str) -> Option<String> {
+    use odbc_api::Cursor;
+    let env = odbc_api::environment().expect("ODBC environment (is unixODBC installed?)");
+    let conn = env
+        .connect_with_connection_string(connection_string, odbc_api::ConnectionOptions::default())
+        .unwrap_or_else(|e| panic!("cannot connect with {connection_string}: {e}"));
+    let mut cursor = conn
+        .execute(sql, (), None)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|| panic!("{sql} returned no result set"));
+    let mut row = cursor.next_row().unwrap_or_else(|e| panic!("{sql}: {e}"))?;
+    let mut text = Vec::new();
+    let present = row
+        .get_text(1, &mut text)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    present.then(|| String::from_utf8_lossy(&text).into_owned())
+}
+
 /// Re-creates database `name` in the test MariaDB; returns an ODBC
 /// connection string (MariaDB Unicode driver) for it.
 pub fn fresh_mariadb_database(name: &str) -> String {

@@ -4,8 +4,8 @@
 
 use fedsql_tests::{
     error_message as message, explain, fresh_mariadb_database, fresh_postgres_database,
-    odbc_execute, postgres_odbc_string, sqlstate as code, test_mariadb, text_rows as rows,
-    try_text_rows, FedsqlServer,
+    odbc_execute, odbc_scalar, postgres_odbc_string, sqlstate as code, test_mariadb,
+    text_rows as rows, try_text_rows, FedsqlServer,
 };
 
 type Rows = Vec<Vec<Option<String>>>;
@@ -709,4 +709,59 @@ async fn scans_split_into_key_ranges_on_mariadb_and_sqlite() {
             .count();
         assert_eq!(narrowed, 3, "{name}: {:?}", remote_queries(&f, name).await);
     }
+}
+
+#[tokio::test]
+async fn a_cancelled_query_stops_running_at_the_mariadb_source() {
+    let conn = fresh_mariadb_database("fedsql_odbc_cancel");
+    // A warehouse view that takes minutes before its one row: a count of
+    // 8·10⁹ joined rows.
+    odbc_execute(
+        &conn,
+        &[
+            "CREATE TABLE n (i INT PRIMARY KEY)",
+            "SET SESSION max_recursive_iterations = 100000",
+            "INSERT INTO n WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r \
+             WHERE i < 2000) SELECT i FROM r",
+            "CREATE VIEW slow AS SELECT count(*) AS c FROM n a, n b, n c \
+             WHERE a.i + b.i + c.i > 3",
+        ],
+    );
+    let (_server, _dir, f) = server_with_odbc_source("wh", &conn).await;
+    let sql = "SELECT c FROM wh.fedsql_odbc_cancel.slow";
+    // MariaDB Connector/ODBC runs statements as prepared ones ("Execute").
+    let running = "SELECT count(*) FROM information_schema.processlist \
+                   WHERE info LIKE '%FROM `slow`%' AND id <> connection_id()";
+    let cancel = f.cancel_token();
+    let watcher = conn.clone();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+        let before = odbc_scalar(&watcher, running).unwrap_or_default();
+        (before, cancel.cancel_query(tokio_postgres::NoTls).await)
+    });
+    let err = f.simple_query(sql).await.unwrap_err();
+    let (before, cancelled) = canceller.await.unwrap();
+    cancelled.unwrap();
+    assert_eq!(code(&err), "57014", "{}", message(&err));
+    assert_eq!(
+        before, "1",
+        "the query was running at MariaDB before the cancel"
+    );
+
+    // The statement stops at MariaDB too, not only in fedsql.
+    let mut still = String::new();
+    for _ in 0..50 {
+        still = odbc_scalar(&conn, running).unwrap_or_default();
+        if still == "0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        still, "0",
+        "the query still runs at MariaDB after the cancel"
+    );
+    // And the source goes on serving.
+    let got = rows(&f, "SELECT count(*) FROM wh.fedsql_odbc_cancel.n").await;
+    assert_eq!(got, vec![vec![s("2000")]]);
 }

@@ -20,7 +20,9 @@ use datafusion::sql::unparser::dialect::{
     PostgreSqlDialect,
 };
 use datafusion_federation::sql::SQLExecutor;
+use odbc_api::handles::{AsStatementRef, Statement};
 
+use super::cancel::StatementCanceller;
 use super::pool::{ConnectionPool, PooledConnection};
 use super::types::read_schema;
 use super::OdbcOptions;
@@ -197,9 +199,15 @@ impl FetchJob {
 
     fn fetch(&mut self, connection: &PooledConnection) -> Result<(), ConnectorError> {
         let classify = |e: odbc_api::Error| connection.pool().classify(e, false);
-        let cursor = connection
-            .connection()
-            .execute(&self.query, (), None)
+        let mut statement = connection.connection().preallocate().map_err(classify)?;
+        // Declared after `statement`, so dropped before it is freed.
+        let _canceller = StatementCanceller::watch(
+            statement.as_stmt_ref().as_sys(),
+            &self.tx,
+            &self.source_name,
+        );
+        let cursor = statement
+            .execute(&self.query, ())
             .map_err(classify)?
             .ok_or_else(|| ConnectorError::Remote {
                 source_name: self.source_name.clone(),

@@ -16,6 +16,7 @@
 //! `SQLColumns`) when the source is opened. ODBC calls block, so every one of
 //! them runs on tokio's blocking pool, never on a runtime worker.
 
+mod cancel;
 mod catalog;
 mod executor;
 mod pool;
