@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::DFSchema;
-use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
 
 /// Decides whether a plan node may run at a source.
 ///
@@ -104,6 +104,12 @@ impl SourceDialect {
     /// sends.
     fn sorts(self) -> bool {
         matches!(self, SourceDialect::Postgres)
+    }
+
+    /// Whether `FULL [OUTER] JOIN` exists: MySQL and MariaDB have none
+    /// (sending one only earns a syntax error and a fallback).
+    fn full_joins(self) -> bool {
+        !matches!(self, SourceDialect::MySql)
     }
 
     /// Whether `LIMIT` exists (ANSI has `FETCH FIRST`).
@@ -218,6 +224,11 @@ impl PushdownPolicy for DialectPolicy {
             // DataFusion 55's unparser loses filters under some semi/anti
             // joins; the ones it cannot be helped with run in fedsql.
             LogicalPlan::Join(join) if !super::semi_join::unparses_correctly(join) => false,
+            LogicalPlan::Join(join)
+                if join.join_type == JoinType::Full && !dialect.full_joins() =>
+            {
+                false
+            }
             // The unparser writes a constant grouping key as a literal, which
             // Postgres reads as "GROUP BY <column position>" or rejects.
             LogicalPlan::Aggregate(agg)
@@ -508,6 +519,29 @@ mod dialect_tests {
             Field::new("m", DataType::Decimal128(15, 2), true),
         ]))
         .unwrap()
+    }
+
+    #[test]
+    fn mysql_has_no_full_join() {
+        use datafusion::logical_expr::{table_scan, LogicalPlanBuilder};
+        let fields = Schema::new(vec![Field::new("i", DataType::Int64, true)]);
+        let scan = |name| {
+            table_scan(Some(name), &fields, None)
+                .unwrap()
+                .build()
+                .unwrap()
+        };
+        let join = |kind| {
+            LogicalPlanBuilder::from(scan("a"))
+                .join(scan("b"), kind, (vec!["a.i"], vec!["b.i"]), None)
+                .unwrap()
+                .build()
+                .unwrap()
+        };
+        let my = DialectPolicy(SourceDialect::MySql);
+        assert!(my.allows(&join(JoinType::Left)));
+        assert!(!my.allows(&join(JoinType::Full)));
+        assert!(POSTGRES_POLICY.allows(&join(JoinType::Full)));
     }
 
     #[test]
