@@ -38,6 +38,13 @@ impl Engine {
     /// text over `max_statement_bytes` (54000) before anything reads it,
     /// then [`fedsql_sql::parse`] (with its depth limit, 54001).
     pub fn parse(&self, sql: &str) -> Result<Vec<fedsql_sql::Statement>> {
+        if let Some(bytes) = crate::pg_stream::invalid_utf8(sql) {
+            return Err(ServerError::Query {
+                sqlstate: "22021".into(),
+                message: format!("invalid byte sequence for encoding \"UTF8\": {bytes}"),
+                position: None,
+            });
+        }
         let limit = self.settings().max_statement_bytes;
         if sql.len() > limit {
             return Err(ServerError::Query {

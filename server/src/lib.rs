@@ -19,6 +19,7 @@ pub mod owned_tables;
 pub mod pg_auth;
 pub mod pg_catalog_scope;
 pub mod pg_compat;
+pub mod pg_stream;
 pub mod pg_text;
 pub mod query_log;
 mod resume;

@@ -3,8 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use datafusion_postgres::pgwire::tokio::{process_socket, TlsAcceptor};
-use tokio::net::TcpListener;
+use datafusion_postgres::pgwire::tokio::TlsAcceptor;
+use futures::StreamExt;
+use pgwire::api::{ClientInfo, PgWireConnectionState, PgWireServerHandlers};
+use pgwire::messages::PgWireFrontendMessage;
+use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, FramedParts};
 
 use crate::accounts::Accounts;
 use crate::config::Settings;
@@ -12,6 +17,7 @@ use crate::engine::Engine;
 use crate::error::{Result, ServerError};
 use crate::flight::FlightServer;
 use crate::pg_auth::{self, PgAuth};
+use crate::pg_stream::CheckedStream;
 use crate::wire::FedsqlHandlers;
 
 /// Runs the service until Ctrl-C or SIGTERM.
@@ -110,13 +116,88 @@ impl BoundPgListener {
                 Ok((socket, peer)) => {
                     let (handlers, tls) = (Arc::clone(&self.handlers), self.tls.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = process_socket(socket, tls, handlers).await {
+                        if let Err(e) = serve_connection(socket, tls, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             }
+        }
+    }
+}
+
+/// How long a client may take to start up and log in.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One client connection: pgwire's own message loop (as its
+/// `process_socket`), over a [`CheckedStream`] so a statement that is not
+/// UTF-8 is answered with 22021 instead of running with U+FFFD in it.
+async fn serve_connection(
+    socket: TcpStream,
+    tls: Option<TlsAcceptor>,
+    handlers: Arc<FedsqlHandlers>,
+) -> std::io::Result<()> {
+    let startup_timeout = tokio::time::sleep(STARTUP_TIMEOUT);
+    tokio::pin!(startup_timeout);
+    let negotiated = tokio::select! {
+        _ = &mut startup_timeout => return Ok(()),
+        socket = negotiate_tls(socket, tls) => socket?,
+    };
+    // A direct TLS connection without TLS configured.
+    let Some(negotiated) = negotiated else {
+        return Ok(());
+    };
+    let old = negotiated.into_parts();
+    let mut parts = FramedParts::new(CheckedStream::new(old.io, &old.read_buf), old.codec);
+    parts.read_buf = old.read_buf;
+    parts.write_buf = old.write_buf;
+    let mut socket = Framed::from_parts(parts);
+
+    let startup = handlers.startup_handler();
+    let simple = handlers.simple_query_handler();
+    let extended = handlers.extended_query_handler();
+    let copy = handlers.copy_handler();
+    let cancel = handlers.cancel_handler();
+    let errors = handlers.error_handler();
+    loop {
+        let starting = matches!(
+            socket.state(),
+            PgWireConnectionState::AwaitingStartup
+                | PgWireConnectionState::AuthenticationInProgress
+        );
+        let message = if starting {
+            tokio::select! {
+                _ = &mut startup_timeout => None,
+                message = socket.next() => message,
+            }
+        } else {
+            socket.next().await
+        };
+        let Some(Ok(message)) = message else {
+            return Ok(());
+        };
+        // The client is leaving; some (asyncpg) wait for the socket to close.
+        if matches!(message, PgWireFrontendMessage::Terminate(_)) {
+            return Ok(());
+        }
+        let extended_query = match socket.state() {
+            PgWireConnectionState::CopyInProgress(extended) => extended,
+            _ => message.is_extended_query(),
+        };
+        let result = process_message(
+            message,
+            &mut socket,
+            Arc::clone(&startup),
+            Arc::clone(&simple),
+            Arc::clone(&extended),
+            Arc::clone(&copy),
+            Arc::clone(&cancel),
+        )
+        .await;
+        if let Err(mut e) = result {
+            pgwire::api::ErrorHandler::on_error(errors.as_ref(), &socket, &mut e);
+            process_error(&mut socket, e, extended_query).await?;
         }
     }
 }

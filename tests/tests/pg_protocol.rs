@@ -141,3 +141,49 @@ fn bind_with_too_many_values_is_refused() {
         .unwrap_or_else(|| panic!("no row: {replies:?}"));
     assert!(row.1.ends_with(b"42"), "{row:?}");
 }
+
+#[test]
+fn invalid_utf8_is_22021_for_that_statement_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start(dir.path());
+    let mut stream = connect(&server);
+    startup(&mut stream, &[("user", "fedsql"), ("database", "demo")]);
+    read_until(&mut stream, b'Z');
+
+    // Simple protocol: 0xc3 0x28 is not UTF-8 (a lead byte without its
+    // continuation). pgwire alone would run it with U+FFFD in it.
+    message(&mut stream, b'Q', b"SELECT 'caf\xc3\x28' AS t\0");
+    let replies = read_until(&mut stream, b'Z');
+    let kinds: Vec<u8> = replies.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds, vec![b'E', b'Z'], "{replies:?}");
+    assert_eq!(code(&replies[0].1), "22021");
+    assert!(
+        String::from_utf8_lossy(&replies[0].1)
+            .contains("invalid byte sequence for encoding \"UTF8\": 0xc3"),
+        "{:?}",
+        String::from_utf8_lossy(&replies[0].1)
+    );
+
+    // Extended protocol: Parse with a stray 0xff.
+    let mut parse = b"\0SELECT 1 AS \xff\0".to_vec();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    message(&mut stream, b'P', &parse);
+    message(&mut stream, b'S', &[]);
+    let replies = read_until(&mut stream, b'Z');
+    let error = replies.iter().find(|(k, _)| *k == b'E').unwrap();
+    assert_eq!(code(&error.1), "22021", "{replies:?}");
+
+    // The connection goes on, and valid multi-byte text is untouched.
+    message(&mut stream, b'Q', "SELECT 'café ☕' AS t\0".as_bytes());
+    let replies = read_until(&mut stream, b'Z');
+    let row = replies
+        .iter()
+        .find(|(k, _)| *k == b'D')
+        .unwrap_or_else(|| panic!("no row: {replies:?}"));
+    assert!(
+        row.1
+            .windows("café ☕".len())
+            .any(|w| w == "café ☕".as_bytes()),
+        "{replies:?}"
+    );
+}

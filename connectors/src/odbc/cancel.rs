@@ -7,6 +7,11 @@
 //! that its reader went away. ODBC lets another thread call `SQLCancel` on
 //! a statement that is executing; [`StatementCanceller`] does that from a
 //! small task that waits for the batch channel to close.
+//!
+//! Only the execution is cancelled this way. Once the driver returns, the
+//! canceller is disarmed: cancelling during the fetch loop would close the
+//! cursor behind odbc-api's back (and its drop panics on the closed
+//! cursor); the loop notices the closed channel at its next batch anyway.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +19,12 @@ use odbc_api::sys::{HStmt, SQLCancel, SqlReturn};
 use tokio::sync::oneshot;
 
 use crate::blocking::BatchSender;
+
+/// The statement while it may be cancelled, and whether it was.
+struct Slot {
+    statement: Option<RawStatement>,
+    cancelled: bool,
+}
 
 /// A raw statement handle, sent to the watching task. It is only used while
 /// the handle is alive: the fetch thread takes it out of the shared slot
@@ -28,7 +39,7 @@ unsafe impl Send for RawStatement {}
 /// Cancels `statement` at the source if the reader of `rows` goes away
 /// while the statement is alive. Drop it before the statement is freed.
 pub(super) struct StatementCanceller {
-    slot: Arc<Mutex<Option<RawStatement>>>,
+    slot: Arc<Mutex<Slot>>,
     // Dropping it ends the watching task.
     _done: oneshot::Sender<()>,
 }
@@ -38,7 +49,10 @@ impl StatementCanceller {
     /// blocking pool) there is nothing to watch with and nothing is
     /// cancelled.
     pub(super) fn watch(statement: HStmt, rows: &BatchSender, source_name: &str) -> Self {
-        let slot = Arc::new(Mutex::new(Some(RawStatement(statement))));
+        let slot = Arc::new(Mutex::new(Slot {
+            statement: Some(RawStatement(statement)),
+            cancelled: false,
+        }));
         let (done, finished) = oneshot::channel::<()>();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let rows = rows.clone();
@@ -53,14 +67,27 @@ impl StatementCanceller {
         }
         StatementCanceller { slot, _done: done }
     }
+
+    /// Stops watching (the driver returned from the execution); true if the
+    /// statement was cancelled meanwhile, when its cursor must not be used
+    /// or closed.
+    pub(super) fn disarm(&self) -> bool {
+        let mut slot = lock(&self.slot);
+        slot.statement = None;
+        slot.cancelled
+    }
 }
 
-fn cancel(slot: &Mutex<Option<RawStatement>>, source_name: &str) {
-    let guard = match slot.lock() {
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    match slot.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
-    };
-    if let Some(statement) = guard.as_ref() {
+    }
+}
+
+fn cancel(slot: &Mutex<Slot>, source_name: &str) {
+    let mut slot = lock(slot);
+    if let Some(statement) = slot.statement.as_ref() {
         // SAFETY: the handle is alive while it is in the slot, and the slot
         // is locked for the whole call.
         let result = unsafe { SQLCancel(statement.0) };
@@ -69,15 +96,12 @@ fn cancel(slot: &Mutex<Option<RawStatement>>, source_name: &str) {
         } else {
             tracing::info!(source = %source_name, "cancelled a remote statement nobody reads");
         }
+        slot.cancelled = true;
     }
 }
 
 impl Drop for StatementCanceller {
     fn drop(&mut self) {
-        let mut guard = match self.slot.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        guard.take();
+        self.disarm();
     }
 }

@@ -201,13 +201,23 @@ impl FetchJob {
         let classify = |e: odbc_api::Error| connection.pool().classify(e, false);
         let mut statement = connection.connection().preallocate().map_err(classify)?;
         // Declared after `statement`, so dropped before it is freed.
-        let _canceller = StatementCanceller::watch(
+        let canceller = StatementCanceller::watch(
             statement.as_stmt_ref().as_sys(),
             &self.tx,
             &self.source_name,
         );
-        let cursor = statement
-            .execute(&self.query, ())
+        let executed = statement.execute(&self.query, ());
+        if canceller.disarm() {
+            // Nobody reads the rows. A cancelled cursor must not be closed
+            // again (odbc-api's drop would panic): it is let go without
+            // its drop (it owns no memory), and freeing the statement
+            // cleans up at the driver.
+            if let Ok(Some(cursor)) = executed {
+                std::mem::forget(cursor);
+            }
+            return Ok(());
+        }
+        let cursor = executed
             .map_err(classify)?
             .ok_or_else(|| ConnectorError::Remote {
                 source_name: self.source_name.clone(),
