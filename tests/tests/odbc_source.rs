@@ -765,3 +765,36 @@ async fn a_cancelled_query_stops_running_at_the_mariadb_source() {
     let got = rows(&f, "SELECT count(*) FROM wh.fedsql_odbc_cancel.n").await;
     assert_eq!(got, vec![vec![s("2000")]]);
 }
+
+#[tokio::test]
+async fn a_join_on_text_keys_stays_in_fedsql_over_mariadb() {
+    // MariaDB compares text by a case-insensitive collation: 'N1' = 'n1'.
+    // Join keys of text are equalities like any other, so the join runs in
+    // fedsql with Postgres's (byte) equality.
+    let conn = fresh_mariadb_database("fedsql_odbc_text_join");
+    odbc_execute(
+        &conn,
+        &[
+            "CREATE TABLE a (id INT PRIMARY KEY, name VARCHAR(20))",
+            "CREATE TABLE b (id INT PRIMARY KEY, name VARCHAR(20))",
+            "SET SESSION max_recursive_iterations = 100000",
+            "INSERT INTO a WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r \
+             WHERE i < 500) SELECT i, concat('n', i) FROM r",
+            "INSERT INTO b SELECT id, name FROM a",
+            "INSERT INTO b VALUES (501, 'N1')",
+        ],
+    );
+    let (_server, _dir, f) = server_with_odbc_source("wh", &conn).await;
+    let sql = "SELECT count(*) FROM wh.fedsql_odbc_text_join.a a \
+               JOIN wh.fedsql_odbc_text_join.b b ON a.name = b.name";
+    assert!(
+        explain(&f, sql).await.contains("HashJoinExec"),
+        "a join on text keys is pushed to MariaDB"
+    );
+    assert_eq!(rows(&f, sql).await, vec![vec![s("500")]]);
+    // Integer keys still go whole.
+    let by_id = "SELECT count(*) FROM wh.fedsql_odbc_text_join.a a \
+                 JOIN wh.fedsql_odbc_text_join.b b ON a.id = b.id";
+    assert!(!explain(&f, by_id).await.contains("HashJoinExec"));
+    assert_eq!(rows(&f, by_id).await, vec![vec![s("500")]]);
+}

@@ -246,10 +246,18 @@ impl PushdownPolicy for DialectPolicy {
             }
             LogicalPlan::Limit(_) => dialect.limits() && exprs_ok(),
             LogicalPlan::Distinct(_) | LogicalPlan::Union(_) => output_text_ok() && exprs_ok(),
-            LogicalPlan::Projection(_)
-            | LogicalPlan::Filter(_)
-            | LogicalPlan::Join(_)
-            | LogicalPlan::SubqueryAlias(_) => exprs_ok(),
+            // A join's keys are listed as separate expressions; as a pair
+            // they are equalities, with the same text and time rules.
+            LogicalPlan::Join(join) => {
+                exprs_ok()
+                    && join
+                        .on
+                        .iter()
+                        .all(|(l, r)| expr_ok(dialect, &l.clone().eq(r.clone()), &schema))
+            }
+            LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+                exprs_ok()
+            }
             LogicalPlan::Sort(sort) => {
                 dialect.sorts()
                     && sort.expr.iter().all(|s| {
@@ -540,6 +548,28 @@ mod dialect_tests {
         };
         let my = DialectPolicy(SourceDialect::MySql);
         assert!(my.allows(&join(JoinType::Left)));
+        // Keys of text compare by collation in MySQL: the join stays local.
+        let names = Schema::new(vec![Field::new("s", DataType::Utf8, true)]);
+        let text_join = LogicalPlanBuilder::from(
+            table_scan(Some("a"), &names, None)
+                .unwrap()
+                .build()
+                .unwrap(),
+        )
+        .join(
+            table_scan(Some("b"), &names, None)
+                .unwrap()
+                .build()
+                .unwrap(),
+            JoinType::Inner,
+            (vec!["a.s"], vec!["b.s"]),
+            None,
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        assert!(!my.allows(&text_join));
+        assert!(POSTGRES_POLICY.allows(&text_join));
         assert!(!my.allows(&join(JoinType::Full)));
         assert!(POSTGRES_POLICY.allows(&join(JoinType::Full)));
     }
