@@ -679,9 +679,90 @@ impl Engine {
         }
     }
 
+    /// Checks a standard statement before it runs in `database`: a plain
+    /// `DROP TABLE|VIEW` of a relation persisted views read is refused
+    /// with 2BP01, as Postgres refuses it (`CASCADE` drops them, see
+    /// [`Engine::after_statement`]).
+    pub fn before_statement(&self, database: &str, sql: &str) -> Result<()> {
+        let Some(Statement::Drop {
+            object_type: object_type @ (ObjectType::Table | ObjectType::View),
+            names,
+            cascade: false,
+            ..
+        }) = parse_ddl(sql)
+        else {
+            return Ok(());
+        };
+        let dropped: Vec<String> = names.iter().filter_map(|n| qualify(database, n)).collect();
+        let views = self.lock_state().views.clone();
+        for name in &dropped {
+            let dependents =
+                crate::view_dependencies::dependents(&views, std::slice::from_ref(name));
+            let Some(first) = dependents.iter().find(|d| !dropped.contains(d)) else {
+                continue;
+            };
+            let kind = if object_type == ObjectType::View {
+                "view"
+            } else {
+                "table"
+            };
+            return Err(ServerError::Query {
+                sqlstate: "2BP01".into(),
+                message: format!(
+                    "cannot drop {kind} {name} because other objects depend on it: view {first} \
+                     depends on {kind} {name} (use DROP ... CASCADE to drop the dependent \
+                     objects too)"
+                ),
+                position: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// After `DROP … CASCADE` of `dropped`: the persisted views that read
+    /// them (directly or through each other) are dropped too.
+    fn drop_dependent_views(&self, dropped: &[String]) -> Result<()> {
+        let mut state = self.lock_state();
+        let dependents = crate::view_dependencies::dependents(&state.views, dropped);
+        if dependents.is_empty() {
+            return Ok(());
+        }
+        let mut next = state.clone();
+        next.views.retain(|v| !dependents.contains(&v.name));
+        self.store.save(&next)?;
+        *state = next;
+        drop(state);
+        for view in &dependents {
+            let mut parts = view.splitn(3, '.');
+            if let (Some(catalog), Some(schema), Some(table)) =
+                (parts.next(), parts.next(), parts.next())
+            {
+                if let Some(schema) = self
+                    .catalogs
+                    .catalog(catalog)
+                    .and_then(|c| c.schema(schema))
+                {
+                    let _ = schema.deregister_table(table);
+                }
+            }
+            tracing::info!(%view, "drop cascades to view");
+        }
+        Ok(())
+    }
+
     /// Persists the effect of a standard statement that succeeded in
     /// `database`: `CREATE VIEW` and `DROP VIEW` survive restarts.
     pub async fn after_statement(&self, database: &str, sql: &str) -> Result<()> {
+        if let Some(Statement::Drop {
+            object_type: ObjectType::Table | ObjectType::View,
+            names,
+            cascade: true,
+            ..
+        }) = parse_ddl(sql)
+        {
+            let dropped: Vec<String> = names.iter().filter_map(|n| qualify(database, n)).collect();
+            self.drop_dependent_views(&dropped)?;
+        }
         self.persist_owned_tables(database, sql).await?;
         let Some(change) = view_change(database, sql) else {
             return Ok(());
@@ -998,16 +1079,22 @@ impl Engine {
         or_replace: bool,
     ) -> Result<FedsqlOutcome> {
         let tag = || Ok(FedsqlOutcome::Command("CREATE ENCODER".into()));
-        if self.settings.encoders.iter().any(|e| e.name == name) {
+        if self.encoder_in_config(name) {
             if if_not_exists {
                 return tag();
             }
-            return Err(ServerError::NotSupported {
-                statement: "CREATE ENCODER".into(),
-                reason: format!("encoder \"{name}\" is defined in the config file ([[encoders]])"),
-            });
+            return Err(defined_in_config(
+                "CREATE ENCODER",
+                "encoder",
+                name,
+                "encoders",
+            ));
         }
-        let exists = self.lock_state().encoders.iter().any(|e| e.name == name);
+        let exists = self
+            .lock_state()
+            .encoders
+            .iter()
+            .any(|e| e.name.eq_ignore_ascii_case(name));
         if exists && if_not_exists {
             return tag();
         }
@@ -1034,19 +1121,32 @@ impl Engine {
         tag()
     }
 
+    /// Whether the config file's `[[encoders]]` define `name` (encoder
+    /// names are case-insensitive, as the encoder table keeps them).
+    fn encoder_in_config(&self, name: &str) -> bool {
+        self.settings
+            .encoders
+            .iter()
+            .any(|e| e.name.eq_ignore_ascii_case(name))
+    }
+
     /// `DROP ENCODER`: models trained on it can no longer predict until an
     /// encoder of that name is created again.
     fn drop_encoder(&self, name: &str, if_exists: bool) -> Result<FedsqlOutcome> {
         let tag = || Ok(FedsqlOutcome::Command("DROP ENCODER".into()));
         let mut state = self.lock_state();
-        let Some(pos) = state.encoders.iter().position(|e| e.name == name) else {
-            if self.settings.encoders.iter().any(|e| e.name == name) {
-                return Err(ServerError::NotSupported {
-                    statement: "DROP ENCODER".into(),
-                    reason: format!(
-                        "encoder \"{name}\" is defined in the config file ([[encoders]])"
-                    ),
-                });
+        let Some(pos) = state
+            .encoders
+            .iter()
+            .position(|e| e.name.eq_ignore_ascii_case(name))
+        else {
+            if self.encoder_in_config(name) {
+                return Err(defined_in_config(
+                    "DROP ENCODER",
+                    "encoder",
+                    name,
+                    "encoders",
+                ));
             }
             if if_exists {
                 return tag();
@@ -1126,10 +1226,7 @@ impl Engine {
         let mut state = self.lock_state();
         let Some(pos) = state.sites.iter().position(|s| s.name == name) else {
             if self.settings.sites.iter().any(|s| s.name == name) {
-                return Err(ServerError::NotSupported {
-                    statement: "DROP SITE".into(),
-                    reason: format!("site \"{name}\" is defined in the config file ([[sites]])"),
-                });
+                return Err(defined_in_config("DROP SITE", "site", name, "sites"));
             }
             if if_exists {
                 return Ok(FedsqlOutcome::Command("DROP SITE".into()));
@@ -1325,6 +1422,15 @@ pub fn ddl_tag(sql: &str) -> Option<&'static str> {
         },
         _ => return None,
     })
+}
+
+/// The refusal to change over SQL what the config file defines (0A000):
+/// it would come back at the next start.
+fn defined_in_config(statement: &str, kind: &str, name: &str, section: &str) -> ServerError {
+    ServerError::NotSupported {
+        statement: statement.into(),
+        reason: format!("{kind} \"{name}\" is defined in the config file ([[{section}]])"),
+    }
 }
 
 /// Whether `sql` creates or drops a definition that is replayed at start-up

@@ -107,6 +107,7 @@ impl Engine {
         sql: &str,
         plan: LogicalPlan,
     ) -> Result<Planned> {
+        self.before_statement(database, sql)?;
         let frame = ctx
             .execute_logical_plan(plan)
             .await

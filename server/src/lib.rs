@@ -28,6 +28,7 @@ pub mod serve;
 pub mod sites;
 pub mod system_tables;
 pub mod training;
+pub mod view_dependencies;
 pub mod wire;
 
 pub use config::{Settings, SettingsArgs};

@@ -542,17 +542,23 @@ impl FedsqlService {
                     }
                 }
                 fedsql_sql::Statement::Sql { text, .. } => {
-                    let rewritten = rewrite_catalog_query(text);
-                    let sql = rewritten.as_deref().unwrap_or(text);
-                    match SimpleQueryHandler::do_query(&session.service, client, sql).await {
-                        Ok(r) => match self.engine.after_statement(&session.database, text).await {
-                            Ok(()) => {
-                                close_cursors_at_transaction_end(client, &r);
-                                Ok(with_ddl_tag(r, text))
+                    if let Err(e) = self.engine.before_statement(&session.database, text) {
+                        Err(Err(e))
+                    } else {
+                        let rewritten = rewrite_catalog_query(text);
+                        let sql = rewritten.as_deref().unwrap_or(text);
+                        match SimpleQueryHandler::do_query(&session.service, client, sql).await {
+                            Ok(r) => {
+                                match self.engine.after_statement(&session.database, text).await {
+                                    Ok(()) => {
+                                        close_cursors_at_transaction_end(client, &r);
+                                        Ok(with_ddl_tag(r, text))
+                                    }
+                                    Err(e) => Err(Err(e)),
+                                }
                             }
-                            Err(e) => Err(Err(e)),
-                        },
-                        Err(e) => Err(classify(e, text)),
+                            Err(e) => Err(classify(e, text)),
+                        }
                     }
                 }
             };
@@ -915,19 +921,12 @@ impl FedsqlService {
                 Some(tag) => Ok(Response::Execution(Tag::new(tag))),
                 None => self.execute_unplanned(client, &session, sql, portal).await,
             },
-            _ => match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows)
-                .await
-            {
-                Ok(r) => match self.engine.after_statement(&session.database, &text).await {
-                    Ok(()) => {
-                        close_cursors_at_transaction_end(client, std::slice::from_ref(&r));
-                        start_rows(with_ddl_tag(vec![r], &text).remove(0), &text)
-                            .await
-                            .map_err(|e| classify(e, &text))
-                    }
-                    Err(e) => Err(Err(e)),
-                },
-                Err(e) => Err(classify(e, &text)),
+            _ => match self.engine.before_statement(&session.database, &text) {
+                Err(e) => Err(Err(e)),
+                Ok(()) => {
+                    self.run_planned(client, &session, portal, max_rows, &text)
+                        .await
+                }
             },
         };
         match result {
@@ -945,6 +944,36 @@ impl FedsqlService {
 }
 
 impl FedsqlService {
+    /// Runs a portal whose statement was planned at Parse (a query or
+    /// standard DDL) through datafusion-postgres, then persists its effect.
+    async fn run_planned<C>(
+        &self,
+        client: &mut C,
+        session: &ConnectionSession,
+        portal: &Portal<PreparedStatement>,
+        max_rows: usize,
+        text: &str,
+    ) -> Result<Response, Result<PgWireError, ServerError>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match ExtendedQueryHandler::do_query(&session.service, client, portal, max_rows).await {
+            Ok(r) => match self.engine.after_statement(&session.database, text).await {
+                Ok(()) => {
+                    close_cursors_at_transaction_end(client, std::slice::from_ref(&r));
+                    start_rows(with_ddl_tag(vec![r], text).remove(0), text)
+                        .await
+                        .map_err(|e| classify(e, text))
+                }
+                Err(e) => Err(Err(e)),
+            },
+            Err(e) => Err(classify(e, text)),
+        }
+    }
+
     /// Runs a statement [`FedsqlParser`] stored without a plan: a fedsql
     /// statement (the query-shaped ones already became plans), a cursor
     /// statement or `COPY … TO STDOUT`.

@@ -50,6 +50,15 @@ fn encoder(function: &str, value: Option<&ScalarValue>) -> DfResult<Arc<Sentence
         .map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
+/// The encoder a call's first argument names (it must be a constant).
+fn encoder_of(function: &str, args: &[ColumnarValue]) -> DfResult<Arc<SentenceEncoder>> {
+    let name = match args.first() {
+        Some(ColumnarValue::Scalar(s)) => Some(s),
+        _ => None,
+    };
+    encoder(function, name)
+}
+
 fn check_text(function: &str, args: &[FieldRef]) -> DfResult<()> {
     if args.len() != 2 {
         return plan_err!(
@@ -109,11 +118,7 @@ impl ScalarUDFImpl for EmbedUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let name = match args.args.first() {
-            Some(ColumnarValue::Scalar(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let encoder = encoder(self.name(), name.as_ref())?;
+        let encoder = encoder_of(self.name(), &args.args)?;
         let dims = encoder.dims();
         if args.return_field.data_type() != &embedding_type(dims) {
             return exec_err!("embed: encoder changed while the query ran; run the query again");
@@ -193,11 +198,7 @@ impl ScalarUDFImpl for TokenizeUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let name = match args.args.first() {
-            Some(ColumnarValue::Scalar(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let encoder = encoder(self.name(), name.as_ref())?;
+        let encoder = encoder_of(self.name(), &args.args)?;
         let texts = text_column(&args.args[1], args.number_rows)?;
         let mut out = ListBuilder::new(Int64Builder::new());
         for text in texts.as_string::<i32>().iter() {
