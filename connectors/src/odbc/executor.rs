@@ -21,6 +21,7 @@ use datafusion::sql::unparser::dialect::{
 };
 use datafusion_federation::sql::SQLExecutor;
 use odbc_api::handles::{AsStatementRef, Statement};
+use tokio::sync::mpsc;
 
 use super::cancel::StatementCanceller;
 use super::pool::{ConnectionPool, PooledConnection};
@@ -238,7 +239,14 @@ impl FetchJob {
             self.report.rows += batch.num_rows() as u64;
             self.report.bytes += batch.get_array_memory_size() as u64;
             let batch = self.to_planned(batch)?;
-            if self.tx.blocking_send(Ok(batch)).is_err() {
+            let sent = match self.tx.try_send(Ok(batch)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    connection.stalled(|| self.tx.blocking_send(batch).map_err(|_| ()))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            };
+            if sent.is_err() {
                 // The consumer stopped reading (a LIMIT reached in fedsql);
                 // dropping the cursor closes it at the source.
                 break;

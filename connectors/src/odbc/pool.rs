@@ -6,6 +6,7 @@
 //! warehouse is touched as little as possible. Every ODBC call blocks, so
 //! connecting happens on tokio's blocking pool.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use odbc_api::{Connection, ConnectionOptions};
@@ -16,12 +17,29 @@ use crate::blocking::run_blocking;
 use crate::error::ConnectorError;
 use crate::pushdown::SourceDialect;
 
-/// Open connections to one ODBC source, at most `max_connections` in use.
+/// How long a checkout waits before it looks whether every connection in
+/// use is stalled.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Open connections to one ODBC source, at most `max_connections` in use
+/// — unless every one in use is stalled by fedsql itself.
+///
+/// A fetch holds its connection until its rows are read, and fedsql may
+/// read them late: a join reads one input whole before the other, so with
+/// more remote scans in one plan than connections, scans that wait for a
+/// reader could hold every connection while the scan they wait for waits
+/// for one (a deadlock). A fetch blocked on its reader counts as *stalled*
+/// ([`PooledConnection::stalled`]); a checkout that finds every connection
+/// in use stalled opens one more instead of waiting for ever.
 pub struct ConnectionPool {
     source_name: String,
     options: OdbcOptions,
     idle: Mutex<Vec<Connection<'static>>>,
     permits: Arc<Semaphore>,
+    /// Connections (within the limit or beyond it) whose fetch waits for a
+    /// reader, and connections open beyond the limit.
+    stalled: AtomicUsize,
+    beyond_limit: AtomicUsize,
 }
 
 impl std::fmt::Debug for ConnectionPool {
@@ -43,18 +61,36 @@ impl ConnectionPool {
             permits: Arc::new(Semaphore::new(options.max_connections)),
             options,
             idle: Mutex::new(Vec::new()),
+            stalled: AtomicUsize::new(0),
+            beyond_limit: AtomicUsize::new(0),
         }
     }
 
     /// A connection for one query; waits while `max_connections` are in use.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, ConnectorError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ConnectorError::ConnectionLost {
-                source_name: self.source_name.clone(),
-                message: "the connection pool was closed".into(),
-            })?;
+        let permit = loop {
+            let waited =
+                tokio::time::timeout(STALL_CHECK, Arc::clone(&self.permits).acquire_owned()).await;
+            match waited {
+                Ok(Ok(permit)) => break Some(permit),
+                Ok(Err(_)) => {
+                    return Err(ConnectorError::ConnectionLost {
+                        source_name: self.source_name.clone(),
+                        message: "the connection pool was closed".into(),
+                    })
+                }
+                Err(_) if self.all_stalled() => {
+                    tracing::info!(
+                        source = %self.source_name,
+                        max_connections = self.options.max_connections,
+                        "every connection waits for fedsql to read its rows: opening one more"
+                    );
+                    self.beyond_limit.fetch_add(1, Ordering::SeqCst);
+                    break None;
+                }
+                Err(_) => {}
+            }
+        };
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let connection = match idle {
             Some(c) => c,
@@ -66,8 +102,19 @@ impl ConnectionPool {
         Ok(PooledConnection {
             connection: Some(connection),
             pool: Arc::clone(self),
-            _permit: permit,
+            permit,
         })
+    }
+
+    /// Whether every connection in use waits for its reader.
+    fn all_stalled(&self) -> bool {
+        // No permit is free, so `max_connections` are in use within the
+        // limit, and `beyond_limit` more.
+        let in_use = self
+            .options
+            .max_connections
+            .saturating_add(self.beyond_limit.load(Ordering::SeqCst));
+        self.permits.available_permits() == 0 && self.stalled.load(Ordering::SeqCst) >= in_use
     }
 
     /// [`checkout`](Self::checkout) from a thread of tokio's blocking pool
@@ -120,7 +167,8 @@ impl ConnectionPool {
 pub struct PooledConnection {
     connection: Option<Connection<'static>>,
     pool: Arc<ConnectionPool>,
-    _permit: OwnedSemaphorePermit,
+    /// `None` for a connection opened beyond the limit.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PooledConnection {
@@ -138,8 +186,24 @@ impl PooledConnection {
     }
 }
 
+impl PooledConnection {
+    /// Runs `wait` (a fetch blocked until fedsql reads its rows) counted as
+    /// stalled, so other checkouts do not wait for this connection.
+    pub fn stalled<T>(&self, wait: impl FnOnce() -> T) -> T {
+        self.pool.stalled.fetch_add(1, Ordering::SeqCst);
+        let out = wait();
+        self.pool.stalled.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+}
+
 impl Drop for PooledConnection {
     fn drop(&mut self) {
+        if self.permit.is_none() {
+            // Beyond the limit: closed, not kept idle.
+            self.pool.beyond_limit.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         if let Some(connection) = self.connection.take() {
             self.pool.give_back(connection);
         }
@@ -247,5 +311,56 @@ fn install_hint(driver: &str) -> String {
         None => format!(
             "install the vendor's ODBC driver and register it as [{driver}] in /etc/odbcinst.ini (odbcinst -q -d lists the registered drivers)"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_options as opts;
+
+    /// A pool of one connection to an SQLite file through the SQLite3 ODBC
+    /// driver (`libsqliteodbc`, which scripts/test installs).
+    fn one_connection_pool(dir: &std::path::Path) -> Arc<ConnectionPool> {
+        let file = dir.join("pool.db");
+        let options = OdbcOptions::from_options(&opts(&[
+            (
+                "connection_string",
+                &format!("Driver={{SQLite3}};Database={};", file.display()),
+            ),
+            ("max_connections", "1"),
+        ]))
+        .unwrap();
+        Arc::new(ConnectionPool::new("lite", options))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkout_waits_for_a_busy_connection_but_not_for_a_stalled_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = one_connection_pool(dir.path());
+        let wait = std::time::Duration::from_secs(2);
+
+        // Busy (not stalled): the second checkout waits.
+        let first = pool.checkout().await.unwrap();
+        assert!(tokio::time::timeout(wait, pool.checkout()).await.is_err());
+
+        // Stalled (waiting for fedsql to read its rows): one more opens.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let stalled = tokio::task::spawn_blocking(move || {
+            first.stalled(|| released.recv().ok());
+            first
+        });
+        let second = tokio::time::timeout(wait, pool.checkout())
+            .await
+            .expect("a checkout waited for a connection whose reader is stalled")
+            .unwrap();
+        assert!(second.permit.is_none(), "opened beyond the limit");
+        drop(second);
+        assert_eq!(pool.beyond_limit.load(Ordering::SeqCst), 0);
+        release.send(()).unwrap();
+        drop(stalled.await.unwrap());
+        // Back within the limit: the kept connection is reused.
+        let again = pool.checkout().await.unwrap();
+        assert!(again.permit.is_some());
     }
 }

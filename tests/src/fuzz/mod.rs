@@ -147,10 +147,19 @@ pub async fn run(
         Ok(Ok(rows)) => Ok(rows),
         Ok(Err(e)) if client.is_closed() => Err((FailureKind::Crash, e)),
         Ok(Err(e)) => Err((FailureKind::Error, e)),
-        Err(_) => Err((
-            FailureKind::Hang,
-            format!("no answer within {QUERY_LIMIT:?}"),
-        )),
+        Err(_) => {
+            // The statement still runs on the server and the connection
+            // answers in order: without a cancel every later query on it
+            // would wait for this one too.
+            let cancelled = client
+                .cancel_token()
+                .cancel_query(tokio_postgres::NoTls)
+                .await;
+            Err((
+                FailureKind::Hang,
+                format!("no answer within {QUERY_LIMIT:?} (cancel: {cancelled:?})"),
+            ))
+        }
     }
 }
 
