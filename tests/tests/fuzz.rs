@@ -1,6 +1,6 @@
 //! The differential fuzzer's budget: random valid TPC-H queries
-//! (`fedsql_tests::fuzz`) over a Postgres source (or, with
-//! `FEDSQL_FUZZ_TARGET=mariadb`, a MariaDB source read through ODBC), each
+//! (`fedsql_tests::fuzz`) over a Postgres source and over a MariaDB source
+//! read through ODBC (`FEDSQL_FUZZ_TARGET=postgres|mariadb` for one), each
 //! answered by fedsql with pushdown on and off and compared with
 //! PostgreSQL's answer on the same data. Zero differences, zero errors
 //! where PostgreSQL answers, zero crashes.
@@ -197,17 +197,28 @@ fn check(report: &Report) {
     );
 }
 
-/// The target `FEDSQL_FUZZ_TARGET` names: `postgres` (the default, what CI
-/// runs) or `mariadb` (bench/fuzz.sh runs both; see the README for what
-/// the MariaDB target still finds).
+/// The targets `FEDSQL_FUZZ_TARGET` names: `postgres`, `mariadb`, or (the
+/// default, what CI runs) both, one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_queries_match_postgres() {
-    let target = env_or("FEDSQL_FUZZ_TARGET", "postgres");
+    let targets = match env_or("FEDSQL_FUZZ_TARGET", "both").as_str() {
+        "both" => vec!["postgres", "mariadb"],
+        "postgres" => vec!["postgres"],
+        "mariadb" => vec!["mariadb"],
+        other => panic!("FEDSQL_FUZZ_TARGET is postgres, mariadb or both, not {other}"),
+    };
+    for target in targets {
+        fuzz_target(target).await;
+    }
+}
+
+/// Loads the data, starts fedsql with `target` as its source and fuzzes.
+async fn fuzz_target(target: &str) {
     let scale = env_or("FEDSQL_FUZZ_SCALE", "0.01");
-    let reference_db = match target.as_str() {
-        "postgres" => "fedsql_fuzz",
-        "mariadb" => "fedsql_fuzz_ref",
-        other => panic!("FEDSQL_FUZZ_TARGET is postgres or mariadb, not {other}"),
+    let reference_db = if target == "postgres" {
+        "fedsql_fuzz"
+    } else {
+        "fedsql_fuzz_ref"
     };
     let (reference, url, data) = load_postgres(reference_db, &TABLES, &scale).await;
     reference
@@ -231,6 +242,6 @@ async fn fuzzed_queries_match_postgres() {
     let server = FedsqlServer::start(dir.path());
     let admin = server.connect("demo").await;
     admin.simple_query(&source).await.unwrap();
-    let report = fuzz(&target, &reference, &server, database, tables).await;
+    let report = fuzz(target, &reference, &server, database, tables).await;
     check(&report);
 }

@@ -3,7 +3,8 @@
 //! The unparser can write SQL a source will not run: a shape the unparser
 //! gets wrong, a function the source lacks or the login may not call. Such
 //! a rejection comes back before any row, as a syntax, undefined-object or
-//! permission error (SQLSTATE class `42`, `0A000`, or ODBC 2's `37000`),
+//! permission error (SQLSTATE class `42`, `0A000`, ODBC 2's `37000`, or
+//! MySQL's `23000` for an ambiguous column),
 //! or as columns of another shape than planned (an unparser bug). The
 //! query is still valid, so [`FallbackExec`] plans the rejected sub-plan again with
 //! `fedsql.pushdown = off` (the source then serves plain scans) and fedsql
@@ -46,8 +47,14 @@ pub fn rejection(error: &DataFusionError) -> Option<String> {
     loop {
         if let Some(e) = current.downcast_ref::<ConnectorError>() {
             return match e {
+                // MySQL and MariaDB report an ambiguous column (error 1052)
+                // as 23000, the integrity-constraint class: for the SELECTs
+                // fedsql sends, that can only be the SQL it wrote.
                 ConnectorError::Remote { sqlstate, .. }
-                    if sqlstate.starts_with("42") || sqlstate == "0A000" || sqlstate == "37000" =>
+                    if sqlstate.starts_with("42")
+                        || sqlstate == "0A000"
+                        || sqlstate == "37000"
+                        || sqlstate == "23000" =>
                 {
                     Some(format!("{sqlstate} {e}"))
                 }
