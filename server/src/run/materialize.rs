@@ -90,7 +90,10 @@ fn swap_in(relation: &Relation, query: &str, existing: Existing<'_>) -> Vec<Stri
     out.push(format!("CREATE TABLE {tmp} AS {query}"));
     let existing = existing.kind;
     match existing {
-        Some("VIEW") => out.push(format!("DROP VIEW {relation}")),
+        // As dbt does: views over the old relation go with it (Postgres
+        // would refuse a plain DROP with 2BP01) and are built again when
+        // their own models run.
+        Some("VIEW") => out.push(format!("DROP VIEW {relation} CASCADE")),
         Some(_) => out.push(format!(
             "ALTER TABLE {relation} RENAME TO {}",
             quoted(&[&backup_name])
@@ -123,7 +126,7 @@ pub fn steps(
         Materialized::View => {
             let mut out = Vec::new();
             if matches!(existing.kind, Some(kind) if kind != "VIEW") {
-                out.push(format!("DROP TABLE {relation}"));
+                out.push(format!("DROP TABLE {relation} CASCADE"));
             }
             out.push(format!("CREATE OR REPLACE VIEW {relation} AS {sql}"));
             steps(out, format!("view {relation}"))
