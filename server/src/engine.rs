@@ -719,6 +719,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Takes the view `catalog.schema.name` out of the catalog (its
+    /// persisted entry stays); false if the name is not three parts.
+    fn deregister_view(&self, name: &str) -> bool {
+        let mut parts = name.splitn(3, '.');
+        let (Some(catalog), Some(schema), Some(table)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        if let Some(schema) = self
+            .catalogs
+            .catalog(catalog)
+            .and_then(|c| c.schema(schema))
+        {
+            let _ = schema.deregister_table(table);
+        }
+        true
+    }
+
     /// After `DROP … CASCADE` of `dropped`: the persisted views that read
     /// them (directly or through each other) are dropped too.
     fn drop_dependent_views(&self, dropped: &[String]) -> Result<()> {
@@ -733,18 +751,7 @@ impl Engine {
         *state = next;
         drop(state);
         for view in &dependents {
-            let mut parts = view.splitn(3, '.');
-            if let (Some(catalog), Some(schema), Some(table)) =
-                (parts.next(), parts.next(), parts.next())
-            {
-                if let Some(schema) = self
-                    .catalogs
-                    .catalog(catalog)
-                    .and_then(|c| c.schema(schema))
-                {
-                    let _ = schema.deregister_table(table);
-                }
-            }
+            self.deregister_view(view);
             tracing::info!(%view, "drop cascades to view");
         }
         Ok(())
@@ -836,18 +843,8 @@ impl Engine {
             if !names.iter().any(|n| definition.contains(n.as_str())) {
                 continue;
             }
-            let mut parts = view.name.splitn(3, '.');
-            let (Some(catalog), Some(schema), Some(table)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            if !self.deregister_view(&view.name) {
                 continue;
-            };
-            if let Some(schema) = self
-                .catalogs
-                .catalog(catalog)
-                .and_then(|c| c.schema(schema))
-            {
-                let _ = schema.deregister_table(table);
             }
             if let Err(e) = self.define(&mut sessions, &view.database, &view.sql).await {
                 tracing::info!(view = %view.name, error = %e, "view unavailable until its input exists again");

@@ -68,18 +68,20 @@ pub fn relations_read(database: &str, sql: &str) -> BTreeSet<String> {
 pub fn dependents(views: &[ViewEntry], dropped: &[String]) -> Vec<String> {
     let mut gone: BTreeSet<String> = dropped.iter().cloned().collect();
     let mut found = Vec::new();
-    // Views are persisted in the order they were made, so one pass per
-    // level of nesting finds them all.
+    // Each definition is read once; then one pass per level of nesting
+    // finds every dependent.
+    let reads: Vec<(&ViewEntry, BTreeSet<String>)> = views
+        .iter()
+        .filter(|v| !v.name.starts_with("schema:"))
+        .map(|v| (v, relations_read(&v.database, &v.sql)))
+        .collect();
     loop {
         let before = found.len();
-        for view in views.iter().filter(|v| !v.name.starts_with("schema:")) {
+        for (view, read) in &reads {
             if gone.contains(&view.name) {
                 continue;
             }
-            if relations_read(&view.database, &view.sql)
-                .iter()
-                .any(|r| gone.contains(r))
-            {
+            if read.iter().any(|r| gone.contains(r)) {
                 gone.insert(view.name.clone());
                 found.push(view.name.clone());
             }

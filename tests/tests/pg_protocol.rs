@@ -58,6 +58,23 @@ fn read_until(stream: &mut TcpStream, stop: u8) -> Vec<(u8, Vec<u8>)> {
     }
 }
 
+/// A connection logged in to `demo`, at its first ReadyForQuery.
+fn logged_in(server: &FedsqlServer) -> TcpStream {
+    let mut stream = connect(server);
+    startup(&mut stream, &[("user", "fedsql"), ("database", "demo")]);
+    let ready = read_until(&mut stream, b'Z');
+    assert_eq!(ready.last().map(|m| m.0), Some(b'Z'));
+    stream
+}
+
+/// The first DataRow of `replies`.
+fn data_row(replies: &[(u8, Vec<u8>)]) -> &(u8, Vec<u8>) {
+    replies
+        .iter()
+        .find(|(k, _)| *k == b'D')
+        .unwrap_or_else(|| panic!("no row: {replies:?}"))
+}
+
 /// The SQLSTATE (`C` field) of an ErrorResponse body.
 fn code(body: &[u8]) -> String {
     body.split(|b| *b == 0)
@@ -97,10 +114,7 @@ fn a_failed_login_ends_without_ready_for_query() {
 fn bind_with_too_many_values_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = FedsqlServer::start(dir.path());
-    let mut stream = connect(&server);
-    startup(&mut stream, &[("user", "fedsql"), ("database", "demo")]);
-    let ready = read_until(&mut stream, b'Z');
-    assert_eq!(ready.last().map(|m| m.0), Some(b'Z'));
+    let mut stream = logged_in(&server);
 
     // Parse "SELECT $1::int8 + 1", then Bind two values.
     let mut parse = b"\0SELECT CAST($1 AS BIGINT) + 1\0".to_vec();
@@ -135,10 +149,7 @@ fn bind_with_too_many_values_is_refused() {
     message(&mut stream, b'E', b"\0\0\0\0\0");
     message(&mut stream, b'S', &[]);
     let replies = read_until(&mut stream, b'Z');
-    let row = replies
-        .iter()
-        .find(|(k, _)| *k == b'D')
-        .unwrap_or_else(|| panic!("no row: {replies:?}"));
+    let row = data_row(&replies);
     assert!(row.1.ends_with(b"42"), "{row:?}");
 }
 
@@ -146,9 +157,7 @@ fn bind_with_too_many_values_is_refused() {
 fn invalid_utf8_is_22021_for_that_statement_only() {
     let dir = tempfile::tempdir().unwrap();
     let server = FedsqlServer::start(dir.path());
-    let mut stream = connect(&server);
-    startup(&mut stream, &[("user", "fedsql"), ("database", "demo")]);
-    read_until(&mut stream, b'Z');
+    let mut stream = logged_in(&server);
 
     // Simple protocol: 0xc3 0x28 is not UTF-8 (a lead byte without its
     // continuation). pgwire alone would run it with U+FFFD in it.
@@ -176,10 +185,7 @@ fn invalid_utf8_is_22021_for_that_statement_only() {
     // The connection goes on, and valid multi-byte text is untouched.
     message(&mut stream, b'Q', "SELECT 'café ☕' AS t\0".as_bytes());
     let replies = read_until(&mut stream, b'Z');
-    let row = replies
-        .iter()
-        .find(|(k, _)| *k == b'D')
-        .unwrap_or_else(|| panic!("no row: {replies:?}"));
+    let row = data_row(&replies);
     assert!(
         row.1
             .windows("café ☕".len())
