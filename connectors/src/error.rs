@@ -50,6 +50,14 @@ pub enum ConnectorError {
         sqlstate: String,
         message: String,
     },
+    /// The source's own policy refused the query (a site's analytics
+    /// policy): 42501. Never a reason to fall back to less pushdown, which
+    /// would only ask for more.
+    #[error("{source_name}: {message}")]
+    Refused {
+        source_name: String,
+        message: String,
+    },
     /// The source answered the SQL fedsql generated with another shape than
     /// the plan it was generated from (a bug of the unparser; the query is
     /// planned again with less pushed down, see `pushdown::fallback`).
@@ -96,6 +104,7 @@ impl ConnectorError {
             ConnectorError::Remote { sqlstate, .. } => sqlstate,
             ConnectorError::UnsupportedType { .. } => "0A000",
             ConnectorError::UnexpectedShape { .. } => "XX000",
+            ConnectorError::Refused { .. } => "42501",
             ConnectorError::DriverMissing { .. } => "IM002",
             ConnectorError::ValueTooLong { .. } => "22001",
             ConnectorError::Io(_) => "58030",

@@ -101,6 +101,46 @@ pub struct SitePolicy {
     pub database: Option<String>,
     /// PEM certificate authority for a `https://` coordinator.
     pub coordinator_ca: Option<PathBuf>,
+    /// What may leave for a coordinator's analytics queries, per table
+    /// (`[[site.analytics]]`); a table not listed: nothing (`none`).
+    pub analytics: Vec<AnalyticsRule>,
+}
+
+/// One `[[site.analytics]]` entry: what a coordinator's queries may take
+/// from `table` (which must also be in `allow`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsRule {
+    /// `schema.table` or `catalog.schema.table`, as in `allow`.
+    pub table: String,
+    /// `none`, `aggregates` or `rows`.
+    pub policy: AnalyticsKind,
+    /// For `aggregates`: groups of fewer rows are suppressed at the site
+    /// [default: 10].
+    pub min_group_size: Option<u64>,
+}
+
+/// The `policy` of an `[[site.analytics]]` entry.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalyticsKind {
+    None,
+    Aggregates,
+    Rows,
+}
+
+impl AnalyticsRule {
+    /// The policy this entry sets.
+    pub fn policy(&self) -> crate::sites::protocol::AnalyticsPolicy {
+        use crate::sites::protocol::AnalyticsPolicy;
+        match self.policy {
+            AnalyticsKind::None => AnalyticsPolicy::None,
+            AnalyticsKind::Aggregates => AnalyticsPolicy::Aggregates {
+                min_group_size: self.min_group_size.unwrap_or(10).max(1),
+            },
+            AnalyticsKind::Rows => AnalyticsPolicy::Rows,
+        }
+    }
 }
 
 impl Default for Settings {

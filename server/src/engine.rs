@@ -189,6 +189,16 @@ impl Engine {
             logins: crate::accounts::LoginThrottle::default(),
             exchange: tokio::sync::OnceCell::new(),
         });
+        for site in engine.sites.names() {
+            engine.register_site_catalog(&site);
+        }
+        engine.catalogs.register_catalog(
+            crate::sites::catalog::SITES_CATALOG.to_string(),
+            Arc::new(crate::sites::catalog::SitesCatalog::new(
+                Arc::clone(&engine.sites),
+                Some(engine.observer()),
+            )),
+        );
         engine.open_encoders().await?;
         engine.open_sources().await?;
         engine.replay_views().await?;
@@ -1043,6 +1053,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Registers `site_<name>`: the tables site `name` offers (see
+    /// [`crate::sites::catalog`]).
+    fn register_site_catalog(&self, name: &str) {
+        let catalog = crate::sites::catalog::SiteCatalog::new(
+            name,
+            Arc::clone(&self.sites),
+            Some(self.observer()),
+        );
+        self.catalogs.register_catalog(
+            crate::sites::catalog::site_catalog_name(name),
+            Arc::new(catalog),
+        );
+    }
+
     /// Where sources report the queries they run.
     fn observer(&self) -> Arc<dyn RemoteQueryObserver> {
         Arc::clone(&self.queries) as Arc<dyn RemoteQueryObserver>
@@ -1205,6 +1229,13 @@ impl Engine {
                 name: name.to_string(),
             });
         }
+        let catalog = crate::sites::catalog::site_catalog_name(name);
+        if self.catalogs.catalog(&catalog).is_some() {
+            return Err(ServerError::DuplicateObject {
+                kind: "source or catalog (a site's tables are the catalog site_<name>)",
+                name: catalog,
+            });
+        }
         let credential = SiteCredential::new(&token);
         let mut next = state.clone();
         next.sites.push(SiteEntry {
@@ -1215,6 +1246,7 @@ impl Engine {
         self.store.save(&next)?;
         *state = next;
         self.sites.define(name, credential);
+        self.register_site_catalog(name);
         tag()
     }
 
@@ -1238,6 +1270,9 @@ impl Engine {
         self.store.save(&next)?;
         *state = next;
         self.sites.remove(name);
+        self.catalogs
+            .catalogs
+            .remove(&crate::sites::catalog::site_catalog_name(name));
         Ok(FedsqlOutcome::Command("DROP SITE".into()))
     }
 

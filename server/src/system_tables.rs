@@ -121,9 +121,9 @@ pub fn sites_schema() -> SchemaRef {
     ]))
 }
 
-/// Rows of `fedsql.system.sites`: `tables` lists what each site offers for
-/// training, as `name(column type, …)`, separated by `; ` (names and types
-/// only: the coordinator never sees a site's rows).
+/// Rows of `fedsql.system.sites`: `tables` lists what each site offers, as
+/// `name(column type, …) analytics <policy>`, separated by `; ` (names,
+/// types and policies only: the coordinator never sees a site's rows).
 pub fn sites_batch(sites: &[SiteRow]) -> DfResult<RecordBatch> {
     let mut name = StringBuilder::new();
     let mut status = StringBuilder::new();
@@ -150,7 +150,12 @@ pub fn sites_batch(sites: &[SiteRow]) -> DfResult<RecordBatch> {
                     .iter()
                     .map(|(c, ty)| format!("{c} {ty}"))
                     .collect();
-                format!("{}({})", t.name, columns.join(", "))
+                format!(
+                    "{}({}) analytics {}",
+                    t.name,
+                    columns.join(", "),
+                    t.analytics
+                )
             })
             .collect();
         tables.append_value(offered.join("; "));

@@ -226,14 +226,23 @@ impl Drop for SiteProcess {
     }
 }
 
+/// A site's config: its Postgres source `bank`, the tables it allows and,
+/// when it allows `bank.transactions`, that table's analytics policy:
+/// aggregates over groups of at least 10 rows.
 fn site_config(dir: &Path, region: &str, url: &str, allow: &[&str]) -> PathBuf {
     let path = dir.join(format!("{region}.toml"));
+    let analytics = if allow.contains(&"bank.transactions") {
+        "\n[[site.analytics]]\ntable = \"bank.transactions\"\npolicy = \"aggregates\"\n\
+         min_group_size = 10\n"
+    } else {
+        ""
+    };
     let allow: Vec<String> = allow.iter().map(|t| format!("\"{t}\"")).collect();
     std::fs::write(
         &path,
         format!(
             "[[sources]]\nname = \"bank\"\ntype = \"postgres\"\nurl = \"{url}\"\n\n\
-             [site]\ntoken_env = \"SITE_TOKEN\"\nallow = [{}]\ndatabase = \"bank\"\n",
+             [site]\ntoken_env = \"SITE_TOKEN\"\nallow = [{}]\ndatabase = \"bank\"\n{analytics}",
             allow.join(", ")
         ),
     )
@@ -407,6 +416,10 @@ async fn training_over_three_sites_keeps_rows_at_the_sites() {
             "{tables}"
         );
         assert!(!tables.contains("customers"), "{tables}");
+        assert!(
+            tables.ends_with("analytics aggregates (min_group_size 10)"),
+            "{tables}"
+        );
     }
 
     let train = format!(
@@ -1178,4 +1191,190 @@ async fn secure_aggregation_over_sites_survives_a_site_that_dies_mid_round() {
         "secure run with a dropout {dropout}, plain {plain}"
     );
     drop(server);
+}
+
+/// `(channel, count, sum(amount), min(amount), max(amount))` per channel of
+/// the rows in the site databases at `urls`, computed by PostgreSQL itself
+/// (each database's partials, added up here).
+async fn channel_totals(urls: &[String]) -> Vec<(String, i64, f64, f64, f64)> {
+    let mut totals: std::collections::BTreeMap<String, (i64, f64, f64, f64)> = Default::default();
+    for url in urls {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        for row in client
+            .query(
+                "SELECT channel, count(*), sum(amount), min(amount), max(amount) \
+                 FROM bank.transactions GROUP BY channel",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            let entry =
+                totals
+                    .entry(row.get(0))
+                    .or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+            entry.0 += row.get::<_, i64>(1);
+            entry.1 += row.get::<_, f64>(2);
+            entry.2 = entry.2.min(row.get(3));
+            entry.3 = entry.3.max(row.get(4));
+        }
+    }
+    totals
+        .into_iter()
+        .map(|(channel, (n, sum, min, max))| (channel, n, sum, min, max))
+        .collect()
+}
+
+fn number(cell: &Option<String>) -> f64 {
+    cell.as_deref().unwrap_or("NaN").parse().unwrap()
+}
+
+#[tokio::test]
+async fn analytics_over_sites_moves_only_partials_and_refuses_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = token_env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = FedsqlServer::start_with_env(&dir.path().join("coordinator"), &[], &env_refs);
+    let client = server.connect("demo").await;
+    let mut sites = Vec::new();
+    let mut urls = Vec::new();
+    for region in REGIONS {
+        client
+            .simple_query(&format!(
+                "CREATE SITE {region} OPTIONS (token_env '{}_TOKEN')",
+                region.to_uppercase()
+            ))
+            .await
+            .unwrap();
+        let url = site_database(region, 500).await;
+        let config = site_config(dir.path(), region, &url, &["bank.transactions"]);
+        let proxy = CountingProxy::start(server.flight_port).await;
+        let data_dir = dir.path().join(format!("site-{region}"));
+        let site = SiteProcess::start(region, proxy.port, &config, &data_dir, &token(region));
+        sites.push((site, proxy));
+        urls.push(url);
+    }
+    // eu has 3 rows of a channel no other site has: a group under its
+    // min_group_size of 10.
+    {
+        let (eu, connection) = tokio_postgres::connect(&urls[1], tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        eu.batch_execute(
+            "INSERT INTO bank.transactions VALUES \
+             (1, 'branch', 'memo SECRETx', false, 'ROWSECRET-x1'), \
+             (2, 'branch', 'memo SECRETy', false, 'ROWSECRET-x2'), \
+             (3, 'branch', 'memo SECRETz', true, 'ROWSECRET-x3')",
+        )
+        .await
+        .unwrap();
+    }
+    wait_online(&client, &REGIONS).await;
+    let expected = channel_totals(&urls).await;
+    assert!(expected.iter().any(|(c, n, ..)| c == "branch" && *n == 3));
+
+    // Across all sites: per-site partials merged at the coordinator equal
+    // PostgreSQL's answer over the union of the rows; the small group is
+    // suppressed.
+    let sql = "SELECT channel, count(*), sum(amount), avg(amount), min(amount), max(amount) \
+               FROM sites.bank.transactions GROUP BY channel ORDER BY channel";
+    let rows = text_rows(&client, sql).await;
+    let kept: Vec<_> = expected.iter().filter(|(c, ..)| c != "branch").collect();
+    assert_eq!(rows.len(), kept.len(), "{rows:?} vs {expected:?}");
+    for (row, (channel, n, sum, min, max)) in rows.iter().zip(&kept) {
+        assert_eq!(row[0].as_deref(), Some(channel.as_str()));
+        assert_eq!(number(&row[1]) as i64, *n, "{row:?}");
+        assert!(
+            (number(&row[2]) - sum).abs() < 1e-6 * sum.abs().max(1.0),
+            "{row:?}"
+        );
+        assert!(
+            (number(&row[3]) - sum / *n as f64).abs() < 1e-9 * sum.abs().max(1.0),
+            "{row:?}"
+        );
+        assert_eq!(number(&row[4]), *min, "{row:?}");
+        assert_eq!(number(&row[5]), *max, "{row:?}");
+    }
+    // The suppression is reported where the remote queries are.
+    let reported = text_rows(
+        &client,
+        "SELECT database, query FROM fedsql.system.queries \
+         WHERE protocol = 'source' AND query LIKE '%suppressed%'",
+    )
+    .await;
+    assert!(
+        reported.iter().any(|r| r[0].as_deref() == Some("site_eu")),
+        "{reported:?}"
+    );
+
+    // EXPLAIN shows what each site runs: a GROUP BY, never a plain scan.
+    let plan = fedsql_tests::explain(&client, sql).await;
+    for region in REGIONS {
+        assert!(plan.contains(&format!("site_{region}")), "{plan}");
+    }
+    assert!(plan.contains("GROUP BY"), "{plan}");
+
+    // Grouped by site, and one site's own catalog.
+    let by_site = text_rows(
+        &client,
+        "SELECT _site, count(*) FROM sites.bank.transactions GROUP BY _site ORDER BY _site",
+    )
+    .await;
+    assert_eq!(
+        by_site,
+        vec![
+            vec![Some("apac".into()), Some("500".into())],
+            vec![Some("eu".into()), Some("503".into())],
+            vec![Some("us".into()), Some("500".into())],
+        ]
+    );
+    let eu = text_rows(
+        &client,
+        "SELECT count(*) AS n FROM site_eu.bank.transactions WHERE channel <> 'branch'",
+    )
+    .await;
+    assert_eq!(eu, vec![vec![Some("500".into())]]);
+
+    // Row-level reads are refused with the table, its policy and why.
+    for refused_sql in [
+        "SELECT amount, memo FROM site_eu.bank.transactions LIMIT 5",
+        "SELECT * FROM sites.bank.transactions WHERE amount > 990",
+        "SELECT channel, array_agg(secret) FROM site_us.bank.transactions GROUP BY channel",
+        "SELECT min(secret) FROM site_us.bank.transactions",
+    ] {
+        let error = client.simple_query(refused_sql).await.unwrap_err();
+        let db = error
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{refused_sql}: {error}"));
+        assert_eq!(db.code().code(), "42501", "{refused_sql}: {}", db.message());
+        assert!(
+            db.message().contains("bank.bank.transactions")
+                && db.message().contains("aggregates (min_group_size 10)"),
+            "{refused_sql}: {}",
+            db.message()
+        );
+    }
+    // The coordinator keeps serving.
+    assert_eq!(
+        text_rows(&client, "SELECT 1").await,
+        vec![vec![Some("1".into())]]
+    );
+
+    // No row content left any site: not the per-row secrets, not the memos.
+    for (site, proxy) in &sites {
+        let sent = proxy.bytes();
+        assert!(!sent.is_empty());
+        for marker in [&b"ROWSECRET"[..], &b"SECRET"[..]] {
+            assert!(
+                !sent.windows(marker.len()).any(|w| w == marker),
+                "a site sent {:?}; site log:\n{}",
+                String::from_utf8_lossy(marker),
+                site.log()
+            );
+        }
+    }
 }

@@ -140,7 +140,7 @@ fn read_statistics(connection: &Connection<'_>, dialect: SourceDialect) -> Vec<S
             (statistics::MYSQL_STATISTICS_SQL, false),
             (statistics::MARIADB_COLUMN_STATISTICS_SQL, false),
         ],
-        SourceDialect::Sqlite | SourceDialect::Generic => &[],
+        SourceDialect::Sqlite | SourceDialect::Generic | SourceDialect::Fedsql => &[],
     };
     let mut rows = Vec::new();
     for (sql, with_schema) in queries {

@@ -94,7 +94,9 @@ impl OdbcExecutor {
             SourceDialect::Postgres => Box::new(sqlparser::dialect::PostgreSqlDialect {}),
             SourceDialect::MySql => Box::new(sqlparser::dialect::MySqlDialect {}),
             SourceDialect::Sqlite => Box::new(sqlparser::dialect::SQLiteDialect {}),
-            SourceDialect::Generic => Box::new(sqlparser::dialect::GenericDialect {}),
+            SourceDialect::Generic | SourceDialect::Fedsql => {
+                Box::new(sqlparser::dialect::GenericDialect {})
+            }
         }
     }
 
@@ -391,7 +393,7 @@ impl SQLExecutor for OdbcExecutor {
             SourceDialect::MySql => Arc::new(MySqlDialect {}),
             SourceDialect::Sqlite => Arc::new(SqliteOdbcDialect),
             // ANSI double-quoted identifiers, always quoted.
-            SourceDialect::Generic => Arc::new(
+            SourceDialect::Generic | SourceDialect::Fedsql => Arc::new(
                 CustomDialectBuilder::new()
                     .with_identifier_quote_style('"')
                     .build(),

@@ -106,12 +106,15 @@ impl OdbcOptions {
         let dialect = match map.get("dialect") {
             None => guess_dialect(&connection_string),
             Some(name) => {
-                SourceDialect::from_name(name).ok_or_else(|| ConnectorError::InvalidOption {
-                    option: "dialect".into(),
-                    message: format!(
+                // `fedsql` names a site, never an ODBC warehouse.
+                SourceDialect::from_name(name)
+                    .filter(|d| *d != SourceDialect::Fedsql)
+                    .ok_or_else(|| ConnectorError::InvalidOption {
+                        option: "dialect".into(),
+                        message: format!(
                         "unknown dialect '{name}' (expected postgres, mysql, sqlite or generic)"
                     ),
-                })?
+                    })?
             }
         };
         let positive = |key: &str, default: usize| -> Result<usize, ConnectorError> {

@@ -135,7 +135,7 @@ impl ConnectionPool {
         let setup: &[&str] = match self.options.dialect {
             SourceDialect::Postgres => &["SET TIME ZONE 'UTC'"],
             SourceDialect::MySql => &["SET time_zone = '+00:00'"],
-            SourceDialect::Sqlite | SourceDialect::Generic => &[],
+            SourceDialect::Sqlite | SourceDialect::Generic | SourceDialect::Fedsql => &[],
         };
         for statement in setup {
             connection

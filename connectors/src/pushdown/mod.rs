@@ -31,6 +31,7 @@ mod policy;
 mod rule;
 mod semi_join;
 pub mod split;
+mod union_aggregate;
 mod unparser_fixes;
 
 use datafusion::common::extensions_options;

@@ -31,6 +31,9 @@ pub enum SourceDialect {
     Sqlite,
     /// Any other ODBC source: only what ANSI SQL guarantees.
     Generic,
+    /// Another fedsql (a site): the same engine, so every expression means
+    /// there what it means here; only what the unparser cannot write stays.
+    Fedsql,
 }
 
 impl SourceDialect {
@@ -53,6 +56,7 @@ impl SourceDialect {
             "mysql" | "mariadb" => Some(SourceDialect::MySql),
             "sqlite" => Some(SourceDialect::Sqlite),
             "generic" | "ansi" => Some(SourceDialect::Generic),
+            "fedsql" => Some(SourceDialect::Fedsql),
             _ => None,
         }
     }
@@ -64,46 +68,56 @@ impl SourceDialect {
             SourceDialect::MySql => "mysql",
             SourceDialect::Sqlite => "sqlite",
             SourceDialect::Generic => "generic",
+            SourceDialect::Fedsql => "fedsql",
         }
     }
 
     /// Whether `=` on text gives DataFusion's (byte-wise) answer. MySQL's
     /// default collations ignore case, accents and trailing spaces.
     fn exact_text_equality(self) -> bool {
-        matches!(self, SourceDialect::Postgres | SourceDialect::Sqlite)
+        matches!(
+            self,
+            SourceDialect::Postgres | SourceDialect::Sqlite | SourceDialect::Fedsql
+        )
     }
 
     /// Whether `<`, `ORDER BY` and `min`/`max` on text order bytes like
     /// DataFusion: SQLite's default BINARY collation does, Postgres and
     /// MySQL order by the database's collation.
     fn byte_text_ordering(self) -> bool {
-        matches!(self, SourceDialect::Sqlite)
+        matches!(self, SourceDialect::Sqlite | SourceDialect::Fedsql)
     }
 
     /// Whether `LIKE` is case-sensitive as in DataFusion (SQLite's and
     /// MySQL's are not, for ASCII letters).
     fn exact_like(self) -> bool {
-        matches!(self, SourceDialect::Postgres)
+        matches!(self, SourceDialect::Postgres | SourceDialect::Fedsql)
     }
 
     /// Whether integer `/` and `%` truncate as in DataFusion (MySQL's `/`
     /// returns a decimal).
     fn integer_division(self) -> bool {
-        matches!(self, SourceDialect::Postgres | SourceDialect::Sqlite)
+        matches!(
+            self,
+            SourceDialect::Postgres | SourceDialect::Sqlite | SourceDialect::Fedsql
+        )
     }
 
     /// Whether dates and timestamps are real types there: SQLite stores them
     /// as text or numbers, and the unparsed `CAST('…' AS DATE)` means
     /// something else to it.
     fn temporal_comparisons(self) -> bool {
-        matches!(self, SourceDialect::Postgres | SourceDialect::MySql)
+        matches!(
+            self,
+            SourceDialect::Postgres | SourceDialect::MySql | SourceDialect::Fedsql
+        )
     }
 
     /// Whether `ORDER BY` (and so TopK) may run there. Only Postgres agrees
     /// with DataFusion on NULL placement and text order for the sorts fedsql
     /// sends.
     fn sorts(self) -> bool {
-        matches!(self, SourceDialect::Postgres)
+        matches!(self, SourceDialect::Postgres | SourceDialect::Fedsql)
     }
 
     /// Whether `FULL [OUTER] JOIN` exists: MySQL and MariaDB have none
@@ -123,6 +137,8 @@ impl SourceDialect {
             SourceDialect::Postgres => POSTGRES_FUNCTIONS,
             SourceDialect::MySql | SourceDialect::Sqlite => &["abs", "coalesce", "nullif"],
             SourceDialect::Generic => &["coalesce", "nullif"],
+            // Not consulted: every function is the same there.
+            SourceDialect::Fedsql => &[],
         }
     }
 
@@ -130,7 +146,7 @@ impl SourceDialect {
     /// summation order). MySQL's `avg` of integers rounds to four decimals.
     fn aggregates(self) -> &'static [&'static str] {
         match self {
-            SourceDialect::Postgres | SourceDialect::Sqlite => {
+            SourceDialect::Postgres | SourceDialect::Sqlite | SourceDialect::Fedsql => {
                 &["count", "sum", "avg", "min", "max"]
             }
             SourceDialect::MySql | SourceDialect::Generic => &["count", "sum", "min", "max"],
@@ -358,6 +374,10 @@ fn text_literal(e: &Expr) -> Option<&str> {
 
 /// Whether every node of `expr` is safe to run at a source of `dialect`.
 fn expr_ok(dialect: SourceDialect, expr: &Expr, schema: &DFSchema) -> bool {
+    if dialect == SourceDialect::Fedsql {
+        // The same engine runs it; subqueries were excluded before.
+        return true;
+    }
     let text_equality_ok = |e: &Expr| dialect.exact_text_equality() || !is_text(e, schema);
     let ordering_ok = |e: &Expr| {
         (dialect.byte_text_ordering() || !is_text(e, schema))

@@ -49,6 +49,10 @@ impl PolicyFederationRule {
             position,
             Arc::new(super::partial_aggregate::PartialAggregateRule),
         );
+        rules.insert(
+            position,
+            Arc::new(super::union_aggregate::UnionAggregateRule),
+        );
         rules
     }
 }

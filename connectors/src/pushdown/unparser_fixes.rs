@@ -16,6 +16,12 @@
 //!    s+n` after the optimizer's limit pushdown) is written with the sort's
 //!    `LIMIT s+n` in place of the limit's `n`: s rows too many. The sort's
 //!    fetch is folded into the limit.
+//! 3. **A projection over a `LIMIT` of a plain scan** (what limit pushdown
+//!    makes of `SELECT a FROM t LIMIT 5`) is written as `SELECT "t"."a" FROM
+//!    (SELECT * FROM t LIMIT 5) AS derived_limit`, naming a table the outer
+//!    `SELECT` cannot see (found by the site analytics tests). A projection
+//!    of deterministic expressions keeps every row, so the limit moves above
+//!    it.
 
 use std::sync::Arc;
 
@@ -34,6 +40,7 @@ pub(super) fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up(|node| match node {
         LogicalPlan::Join(join) => join_inputs(join),
         LogicalPlan::Limit(limit) => limit_over_sort(limit),
+        LogicalPlan::Projection(projection) => projection_over_limit(projection),
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
@@ -145,5 +152,47 @@ fn limit_over_sort(limit: Limit) -> Result<Transformed<LogicalPlan>> {
         skip: (skip > 0).then(|| Box::new(lit(i64::try_from(skip).unwrap_or(i64::MAX)))),
         fetch: Some(Box::new(lit(i64::try_from(fetch).unwrap_or(i64::MAX)))),
         input: Arc::new(LogicalPlan::Sort(sort)),
+    })))
+}
+
+/// Rule 3: `Projection(Limit(scan))` becomes `Limit(Projection(scan))`.
+fn projection_over_limit(projection: Projection) -> Result<Transformed<LogicalPlan>> {
+    let LogicalPlan::Limit(limit) = projection.input.as_ref() else {
+        return Ok(Transformed::no(LogicalPlan::Projection(projection)));
+    };
+    let plain_input = match limit.input.as_ref() {
+        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::Filter(filter) => matches!(filter.input.as_ref(), LogicalPlan::TableScan(_)),
+        _ => false,
+    };
+    if !plain_input || projection.expr.iter().any(Expr::is_volatile) {
+        return Ok(Transformed::no(LogicalPlan::Projection(projection)));
+    }
+    // The scan's own fetch (limit pushdown's copy of the limit) would be
+    // written as the same derived table; the limit above keeps the count.
+    let without_fetch = |scan: &datafusion::logical_expr::TableScan| {
+        let mut scan = scan.clone();
+        scan.fetch = None;
+        LogicalPlan::TableScan(scan)
+    };
+    let input = match limit.input.as_ref() {
+        LogicalPlan::TableScan(scan) => without_fetch(scan),
+        LogicalPlan::Filter(filter) => match filter.input.as_ref() {
+            LogicalPlan::TableScan(scan) => {
+                LogicalPlan::Filter(datafusion::logical_expr::Filter::try_new(
+                    filter.predicate.clone(),
+                    Arc::new(without_fetch(scan)),
+                )?)
+            }
+            other => LogicalPlan::Filter(filter.clone())
+                .with_new_exprs(vec![filter.predicate.clone()], vec![other.clone()])?,
+        },
+        other => other.clone(),
+    };
+    let moved = Projection::try_new(projection.expr.clone(), Arc::new(input))?;
+    Ok(Transformed::yes(LogicalPlan::Limit(Limit {
+        skip: limit.skip.clone(),
+        fetch: limit.fetch.clone(),
+        input: Arc::new(LogicalPlan::Projection(moved)),
     })))
 }

@@ -33,6 +33,7 @@ use fedsql_udfs::exchange::ExchangeClient;
 use fedsql_udfs::registry::LoadedModel;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
+use super::analytics::TablePolicies;
 use super::protocol::{
     Envelope, Hello, OfferedTable, Reply, ReplyMessage, Task, POLL_ACTION, REPLY_ACTION,
 };
@@ -50,6 +51,51 @@ pub fn encode_schema(schema: &Schema) -> std::result::Result<String, String> {
     let bytes = writer.into_inner().map_err(|e| e.to_string())?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
+
+/// Encodes `batch` as an Arrow IPC stream, in base64.
+pub fn encode_batch(
+    batch: &datafusion::arrow::array::RecordBatch,
+) -> std::result::Result<String, String> {
+    let mut writer =
+        StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let bytes = writer.into_inner().map_err(|e| e.to_string())?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Decodes what [`encode_batch`] made.
+pub fn decode_batches(
+    text: &str,
+) -> std::result::Result<(SchemaRef, Vec<datafusion::arrow::array::RecordBatch>), String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| e.to_string())?;
+    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok((schema, batches))
+}
+
+/// Runs `plan` and returns its rows as one batch.
+async fn collect(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+) -> std::result::Result<datafusion::arrow::array::RecordBatch, String> {
+    let frame = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| e.to_string())?;
+    let schema = Arc::clone(frame.schema().inner());
+    let batches = frame.collect().await.map_err(|e| e.to_string())?;
+    concat_batches(&schema, &batches).map_err(|e| e.to_string())
+}
+
+/// The most an analytics reply may carry (base64 text), under the 4 MiB a
+/// Flight request may have.
+const MAX_ROWS_REPLY: usize = 3 << 20;
 
 /// Decodes what [`encode_schema`] made.
 pub fn decode_schema(text: &str) -> std::result::Result<SchemaRef, String> {
@@ -76,6 +122,8 @@ struct Site {
     database: String,
     /// `[site] allow`, resolved against `database`.
     allowed: Vec<ResolvedTableReference>,
+    /// `[[site.analytics]]`: what analytics queries may take, per table.
+    policies: TablePolicies,
     runs: Mutex<HashMap<String, Run>>,
     /// `[site] coordinator_ca`'s PEM: what the weight exchange's TLS is
     /// verified with, as the coordinator link's is.
@@ -135,23 +183,36 @@ pub async fn run_site(
         .database
         .clone()
         .unwrap_or_else(|| engine.default_database().to_string());
-    let allowed = policy
+    let allowed: Vec<ResolvedTableReference> = policy
         .allow
         .iter()
         .map(|t| TableReference::from(t.as_str()).resolve(&database, "public"))
         .collect();
+    let mut analytics = HashMap::new();
+    for rule in &policy.analytics {
+        let table = TableReference::from(rule.table.as_str()).resolve(&database, "public");
+        if !allowed.contains(&table) {
+            return Err(ServerError::Config(format!(
+                "[[site.analytics]] table {table} is not in [site] allow: a coordinator can \
+                 only see tables the site allows"
+            )));
+        }
+        analytics.insert(table, rule.policy());
+    }
     let coordinator_ca = match &policy.coordinator_ca {
         Some(path) => Some(Arc::new(
             std::fs::read(path).map_err(|e| ServerError::io(path, e))?,
         )),
         None => None,
     };
+    let policies = TablePolicies::new(&name, &database, analytics);
     let site = Arc::new(Site {
         name,
         token,
         session: crate::flight::random_hex(12),
         engine,
         database,
+        policies,
         allowed,
         runs: Mutex::new(HashMap::new()),
         coordinator_ca,
@@ -284,14 +345,16 @@ impl Site {
                 table.table.as_ref(),
             );
             if let Ok(provider) = ctx.table_provider(reference).await {
+                let schema = provider.schema();
                 out.push(OfferedTable {
                     name: table.to_string(),
-                    columns: provider
-                        .schema()
+                    columns: schema
                         .fields()
                         .iter()
                         .map(|f| (f.name().clone(), f.data_type().to_string()))
                         .collect(),
+                    schema: encode_schema(&schema).ok(),
+                    analytics: self.policies.of(table),
                 });
             }
         }
@@ -431,6 +494,7 @@ impl Site {
                 self.runs().remove(&run);
                 Ok(Reply::Done)
             }
+            Task::Query { sql } => Ok(self.query(&sql).await),
             Task::Score {
                 query,
                 model,
@@ -452,12 +516,12 @@ impl Site {
         }
     }
 
-    /// Runs the coordinator's query on this site's catalog, if the policy
-    /// allows every table it reads.
-    async fn read(
+    /// Plans the coordinator's `query` (exactly one query, no DDL or other
+    /// statement) on this site's catalog.
+    async fn plan(
         &self,
         query: &str,
-    ) -> std::result::Result<datafusion::arrow::array::RecordBatch, String> {
+    ) -> std::result::Result<(SessionContext, LogicalPlan), String> {
         let statements = self.engine.parse(query).map_err(|e| e.to_string())?;
         let text = match statements.as_slice() {
             [fedsql_sql::Statement::Sql { text, .. }] => text.clone(),
@@ -492,14 +556,92 @@ impl Site {
                 self.name
             ));
         }
+        Ok((ctx, plan))
+    }
+
+    /// `sql` with the coordinator's names for this site's tables
+    /// (`site_<name>.<schema>.<table>`) in this site's (`<database>.…`).
+    fn own_names(&self, sql: &str) -> std::result::Result<String, String> {
+        use datafusion::sql::sqlparser::ast::{visit_relations_mut, Ident, ObjectNamePart};
+        use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+        use datafusion::sql::sqlparser::parser::Parser;
+        let coordinator_name = super::catalog::site_catalog_name(&self.name);
+        let mut statements =
+            Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
+        let _ = visit_relations_mut(&mut statements, |name| {
+            if let [ObjectNamePart::Identifier(catalog), _, _] = name.0.as_mut_slice() {
+                if catalog.value == coordinator_name {
+                    *catalog = Ident::with_quote('"', self.database.as_str());
+                }
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        Ok(statements
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+
+    /// Runs the coordinator's training or evaluation query on this site's
+    /// catalog, if the policy allows every table it reads.
+    async fn read(
+        &self,
+        query: &str,
+    ) -> std::result::Result<datafusion::arrow::array::RecordBatch, String> {
+        let (ctx, plan) = self.plan(query).await?;
         self.check_policy(&plan)?;
-        let frame = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| e.to_string())?;
-        let schema = Arc::clone(frame.schema().inner());
-        let batches = frame.collect().await.map_err(|e| e.to_string())?;
-        concat_batches(&schema, &batches).map_err(|e| e.to_string())
+        collect(&ctx, plan).await
+    }
+
+    /// Answers an analytics query inside each table's analytics policy
+    /// (see [`super::analytics`]).
+    async fn query(&self, sql: &str) -> Reply {
+        let failed = |message: String| {
+            tracing::warn!(site = %self.name, "analytics query failed: {message}");
+            Reply::Failed { message }
+        };
+        let sql = match self.own_names(sql) {
+            Ok(sql) => sql,
+            Err(message) => return failed(message),
+        };
+        let (ctx, plan) = match self.plan(&sql).await {
+            Ok(planned) => planned,
+            Err(message) => return failed(message),
+        };
+        let guarded = match self.policies.guard(plan) {
+            Ok(guarded) => guarded,
+            Err(message) => {
+                tracing::warn!(site = %self.name, "refused an analytics query: {message}");
+                return Reply::Refused { message };
+            }
+        };
+        let batch = match collect(&ctx, guarded.plan).await {
+            Ok(batch) => batch,
+            Err(message) => return failed(message),
+        };
+        let suppressed = guarded
+            .suppressed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let batches = match encode_batch(&batch) {
+            Ok(batches) => batches,
+            Err(message) => return failed(message),
+        };
+        if batches.len() > MAX_ROWS_REPLY {
+            return failed(format!(
+                "site {}: the result ({} rows, {} bytes encoded) is larger than the {} bytes a \
+                 reply may carry; aggregate or filter it further",
+                self.name,
+                batch.num_rows(),
+                batches.len(),
+                MAX_ROWS_REPLY
+            ));
+        }
+        tracing::info!(site = %self.name, rows = batch.num_rows(), suppressed, "answered an analytics query");
+        Reply::Rows {
+            batches,
+            suppressed,
+        }
     }
 
     /// Every table the plan reads, subqueries included, must be allowed.

@@ -40,12 +40,48 @@ pub struct Hello {
     pub tables: Vec<OfferedTable>,
 }
 
-/// One table a site offers for training.
+/// One table a site offers for training (and, as its policy says, for
+/// analytics).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OfferedTable {
+    /// `catalog.schema.table` at the site.
     pub name: String,
     /// `(column, type)` pairs.
     pub columns: Vec<(String, String)>,
+    /// The Arrow schema as an IPC stream without batches, base64 (absent
+    /// from sites older than analytics).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// What a coordinator's analytics queries may take from it.
+    #[serde(default)]
+    pub analytics: AnalyticsPolicy,
+}
+
+/// What may leave a site for analytics from one table (`[[site.analytics]]`
+/// in the site's config).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case", tag = "policy")]
+pub enum AnalyticsPolicy {
+    /// Nothing: the table is for training and evaluation only.
+    #[default]
+    None,
+    /// Aggregates over groups of at least `min_group_size` rows; smaller
+    /// groups are suppressed at the site.
+    Aggregates { min_group_size: u64 },
+    /// Rows, as any query selects them.
+    Rows,
+}
+
+impl std::fmt::Display for AnalyticsPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnalyticsPolicy::None => f.write_str("none"),
+            AnalyticsPolicy::Aggregates { min_group_size } => {
+                write!(f, "aggregates (min_group_size {min_group_size})")
+            }
+            AnalyticsPolicy::Rows => f.write_str("rows"),
+        }
+    }
 }
 
 /// A task for one site, with the id its reply names.
@@ -102,6 +138,11 @@ pub enum Task {
         exchange: ExchangeAccess,
         key: u32,
     },
+    /// An analytics query over the site's tables (`site_<name>.…` at the
+    /// coordinator): the site checks `sql` against each table's analytics
+    /// policy, suppresses groups under `min_group_size`, and answers
+    /// [`Reply::Rows`].
+    Query { sql: String },
 }
 
 /// A site's answer to a task.
@@ -124,6 +165,18 @@ pub enum Reply {
     Done,
     Scored {
         stats: EvalStats,
+    },
+    /// The answer to [`Task::Query`].
+    Rows {
+        /// The result as one Arrow IPC stream, base64.
+        batches: String,
+        /// Groups left out for having fewer than `min_group_size` rows.
+        suppressed: u64,
+    },
+    /// The site's analytics policy refused a [`Task::Query`]; the message
+    /// names the table, its policy and what the query would have taken.
+    Refused {
+        message: String,
     },
     /// The task failed at the site (its policy refused the query, the query
     /// failed, training failed); the message says why.

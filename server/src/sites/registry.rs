@@ -153,6 +153,20 @@ impl SiteRegistry {
     }
 
     /// Whether site `name` is defined.
+    /// The defined sites' names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// The tables site `name` offered in its last poll (none before it
+    /// first polls this coordinator).
+    pub fn offered_tables(&self, name: &str) -> Vec<OfferedTable> {
+        self.lock()
+            .get(name)
+            .map(|s| s.tables.clone())
+            .unwrap_or_default()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.lock().contains_key(name)
     }
