@@ -1241,6 +1241,8 @@ async fn analytics_over_sites_moves_only_partials_and_refuses_rows() {
     let client = server.connect("demo").await;
     let mut sites = Vec::new();
     let mut urls = Vec::new();
+    // eu's admin can see what the coordinator asked, on eu's own port.
+    let eu_pg_port = fedsql_tests::free_port();
     for region in REGIONS {
         client
             .simple_query(&format!(
@@ -1253,7 +1255,20 @@ async fn analytics_over_sites_moves_only_partials_and_refuses_rows() {
         let config = site_config(dir.path(), region, &url, &["bank.transactions"]);
         let proxy = CountingProxy::start(server.flight_port).await;
         let data_dir = dir.path().join(format!("site-{region}"));
-        let site = SiteProcess::start(region, proxy.port, &config, &data_dir, &token(region));
+        let listen = format!("127.0.0.1:{eu_pg_port}");
+        let extra: &[&str] = if region == "eu" {
+            &["--pg-listen", &listen]
+        } else {
+            &[]
+        };
+        let site = SiteProcess::start_with(
+            region,
+            proxy.port,
+            &config,
+            &data_dir,
+            &token(region),
+            extra,
+        );
         sites.push((site, proxy));
         urls.push(url);
     }

@@ -595,8 +595,37 @@ impl Site {
     }
 
     /// Answers an analytics query inside each table's analytics policy
-    /// (see [`super::analytics`]).
+    /// (see [`super::analytics`]), and records it in the site's
+    /// `fedsql.system.queries` (protocol `coordinator`).
     async fn query(&self, sql: &str) -> Reply {
+        let started = std::time::SystemTime::now();
+        let clock = std::time::Instant::now();
+        let reply = self.answer_query(sql).await;
+        // The site's own audit trail (`fedsql.system.queries` on its
+        // `--pg-listen` port): what its coordinator asked, and the answer.
+        let (query, error) = match &reply {
+            Reply::Rows { suppressed, .. } if *suppressed > 0 => (
+                format!("{sql} -- {suppressed} group(s) suppressed by min_group_size"),
+                None,
+            ),
+            Reply::Refused { message } => (sql.to_string(), Some(("42501", message.clone()))),
+            Reply::Failed { message } => (sql.to_string(), Some(("42000", message.clone()))),
+            _ => (sql.to_string(), None),
+        };
+        self.engine.queries().record(crate::query_log::Finished {
+            started,
+            elapsed: clock.elapsed(),
+            database: &self.database,
+            user: "coordinator",
+            protocol: "coordinator",
+            query: &query,
+            error,
+            received: None,
+        });
+        reply
+    }
+
+    async fn answer_query(&self, sql: &str) -> Reply {
         let failed = |message: String| {
             tracing::warn!(site = %self.name, "analytics query failed: {message}");
             Reply::Failed { message }
