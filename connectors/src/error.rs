@@ -52,8 +52,8 @@ pub enum ConnectorError {
     },
     /// The source's own policy refused the query (a site's analytics
     /// policy): 42501. Never a reason to fall back to less pushdown, which
-    /// would only ask for more.
-    #[error("{source_name}: {message}")]
+    /// would only ask for more. The message names the source itself.
+    #[error("{message}")]
     Refused {
         source_name: String,
         message: String,
