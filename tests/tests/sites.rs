@@ -1333,6 +1333,23 @@ async fn analytics_over_sites_moves_only_partials_and_refuses_rows() {
     }
     assert!(plan.contains("GROUP BY"), "{plan}");
 
+    // The catalogs are listed like any other.
+    let listed = text_rows(
+        &client,
+        "SELECT table_catalog, table_schema, table_name FROM information_schema.tables \
+         WHERE table_catalog LIKE 'site%' AND table_schema <> 'information_schema' ORDER BY 1",
+    )
+    .await;
+    let catalogs: Vec<_> = listed.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(
+        catalogs,
+        ["site_apac", "site_eu", "site_us", "sites"],
+        "{listed:?}"
+    );
+    assert!(listed
+        .iter()
+        .all(|r| r[1].as_deref() == Some("bank") && r[2].as_deref() == Some("transactions")));
+
     // Grouped by site, and one site's own catalog.
     let by_site = text_rows(
         &client,
