@@ -104,6 +104,9 @@ pub struct SitePolicy {
     /// What may leave for a coordinator's analytics queries, per table
     /// (`[[site.analytics]]`); a table not listed: nothing (`none`).
     pub analytics: Vec<AnalyticsRule>,
+    /// The total privacy loss (epsilon) this site's differentially private
+    /// answers may spend, over its lifetime (kept in its data dir).
+    pub privacy_budget: Option<f64>,
 }
 
 /// One `[[site.analytics]]` entry: what a coordinator's queries may take
@@ -118,6 +121,13 @@ pub struct AnalyticsRule {
     /// For `aggregates`: groups of fewer rows are suppressed at the site
     /// [default: 10].
     pub min_group_size: Option<u64>,
+    /// For `aggregates`: answer with differential privacy, each answer
+    /// costing this much of `[site] privacy_budget` (Laplace noise on counts
+    /// and clipped sums; `min`/`max`/`avg`/`stddev` are refused).
+    pub dp_epsilon: Option<f64>,
+    /// With `dp_epsilon`: the range `[low, high]` summed values are clipped
+    /// to (sums are refused without it).
+    pub dp_bounds: Option<[f64; 2]>,
 }
 
 /// The `policy` of an `[[site.analytics]]` entry.
@@ -137,6 +147,7 @@ impl AnalyticsRule {
             AnalyticsKind::None => AnalyticsPolicy::None,
             AnalyticsKind::Aggregates => AnalyticsPolicy::Aggregates {
                 min_group_size: self.min_group_size.unwrap_or(10).max(1),
+                dp_epsilon: self.dp_epsilon,
             },
             AnalyticsKind::Rows => AnalyticsPolicy::Rows,
         }

@@ -844,8 +844,13 @@ async fn a_site_trains_over_tls_to_its_coordinator() {
         .unwrap();
     let url = site_database("tls", 200).await;
     let config = site_config(dir.path(), "eu", &url, &["bank.transactions"]);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("coordinator_ca = \"{}\"\n", ca.display()));
+    let text = std::fs::read_to_string(&config).unwrap();
+    // A key of [site]: right after its header (tables of it follow).
+    let text = text.replacen(
+        "[site]\n",
+        &format!("[site]\ncoordinator_ca = \"{}\"\n", ca.display()),
+        1,
+    );
     std::fs::write(&config, text).unwrap();
     let site = SiteProcess::start_at(
         "eu",
@@ -1408,5 +1413,99 @@ async fn analytics_over_sites_moves_only_partials_and_refuses_rows() {
                 site.log()
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn a_private_site_answers_with_noise_until_its_budget_is_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FedsqlServer::start_with_env(
+        &dir.path().join("coordinator"),
+        &[],
+        &[("EU_TOKEN", &token("eu"))],
+    );
+    let client = server.connect("demo").await;
+    client
+        .batch_execute("CREATE SITE eu OPTIONS (token_env 'EU_TOKEN')")
+        .await
+        .unwrap();
+    let url = site_database("eu", 600).await;
+    // Each answer costs epsilon 0.5 of a budget of 1.0; sums clipped to
+    // [0, 1000].
+    let config = dir.path().join("eu.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\nname = \"bank\"\ntype = \"postgres\"\nurl = \"{url}\"\n\n\
+             [site]\ntoken_env = \"SITE_TOKEN\"\nallow = [\"bank.transactions\"]\n\
+             database = \"bank\"\nprivacy_budget = 1.0\n\n\
+             [[site.analytics]]\ntable = \"bank.transactions\"\npolicy = \"aggregates\"\n\
+             dp_epsilon = 0.5\ndp_bounds = [0.0, 1000.0]\n"
+        ),
+    )
+    .unwrap();
+    let data_dir = dir.path().join("site-eu");
+    let mut site = SiteProcess::start("eu", server.flight_port, &config, &data_dir, &token("eu"));
+    wait_online(&client, &["eu"]).await;
+    let sql = "SELECT channel, count(*), sum(amount) FROM site_eu.bank.transactions \
+               GROUP BY channel ORDER BY channel";
+    for _ in 0..2 {
+        let rows = text_rows(&client, sql).await;
+        assert_eq!(rows.len(), 3, "200 rows per channel: {rows:?}");
+        for row in &rows {
+            // Laplace scale 3 / 0.5 = 6 on counts: 20 scales is e^-20.
+            let n = number(&row[1]);
+            assert!((n - 200.0).abs() <= 120.0 && n.fract() == 0.0, "{row:?}");
+        }
+    }
+    let spent = text_rows(
+        &client,
+        "SELECT query FROM fedsql.system.queries WHERE protocol = 'source' \
+         AND query LIKE '%differentially private%'",
+    )
+    .await;
+    assert_eq!(spent.len(), 2, "{spent:?}");
+    assert!(
+        spent
+            .iter()
+            .any(|r| r[0].as_deref().is_some_and(|q| q.contains("0.000 left"))),
+        "{spent:?}"
+    );
+    let exhausted = |e: tokio_postgres::Error| {
+        let db = e.as_db_error().cloned().unwrap();
+        assert_eq!(db.code().code(), "42501", "{}", db.message());
+        assert!(
+            db.message().contains("privacy budget is exhausted"),
+            "{}",
+            db.message()
+        );
+    };
+    exhausted(client.simple_query(sql).await.unwrap_err());
+    // avg and max are not answered privately.
+    let refused = client
+        .simple_query("SELECT max(amount) FROM site_eu.bank.transactions")
+        .await
+        .unwrap_err();
+    assert!(
+        error_message(&refused).contains("not answered privately"),
+        "{refused:?}"
+    );
+
+    // What was spent survives a restart of the site.
+    site.kill();
+    let _site = SiteProcess::start("eu", server.flight_port, &config, &data_dir, &token("eu"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_online(&client, &["eu"]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.simple_query(sql).await {
+            Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42501") => {
+                exhausted(e);
+                break;
+            }
+            // The old process may still look online for a moment.
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

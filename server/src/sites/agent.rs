@@ -124,6 +124,8 @@ struct Site {
     allowed: Vec<ResolvedTableReference>,
     /// `[[site.analytics]]`: what analytics queries may take, per table.
     policies: TablePolicies,
+    /// `[site] privacy_budget`, for tables answered with `dp_epsilon`.
+    budget: Option<super::budget::PrivacyBudget>,
     runs: Mutex<HashMap<String, Run>>,
     /// `[site] coordinator_ca`'s PEM: what the weight exchange's TLS is
     /// verified with, as the coordinator link's is.
@@ -174,6 +176,18 @@ pub async fn run_site(
         }
         None => None,
     };
+    let budget = match policy.privacy_budget {
+        Some(total) if total >= 0.0 && total.is_finite() => Some(
+            super::budget::PrivacyBudget::open(&settings.data_dir, total)
+                .map_err(ServerError::Config)?,
+        ),
+        Some(_) => {
+            return Err(ServerError::Config(
+                "[site] privacy_budget must be a non-negative number".into(),
+            ))
+        }
+        None => None,
+    };
     let engine = Engine::open(settings).await?;
     let pg = match pg {
         Some(pg) => Some(pg.bind(&engine).await?),
@@ -189,6 +203,7 @@ pub async fn run_site(
         .map(|t| TableReference::from(t.as_str()).resolve(&database, "public"))
         .collect();
     let mut analytics = HashMap::new();
+    let mut bounds = HashMap::new();
     for rule in &policy.analytics {
         let table = TableReference::from(rule.table.as_str()).resolve(&database, "public");
         if !allowed.contains(&table) {
@@ -196,6 +211,30 @@ pub async fn run_site(
                 "[[site.analytics]] table {table} is not in [site] allow: a coordinator can \
                  only see tables the site allows"
             )));
+        }
+        if let Some(epsilon) = rule.dp_epsilon {
+            if !(epsilon > 0.0 && epsilon.is_finite())
+                || rule.policy != crate::config::AnalyticsKind::Aggregates
+            {
+                return Err(ServerError::Config(format!(
+                    "[[site.analytics]] {table}: dp_epsilon must be a positive number, on an \
+                     aggregates table"
+                )));
+            }
+            if policy.privacy_budget.is_none() {
+                return Err(ServerError::Config(format!(
+                    "[[site.analytics]] {table} sets dp_epsilon: set [site] privacy_budget, the \
+                     total epsilon this site may spend"
+                )));
+            }
+        }
+        if let Some([low, high]) = rule.dp_bounds {
+            if !(low <= high && low.is_finite() && high.is_finite()) {
+                return Err(ServerError::Config(format!(
+                    "[[site.analytics]] {table}: dp_bounds must be [low, high] with low <= high"
+                )));
+            }
+            bounds.insert(table.clone(), (low, high));
         }
         analytics.insert(table, rule.policy());
     }
@@ -205,7 +244,7 @@ pub async fn run_site(
         )),
         None => None,
     };
-    let policies = TablePolicies::new(&name, &database, analytics);
+    let policies = TablePolicies::new(&name, &database, analytics).with_bounds(bounds);
     let site = Arc::new(Site {
         name,
         token,
@@ -213,6 +252,7 @@ pub async fn run_site(
         engine,
         database,
         policies,
+        budget,
         allowed,
         runs: Mutex::new(HashMap::new()),
         coordinator_ca,
@@ -604,10 +644,22 @@ impl Site {
         // The site's own audit trail (`fedsql.system.queries` on its
         // `--pg-listen` port): what its coordinator asked, and the answer.
         let (query, error) = match &reply {
-            Reply::Rows { suppressed, .. } if *suppressed > 0 => (
-                format!("{sql} -- {suppressed} group(s) suppressed by min_group_size"),
-                None,
-            ),
+            Reply::Rows {
+                suppressed,
+                epsilon,
+                ..
+            } if *suppressed > 0 || epsilon.is_some() => {
+                let mut notes = Vec::new();
+                if *suppressed > 0 {
+                    notes.push(format!(
+                        "{suppressed} group(s) suppressed by min_group_size"
+                    ));
+                }
+                if let Some(epsilon) = epsilon {
+                    notes.push(format!("differentially private, epsilon {epsilon} spent"));
+                }
+                (format!("{sql} -- {}", notes.join("; ")), None)
+            }
             Reply::Refused { message } => (sql.to_string(), Some(("42501", message.clone()))),
             Reply::Failed { message } => (sql.to_string(), Some(("42000", message.clone()))),
             _ => (sql.to_string(), None),
@@ -645,6 +697,27 @@ impl Site {
                 return Reply::Refused { message };
             }
         };
+        // A private answer is paid for before it runs: one that fails
+        // after its noise was drawn must not be retried for free.
+        let mut privacy = None;
+        if let Some(epsilon) = guarded.epsilon {
+            let Some(budget) = &self.budget else {
+                return Reply::Refused {
+                    message: format!(
+                        "site {}: dp_epsilon is set but [site] privacy_budget is not",
+                        self.name
+                    ),
+                };
+            };
+            match budget.spend(epsilon) {
+                Ok(left) => privacy = Some((epsilon, left)),
+                Err(message) => {
+                    return Reply::Refused {
+                        message: format!("site {}: {message}", self.name),
+                    }
+                }
+            }
+        }
         let batch = match collect(&ctx, guarded.plan).await {
             Ok(batch) => batch,
             Err(message) => return failed(message),
@@ -670,6 +743,8 @@ impl Site {
         Reply::Rows {
             batches,
             suppressed,
+            epsilon: privacy.map(|(e, _)| e),
+            budget_left: privacy.map(|(_, left)| left),
         }
     }
 

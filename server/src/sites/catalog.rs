@@ -66,6 +66,14 @@ fn schema_and_table(offered: &OfferedTable) -> Option<(String, String)> {
     Some((schema.to_string(), table.to_string()))
 }
 
+/// A site's answer to one query.
+struct Answer {
+    batches: Vec<RecordBatch>,
+    suppressed: u64,
+    /// `(epsilon spent, budget left)` of a differentially private answer.
+    privacy: Option<(f64, f64)>,
+}
+
 /// Runs SQL that datafusion-federation unparsed at one site.
 #[derive(Clone)]
 pub struct SiteExecutor {
@@ -92,29 +100,36 @@ impl SiteExecutor {
         let mut report = QueryReport::new(self.observer.clone(), &self.source_name, &sql);
         let result = self.ask(&sql, &schema).await;
         match &result {
-            Ok((batches, suppressed)) => {
-                report.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-                report.bytes = batches
+            Ok(answer) => {
+                report.rows = answer.batches.iter().map(|b| b.num_rows() as u64).sum();
+                report.bytes = answer
+                    .batches
                     .iter()
                     .map(|b| b.get_array_memory_size() as u64)
                     .sum();
-                if *suppressed > 0 {
-                    report.set_sql(format!(
-                        "{sql} -- {suppressed} group(s) suppressed by the site's min_group_size"
+                let mut notes = Vec::new();
+                if answer.suppressed > 0 {
+                    notes.push(format!(
+                        "{} group(s) suppressed by the site's min_group_size",
+                        answer.suppressed
                     ));
-                    tracing::info!(site = %self.site, suppressed, "groups suppressed at the site");
+                    tracing::info!(site = %self.site, suppressed = answer.suppressed, "groups suppressed at the site");
+                }
+                if let Some((epsilon, left)) = answer.privacy {
+                    notes.push(format!(
+                        "differentially private: epsilon {epsilon} spent, {left:.3} left at the site"
+                    ));
+                }
+                if !notes.is_empty() {
+                    report.set_sql(format!("{sql} -- {}", notes.join("; ")));
                 }
             }
             Err(e) => report.error = Some((e.sqlstate().to_string(), e.to_string())),
         }
-        result.map(|(batches, _)| batches)
+        result.map(|answer| answer.batches)
     }
 
-    async fn ask(
-        &self,
-        sql: &str,
-        schema: &SchemaRef,
-    ) -> Result<(Vec<RecordBatch>, u64), ConnectorError> {
+    async fn ask(&self, sql: &str, schema: &SchemaRef) -> Result<Answer, ConnectorError> {
         let task = Task::Query {
             sql: sql.to_string(),
         };
@@ -133,11 +148,13 @@ impl SiteExecutor {
                     message: e.to_string(),
                 },
             })?;
-        let (batches, suppressed) = match reply {
+        let (batches, suppressed, privacy) = match reply {
             Reply::Rows {
                 batches,
                 suppressed,
-            } => (batches, suppressed),
+                epsilon,
+                budget_left,
+            } => (batches, suppressed, epsilon.zip(budget_left)),
             Reply::Refused { message } => {
                 return Err(ConnectorError::Refused {
                     source_name: self.source_name.clone(),
@@ -160,7 +177,11 @@ impl SiteExecutor {
             .iter()
             .map(|batch| self.conform(batch, schema))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((batches, suppressed))
+        Ok(Answer {
+            batches,
+            suppressed,
+            privacy,
+        })
     }
 
     /// `batch` with `schema`'s names and types.

@@ -7,6 +7,7 @@
 //! - [`remote`]: a site as a [`fedsql_udfs::client::TrainingClient`];
 //! - [`analytics`]: a site's analytics policy applied to a coordinator's
 //!   query;
+//! - [`budget`]: a site's differential-privacy budget;
 //! - [`catalog`]: the coordinator's `site_<name>` catalogs and the
 //!   `sites` union of them;
 //! - [`agent`]: the `fedsql site` process: polls, checks its policy, runs
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod analytics;
+pub mod budget;
 pub mod catalog;
 pub mod protocol;
 pub mod registry;

@@ -59,15 +59,20 @@ pub struct OfferedTable {
 
 /// What may leave a site for analytics from one table (`[[site.analytics]]`
 /// in the site's config).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "snake_case", tag = "policy")]
 pub enum AnalyticsPolicy {
     /// Nothing: the table is for training and evaluation only.
     #[default]
     None,
     /// Aggregates over groups of at least `min_group_size` rows; smaller
-    /// groups are suppressed at the site.
-    Aggregates { min_group_size: u64 },
+    /// groups are suppressed at the site. With `dp_epsilon`, each answer is
+    /// differentially private at that epsilon.
+    Aggregates {
+        min_group_size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dp_epsilon: Option<f64>,
+    },
     /// Rows, as any query selects them.
     Rows,
 }
@@ -76,9 +81,17 @@ impl std::fmt::Display for AnalyticsPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AnalyticsPolicy::None => f.write_str("none"),
-            AnalyticsPolicy::Aggregates { min_group_size } => {
-                write!(f, "aggregates (min_group_size {min_group_size})")
-            }
+            AnalyticsPolicy::Aggregates {
+                min_group_size,
+                dp_epsilon: None,
+            } => write!(f, "aggregates (min_group_size {min_group_size})"),
+            AnalyticsPolicy::Aggregates {
+                min_group_size,
+                dp_epsilon: Some(epsilon),
+            } => write!(
+                f,
+                "aggregates (min_group_size {min_group_size}, dp_epsilon {epsilon})"
+            ),
             AnalyticsPolicy::Rows => f.write_str("rows"),
         }
     }
@@ -172,6 +185,12 @@ pub enum Reply {
         batches: String,
         /// Groups left out for having fewer than `min_group_size` rows.
         suppressed: u64,
+        /// The epsilon this answer spent, when it is differentially private.
+        #[serde(default)]
+        epsilon: Option<f64>,
+        /// The site's privacy budget left after it.
+        #[serde(default)]
+        budget_left: Option<f64>,
     },
     /// The site's analytics policy refused a [`Task::Query`]; the message
     /// names the table, its policy and what the query would have taken.
