@@ -318,8 +318,12 @@ pub fn wire_schema(schema: &Schema) -> SchemaRef {
     ))
 }
 
-/// Casts the columns whose type differs from the wire schema.
-fn to_wire_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+/// `batch` with `schema`'s names and types: the columns whose type differs
+/// are cast (the Flight wire schema; a site's answer to the planned schema).
+pub(crate) fn to_wire_batch(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == schema.fields() {
         return Ok(batch);
     }

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{Column, TableReference};
@@ -197,19 +196,10 @@ impl SiteExecutor {
                 schema.fields().len()
             )));
         }
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(column, field)| {
-                if column.data_type() == field.data_type() {
-                    Ok(Arc::clone(column))
-                } else {
-                    cast(column, field.data_type())
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+        Ok(crate::flight::results::to_wire_batch(
+            batch.clone(),
+            schema,
+        )?)
     }
 
     fn shape(&self, message: String) -> ConnectorError {
